@@ -1,0 +1,91 @@
+"""Shared fixtures: real photos, one embedder per session, a small map of real images."""
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+PHOTO_NAMES = ('astronaut', 'chelsea', 'coffee', 'rocket', 'camera', 'coins', 'horse', 'page',
+               'text', 'hubble_deep_field', 'immunohistochemistry', 'moon')
+
+
+def _as_rgb(image):
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.dtype != np.uint8:
+        image = (image * 255 if image.max() <= 1.0 else image).astype(np.uint8)
+    return np.ascontiguousarray(image[..., :3])
+
+
+@pytest.fixture(scope='session')
+def photos():
+    """Real photographs (scikit-image samples) as uint8 RGB at 320x240."""
+    from skimage import data
+    return {name: cv2.resize(_as_rgb(getattr(data, name)()), (320, 240),
+                             interpolation=cv2.INTER_AREA) for name in PHOTO_NAMES}
+
+
+@pytest.fixture(scope='session')
+def export_cache(tmp_path_factory):
+    """One exported-model cache for the whole test session."""
+    return tmp_path_factory.mktemp('exports')
+
+
+@pytest.fixture(scope='session')
+def embedder(export_cache):
+    """The default model on ONNX Runtime."""
+    from vl_attention.engine.embedder import create_embedder, EmbedderConfig
+    return create_embedder(EmbedderConfig(backend='onnxruntime', cache_dir=str(export_cache)))
+
+
+def write_poses_csv(path, names, latitudes_deg, longitude_deg=11.5, altitude_m=520.0):
+    """Poses file in the map builder's format, facing north, spaced along a meridian."""
+    with open(path, 'w', newline='') as handle:
+        writer = csv.writer(handle)
+        writer.writerow(['image', 'stamp_ns', 'latitude_deg', 'longitude_deg', 'altitude_m',
+                         'qx', 'qy', 'qz', 'qw'])
+        for index, (name, latitude) in enumerate(zip(names, latitudes_deg)):
+            writer.writerow([name, (index + 1) * 1_000_000_000, latitude, longitude_deg,
+                             altitude_m, 0.0, 0.0, 0.0, 1.0])
+
+
+@pytest.fixture(scope='session')
+def photo_folder(photos, tmp_path_factory):
+    """Image folder + poses.csv of the photos, 100 m apart along a meridian."""
+    root = tmp_path_factory.mktemp('photo_folder')
+    (root / 'images').mkdir()
+    names = []
+    for index, (name, rgb) in enumerate(photos.items()):
+        names.append(f'{index:03d}_{name}.png')
+        cv2.imwrite(str(root / 'images' / names[-1]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    latitudes = 48.1 + np.arange(len(names)) * 100.0 / 111_195.0
+    write_poses_csv(root / 'poses.csv', names, latitudes)
+    return root
+
+
+@pytest.fixture(scope='session')
+def photo_map(photo_folder, embedder, tmp_path_factory):
+    """A map built from the photo folder with the session embedder."""
+    from vl_attention.mapping.builder import build_map_from_folder
+    out = tmp_path_factory.mktemp('maps') / 'photo_map'
+    return build_map_from_folder(photo_folder / 'images', photo_folder / 'poses.csv', out,
+                                 embedder=embedder)
+
+
+@pytest.fixture(scope='session')
+def tiny_world(tmp_path_factory):
+    """The synthetic world's 'tiny' preset (two traversals with exact poses)."""
+    from vl_attention.data.synthetic import generate
+    return generate('tiny', tmp_path_factory.mktemp('tiny_world'), progress=False)
+
+
+@pytest.fixture(scope='session')
+def tiny_map(tiny_world, embedder, tmp_path_factory):
+    """Map of the tiny world's daytime traversal."""
+    from vl_attention.mapping.builder import build_map_from_folder
+    traversal = tiny_world / 'map_day'
+    return build_map_from_folder(traversal / 'images', traversal / 'poses.csv',
+                                 tmp_path_factory.mktemp('maps') / 'tiny_map', embedder=embedder)

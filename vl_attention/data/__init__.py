@@ -1,0 +1,1 @@
+"""Image decoding, rosbag reading/writing and the synthetic world."""

@@ -1,0 +1,1 @@
+"""Export to ONNX, model cards and the inference backends behind one Embedder."""

@@ -1,0 +1,88 @@
+"""Model cards: what travels with an exported model and is checked by maps and the node.
+
+The card records preprocessing, descriptor size and a fingerprint of the
+configuration, weights and preprocessing. A map built with one fingerprint
+refuses to be searched with descriptors of another.
+"""
+
+from dataclasses import asdict, dataclass
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vl_attention import __version__
+from vl_attention.config import ConfigError, from_dict, to_dict
+from vl_attention.engine.preprocess import Preprocessing
+from vl_attention.io import atomic_write_text
+
+CARD_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Description of a descriptor model as exported."""
+
+    model_name: str
+    fingerprint: str
+    descriptor_dim: int
+    preprocessing: Preprocessing
+    weights_sha256: str
+    model_config: dict
+    onnx_opset: int = 0
+    onnx_sha256: str = ''
+    package_version: str = __version__
+    format_version: int = CARD_FORMAT_VERSION
+
+    def to_json(self):
+        """Serialise to indented JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text, *, source='model card'):
+        """Parse a card written by :meth:`to_json`."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f'{source} is not valid JSON: {error}') from error
+        if values.get('format_version') != CARD_FORMAT_VERSION:
+            raise ConfigError(f'{source} has format version {values.get("format_version")}, '
+                              f'this package reads version {CARD_FORMAT_VERSION}; re-export it')
+        return from_dict(cls, values, where=source)
+
+    def save(self, path):
+        """Write the card atomically."""
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path):
+        """Read a card from ``path``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f'model card {path} does not exist; export the model first')
+        return cls.from_json(path.read_text(), source=str(path))
+
+
+def weights_sha256(module):
+    """Hash of every tensor in the module's state dict (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        digest.update(f'{name}:{array.dtype}:{array.shape};'.encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def make_model_card(config, model):
+    """Card for a freshly built torch model; the fingerprint covers config, weights, input."""
+    weights_hash = weights_sha256(model)
+    config_values = to_dict(config)
+    identity = json.dumps({'config': config_values, 'weights': weights_hash,
+                           'preprocessing': asdict(model.preprocessing)}, sort_keys=True)
+    return ModelCard(model_name=config.name,
+                     fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:16],
+                     descriptor_dim=model.descriptor_dim(),
+                     preprocessing=model.preprocessing,
+                     weights_sha256=weights_hash,
+                     model_config=config_values)

@@ -1,0 +1,93 @@
+"""Per-image records of a map: ids, stamps, WGS84 and ENU positions, orientations.
+
+Input format for map building (``poses.csv``)::
+
+    image,stamp_ns,latitude_deg,longitude_deg,altitude_m,qx,qy,qz,qw
+
+``image`` is a file name relative to the images folder; the quaternion is the
+camera's orientation in the local ENU frame (see :mod:`vl_attention.geo`).
+Extra columns (e.g. ``x_m,y_m,z_m``) are allowed and ignored: ENU positions
+are always recomputed from WGS84 at the map's origin.
+"""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vl_attention.geo import geodetic_to_enu, normalize_quaternion
+
+POSES_COLUMNS = ('image', 'stamp_ns', 'latitude_deg', 'longitude_deg', 'altitude_m',
+                 'qx', 'qy', 'qz', 'qw')
+
+
+class PosesFileError(ValueError):
+    """A poses CSV is malformed; the message names the file, line and fix."""
+
+
+@dataclass(frozen=True)
+class PlaceRecords:
+    """Column arrays describing N database images, index-aligned with the FAISS index."""
+
+    image_id: np.ndarray
+    stamp_ns: np.ndarray
+    latitude_deg: np.ndarray
+    longitude_deg: np.ndarray
+    altitude_m: np.ndarray
+    position_enu_m: np.ndarray
+    orientation_xyzw: np.ndarray
+
+    def __len__(self):
+        """Return the number of records."""
+        return len(self.image_id)
+
+    def arrays(self):
+        """Name -> array, for storage."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def records_from_columns(image_id, stamp_ns, latitude_deg, longitude_deg, altitude_m,
+                         orientation_xyzw, origin):
+    """Build typed records with ENU positions computed at ``origin``."""
+    latitude_deg = np.asarray(latitude_deg, dtype=np.float64)
+    longitude_deg = np.asarray(longitude_deg, dtype=np.float64)
+    altitude_m = np.asarray(altitude_m, dtype=np.float64)
+    return PlaceRecords(
+        image_id=np.asarray(image_id, dtype=np.str_),
+        stamp_ns=np.asarray(stamp_ns, dtype=np.int64),
+        latitude_deg=latitude_deg, longitude_deg=longitude_deg, altitude_m=altitude_m,
+        position_enu_m=geodetic_to_enu(latitude_deg, longitude_deg, altitude_m,
+                                       origin).reshape(-1, 3),
+        orientation_xyzw=normalize_quaternion(
+            np.asarray(orientation_xyzw, dtype=np.float64).reshape(-1, 4)))
+
+
+def read_poses_csv(path):
+    """Rows of a poses CSV as a dict of columns (strings for ``image``, numbers otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PosesFileError(f'poses file {path} does not exist')
+    with path.open(newline='') as handle:
+        reader = csv.DictReader(handle)
+        missing = [name for name in POSES_COLUMNS if name not in (reader.fieldnames or [])]
+        if missing:
+            raise PosesFileError(f'{path}: missing column(s) {missing}; the header must include '
+                                 f'{",".join(POSES_COLUMNS)}')
+        columns = {name: [] for name in POSES_COLUMNS}
+        for line_number, row in enumerate(reader, start=2):
+            _append_row(columns, row, f'{path}:{line_number}')
+    if not columns['image']:
+        raise PosesFileError(f'{path} has a header but no poses')
+    return columns
+
+
+def _append_row(columns, row, where):
+    columns['image'].append(row['image'])
+    try:
+        columns['stamp_ns'].append(int(row['stamp_ns']))
+        for name in POSES_COLUMNS[2:]:
+            columns[name].append(float(row[name]))
+    except (TypeError, ValueError) as error:
+        raise PosesFileError(f'{where}: {error}; every column after image must be a number') \
+            from error

@@ -1,0 +1,37 @@
+"""Aggregators: pool a feature map into an L2-normalised global descriptor ``(B, D)``."""
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from vl_attention.models.registry import AGGREGATORS
+
+
+@AGGREGATORS.register('gem')
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenovic et al., TPAMI 2018) followed by L2 normalisation.
+
+    ``p = 1`` is average pooling, ``p -> inf`` max pooling; ``learn_p`` makes it
+    a trainable parameter. ``whiten=True`` adds the FC whitening layer of the
+    VPR-heads comparison.
+    """
+
+    def __init__(self, *, in_channels, p=3.0, learn_p=False, eps=1e-6, whiten=False,
+                 out_dim=None):
+        super().__init__()
+        if p < 1:
+            raise ValueError(f'GeM needs p >= 1, got {p}')
+        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=learn_p)
+        self.eps = eps
+        self.out_dim = out_dim or in_channels
+        self.whitening = nn.Linear(in_channels, self.out_dim) if whiten else None
+        if not whiten and self.out_dim != in_channels:
+            raise ValueError('out_dim differs from in_channels only with whiten=True')
+
+    def forward(self, features):
+        """Pool ``(B, C, H, W)`` features into unit-norm ``(B, D)`` descriptors."""
+        pooled = features.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
+        descriptor = pooled.pow(1.0 / self.p)
+        if self.whitening is not None:
+            descriptor = self.whitening(descriptor)
+        return F.normalize(descriptor, p=2, dim=-1)

@@ -1,0 +1,102 @@
+"""ROS message <-> numpy / library types. The only module that knows message layouts."""
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseWithCovarianceStamped
+import numpy as np
+from sensor_msgs.msg import CompressedImage, NavSatFix, NavSatStatus
+
+from vl_attention.data.images import decode_compressed, decode_raw
+
+
+def image_to_rgb(msg):
+    """Decode ``sensor_msgs/Image`` or ``CompressedImage`` to RGB ``uint8 (H, W, 3)``."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed(format=msg.format, data=msg.data)
+    return decode_raw(encoding=msg.encoding, height=msg.height, width=msg.width,
+                      step=msg.step, data=memoryview(msg.data).cast('B'),
+                      is_bigendian=bool(msg.is_bigendian))
+
+
+def result_to_navsatfix(result, header):
+    """Convert a result to NavSatFix; no fix gives ``STATUS_NO_FIX``, unknown covariance."""
+    msg = NavSatFix()
+    msg.header = header
+    msg.status.service = 0
+    if not result.ok:
+        msg.status.status = NavSatStatus.STATUS_NO_FIX
+        msg.latitude = msg.longitude = msg.altitude = float('nan')
+        msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
+        return msg
+    msg.status.status = NavSatStatus.STATUS_FIX
+    msg.latitude = result.latitude_deg
+    msg.longitude = result.longitude_deg
+    msg.altitude = result.altitude_m
+    # NavSatFix covariance is expressed in the local ENU tangent plane, as ours is.
+    msg.position_covariance = [float(v) for v in result.position_covariance_m2.reshape(-1)]
+    msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_KNOWN
+    return msg
+
+
+def result_to_pose(result, header):
+    """Convert a result with a fix to PoseWithCovarianceStamped (ENU map frame)."""
+    msg = PoseWithCovarianceStamped()
+    msg.header = header
+    position = msg.pose.pose.position
+    position.x, position.y, position.z = (float(v) for v in result.position_enu_m)
+    orientation = msg.pose.pose.orientation
+    orientation.x, orientation.y, orientation.z, orientation.w = (
+        float(v) for v in result.orientation_xyzw)
+    msg.pose.covariance = [float(v) for v in result.pose_covariance().reshape(-1)]
+    return msg
+
+
+def stats_to_diagnostics(snapshot, *, name, hardware_id, stamp, static_values, warn_reason=''):
+    """Build a DiagnosticArray with one status summarising the localizer."""
+    status = DiagnosticStatus()
+    status.name = name
+    status.hardware_id = hardware_id
+    status.level, status.message = _level_and_message(snapshot, warn_reason)
+    values = {
+        'frames_received': snapshot.frames_received,
+        'frames_localized': snapshot.frames_localized,
+        'frames_no_fix': snapshot.frames_no_fix,
+        'frames_rejected': snapshot.frames_rejected,
+        'frames_dropped': snapshot.frames_dropped,
+        'rate_hz': f'{snapshot.rate_hz:.2f}',
+        'latency_ms_p50': f'{snapshot.latency_ms_p50:.1f}',
+        'latency_ms_p95': f'{snapshot.latency_ms_p95:.1f}',
+        'confidence': f'{snapshot.last_confidence:.3f}',
+        'last_error': snapshot.last_error,
+    }
+    values.update(static_values)
+    status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    array.status = [status]
+    return array
+
+
+def _level_and_message(snapshot, warn_reason):
+    if warn_reason:
+        return DiagnosticStatus.WARN, warn_reason
+    if snapshot.frames_received == 0:
+        return DiagnosticStatus.WARN, 'waiting for images'
+    if snapshot.frames_localized == 0:
+        return DiagnosticStatus.WARN, 'no fix yet'
+    return DiagnosticStatus.OK, 'localizing'
+
+
+def stamp_to_ns(stamp):
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def rgb_to_image_msg(rgb, msg):
+    """Fill a ``sensor_msgs/Image`` with an RGB frame (rgb8); returns ``msg``."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = 'rgb8'
+    msg.is_bigendian = 0
+    msg.step = msg.width * 3
+    msg.data = rgb.tobytes()  # bytes, not ndarray: ~40x faster to assign
+    return msg

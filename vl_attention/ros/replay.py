@@ -1,0 +1,132 @@
+"""Publish frames to a running ``localize_node`` and collect what it publishes back.
+
+Used by the demo, the node tests and (later) realtime evaluation: a real rclpy
+node in this process talking over ROS 2 to the node in another.
+"""
+
+from dataclasses import dataclass, field
+import threading
+import time
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+
+from vl_attention.data.images import encode_compressed
+from vl_attention.ros.conversions import rgb_to_image_msg, stamp_to_ns
+
+
+@dataclass
+class Responses:
+    """Messages received from the localizer, keyed by the stamp of the input image (ns)."""
+
+    fixes: dict = field(default_factory=dict)
+    poses: dict = field(default_factory=dict)
+    received_at: dict = field(default_factory=dict)
+    diagnostics: list = field(default_factory=list)
+
+
+class ReplayClient(Node):
+    """Publishes camera frames and records fixes, poses and diagnostics."""
+
+    def __init__(self, *, image_topic='/camera/image_raw', namespace='', compressed=False):
+        super().__init__('vl_attention_replay', namespace=namespace or '/')
+        self.compressed = compressed
+        topic = f'{image_topic}/compressed' if compressed else image_topic
+        self.image_publisher = self.create_publisher(
+            CompressedImage if compressed else Image, topic, qos_profile_sensor_data)
+        prefix = f'/{namespace.strip("/")}' if namespace.strip('/') else ''
+        self.localizer_status_name = f'{prefix}/localize_node: visual localization'
+        self.responses = Responses()
+        self._lock = threading.Lock()
+        self.sent_at = {}
+        self.fix_subscription = self.create_subscription(NavSatFix, f'{prefix}/fix',
+                                                         self._on_fix, 100)
+        self.pose_subscription = self.create_subscription(
+            PoseWithCovarianceStamped, f'{prefix}/pose', self._on_pose, 100)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self)
+        self._spinner = threading.Thread(target=self._executor.spin, daemon=True)
+        self._spinner.start()
+
+    def wait_for_localizer(self, timeout_s=120.0):
+        """Block until images reach the localizer and its fixes and poses reach us."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            # all three matched: a message sent before that would be lost
+            if self.image_publisher.get_subscription_count() > 0 \
+                    and self.fix_subscription.get_publisher_count() > 0 \
+                    and self.pose_subscription.get_publisher_count() > 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def publish_frame(self, rgb, stamp_ns, frame_id='camera'):
+        """Publish one RGB frame stamped ``stamp_ns``."""
+        msg = CompressedImage() if self.compressed else Image()
+        if self.compressed:
+            msg.format = 'jpeg'
+            msg.data = encode_compressed(rgb)
+        else:
+            rgb_to_image_msg(rgb, msg)
+        self.publish_message(msg, stamp_ns, frame_id)
+
+    def publish_message(self, msg, stamp_ns, frame_id='camera'):
+        """Publish a prepared image message (also malformed ones, for tests)."""
+        msg.header.stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        msg.header.frame_id = frame_id
+        self.sent_at[stamp_ns] = time.perf_counter()
+        self.image_publisher.publish(msg)
+
+    def wait_for_response(self, stamp_ns, timeout_s=10.0):
+        """Wait until a fix for ``stamp_ns`` arrived; return it or None."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if stamp_ns in self.responses.fixes:
+                    return self.responses.fixes[stamp_ns]
+            time.sleep(0.01)
+        return None
+
+    def latency_ms(self, stamp_ns):
+        """Time from publishing a frame to receiving its fix, in ms (None if no fix)."""
+        with self._lock:
+            received = self.responses.received_at.get(stamp_ns)
+        sent = self.sent_at.get(stamp_ns)
+        return None if received is None or sent is None else (received - sent) * 1e3
+
+    def _on_fix(self, msg):
+        with self._lock:
+            stamp = stamp_to_ns(msg.header.stamp)
+            self.responses.fixes[stamp] = msg
+            self.responses.received_at[stamp] = time.perf_counter()
+
+    def _on_pose(self, msg):
+        with self._lock:
+            self.responses.poses[stamp_to_ns(msg.header.stamp)] = msg
+
+    def _on_diagnostics(self, msg):
+        with self._lock:
+            self.responses.diagnostics.append(msg)
+
+    def latest_diagnostics(self):
+        """Key -> value of the newest localizer diagnostics status (empty if none yet)."""
+        with self._lock:
+            for array in reversed(self.responses.diagnostics):
+                for status in array.status:
+                    if status.name == self.localizer_status_name:
+                        return {kv.key: kv.value for kv in status.values} | {
+                            '_level': int.from_bytes(status.level, 'little')
+                            if isinstance(status.level, bytes) else int(status.level),
+                            '_message': status.message}
+        return {}
+
+    def close(self):
+        """Stop spinning and destroy the node."""
+        self._executor.shutdown()
+        self.destroy_node()
