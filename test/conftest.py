@@ -22,7 +22,7 @@ def _as_rgb(image):
 
 @pytest.fixture(scope='session')
 def photos():
-    """Real photographs (scikit-image samples) as uint8 RGB at 320x240."""
+    """Return real photographs (scikit-image samples) as uint8 RGB at 320x240."""
     from skimage import data
     return {name: cv2.resize(_as_rgb(getattr(data, name)()), (320, 240),
                              interpolation=cv2.INTER_AREA) for name in PHOTO_NAMES}
@@ -30,13 +30,13 @@ def photos():
 
 @pytest.fixture(scope='session')
 def export_cache(tmp_path_factory):
-    """One exported-model cache for the whole test session."""
+    """Return one exported-model cache for the whole test session."""
     return tmp_path_factory.mktemp('exports')
 
 
 @pytest.fixture(scope='session')
 def embedder(export_cache):
-    """The default model on ONNX Runtime."""
+    """Create the default model on ONNX Runtime."""
     from vl_attention.engine.embedder import create_embedder, EmbedderConfig
     return create_embedder(EmbedderConfig(backend='onnxruntime', cache_dir=str(export_cache)))
 
@@ -54,7 +54,7 @@ def write_poses_csv(path, names, latitudes_deg, longitude_deg=11.5, altitude_m=5
 
 @pytest.fixture(scope='session')
 def photo_folder(photos, tmp_path_factory):
-    """Image folder + poses.csv of the photos, 100 m apart along a meridian."""
+    """Write an image folder + poses.csv of the photos, 100 m apart along a meridian."""
     root = tmp_path_factory.mktemp('photo_folder')
     (root / 'images').mkdir()
     names = []
@@ -68,7 +68,7 @@ def photo_folder(photos, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def photo_map(photo_folder, embedder, tmp_path_factory):
-    """A map built from the photo folder with the session embedder."""
+    """Build a map from the photo folder with the session embedder."""
     from vl_attention.mapping.builder import build_map_from_folder
     out = tmp_path_factory.mktemp('maps') / 'photo_map'
     return build_map_from_folder(photo_folder / 'images', photo_folder / 'poses.csv', out,
@@ -77,14 +77,14 @@ def photo_map(photo_folder, embedder, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_world(tmp_path_factory):
-    """The synthetic world's 'tiny' preset (two traversals with exact poses)."""
+    """Render the synthetic world's 'tiny' preset (two traversals with exact poses)."""
     from vl_attention.data.synthetic import generate
     return generate('tiny', tmp_path_factory.mktemp('tiny_world'), progress=False)
 
 
 @pytest.fixture(scope='session')
 def tiny_map(tiny_world, embedder, tmp_path_factory):
-    """Map of the tiny world's daytime traversal."""
+    """Build the map of the tiny world's daytime traversal."""
     from vl_attention.mapping.builder import build_map_from_folder
     traversal = tiny_world / 'map_day'
     return build_map_from_folder(traversal / 'images', traversal / 'poses.csv',

@@ -23,8 +23,8 @@ NAMESPACE = 'cam2'
 @pytest.fixture(scope='module')
 def ros_env():
     env = isolated_ros_environment(domain_id=random.randint(101, 200))
-    saved = {key: os.environ.get(key) for key in ('ROS_DOMAIN_ID',
-                                                   'ROS_AUTOMATIC_DISCOVERY_RANGE')}
+    keys = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
+    saved = {key: os.environ.get(key) for key in keys}
     os.environ.update({key: env[key] for key in saved})
     rclpy.init()
     yield env
