@@ -203,3 +203,21 @@ def test_missing_map_dir_fails_fast_with_a_clear_message(ros_env, tmp_path):
         process.kill()
         raise
     assert 'not a map' in (tmp_path / 'log2').read_text()
+
+
+def _installed_executable():
+    for prefix in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
+        candidate = os.path.join(prefix, 'lib', 'vl_attention', 'localize_node')
+        if prefix and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(_installed_executable() is None,
+                    reason='not run from a colcon install space (AMENT_PREFIX_PATH)')
+def test_installed_console_script_runs_without_ros2_cli(ros_env, tmp_path):
+    import subprocess
+    result = subprocess.run([_installed_executable(), '--ros-args', '-p', "map_dir:=''"],
+                            env=ros_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert 'map_dir is empty' in result.stderr

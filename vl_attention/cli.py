@@ -95,7 +95,7 @@ def _add_demo(subparsers):
     parser.add_argument('--work-dir', type=Path, default=Path('demo_output'))
     parser.add_argument('--preset', default='demo')
     parser.add_argument('--frames', type=int, default=0, help='query frames (0 = all)')
-    parser.add_argument('--rate-hz', type=float, default=5.0, help='publishing rate')
+    parser.add_argument('--rate-hz', type=float, default=10.0, help='publishing rate (Hz)')
 
 
 def _run_demo(args):
@@ -105,7 +105,33 @@ def _run_demo(args):
     return 0 if summary['fixes_received'] > 0 else 1
 
 
+def _add_export(subparsers):
+    parser = subparsers.add_parser('export', help='export a model to ONNX + model_card.json')
+    parser.add_argument('--model', default=EmbedderConfig.model,
+                        help='model preset name or YAML path (default: %(default)s)')
+    parser.add_argument('--weights', default='',
+                        help='checkpoint of the whole descriptor model (default: the preset\'s '
+                             'own weights)')
+    parser.add_argument('--out', required=True, type=Path, help='export directory to write')
+    parser.add_argument('--height', type=int, default=0, help='input height (0 = preset)')
+    parser.add_argument('--width', type=int, default=0, help='input width (0 = preset)')
+    parser.add_argument('--dynamic-size', action='store_true',
+                        help='dynamic H x W in the graph (batch is always dynamic)')
+
+
+def _run_export(args):
+    from vl_attention.engine.export import ExportConfig, main, read_export
+    cfg = ExportConfig(model=args.model, weights=args.weights, input_height=args.height,
+                       input_width=args.width, dynamic_size=args.dynamic_size)
+    card = read_export(main(cfg, args.out))
+    prep = card.preprocessing
+    print(f'exported {card.model_name} to {args.out}: {prep.input_width}x{prep.input_height} '
+          f'{prep.colour_order}, {card.descriptor_dim}-D, fingerprint {card.fingerprint}, '
+          f'opset {card.onnx_opset}')
+
+
 COMMANDS = {
+    'export': (_add_export, _run_export),
     'build-map': (_add_build_map, _run_build_map),
     'map-info': (_add_map_info, _run_map_info),
     'synth': (_add_synth, _run_synth),
