@@ -1,0 +1,77 @@
+"""Metrics against hand-computed cases: ties, queries without positives, the ratio-test PR."""
+
+import numpy as np
+import pytest
+
+from vl_attention.evaluation.metrics import (average_precision, covariance_honesty,
+                                             latency_summary, pose_error_summary, pose_errors,
+                                             precision_recall_curve, ratio_test_scores,
+                                             recall_at_full_precision, recall_at_n)
+from vl_attention.geo import quaternion_from_yaw_pitch_roll
+
+
+def test_recall_at_n_leaves_out_queries_without_positives():
+    ranked = np.array([[3, 1, 2], [0, 4, 5], [7, 8, 9]])
+    positives = [np.array([1]), np.array([0, 5]), np.array([], dtype=int)]
+    recalls, without = recall_at_n(ranked, positives, n_values=(1, 2, 3))
+    assert recalls == {1: 0.5, 2: 1.0, 3: 1.0}
+    assert without == 1
+
+
+def test_ratio_test_scores():
+    similarities = np.array([[1.0, 0.5], [0.5, 0.5], [1.0, 1.0], [0.9, 0.6]])
+    d1, d2 = np.sqrt(2 - 2 * 0.9), np.sqrt(2 - 2 * 0.6)
+    np.testing.assert_allclose(ratio_test_scores(similarities), [1.0, 0.0, 0.0, 1 - d1 / d2])
+
+
+def test_precision_recall_with_ties_and_query_without_positives():
+    scores = [0.9, 0.5, 0.5, 0.1]
+    correct = [True, False, True, True]      # the last query has no positive: never correct
+    has_positive = [True, True, True, False]
+    precision, recall, thresholds = precision_recall_curve(scores, correct, has_positive)
+    np.testing.assert_allclose(thresholds, [0.9, 0.5, 0.1])
+    np.testing.assert_allclose(precision, [1.0, 2 / 3, 0.5])
+    np.testing.assert_allclose(recall, [1 / 3, 2 / 3, 2 / 3])
+    assert average_precision(precision, recall) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3))
+    assert recall_at_full_precision(precision, recall) == pytest.approx(1 / 3)
+
+
+def test_perfect_and_hopeless_rankings():
+    precision, recall, _ = precision_recall_curve([0.3, 0.2], [True, True], [True, True])
+    assert average_precision(precision, recall) == pytest.approx(1.0)
+    assert recall_at_full_precision(precision, recall) == 1.0
+    precision, recall, _ = precision_recall_curve([0.3, 0.2], [False, False], [True, True])
+    assert average_precision(precision, recall) == 0.0
+    assert recall_at_full_precision(precision, recall) == 0.0
+
+
+def test_pose_errors_and_threshold_fractions():
+    estimated = np.array([[0.1, 0, 0], [0, 0.4, 0], [6, 0, 0]])
+    yaw_deg = np.array([1.0, 4.0, 1.0])
+    position, rotation = pose_errors(estimated, np.zeros((3, 3)),
+                                     quaternion_from_yaw_pitch_roll(np.radians(yaw_deg)),
+                                     quaternion_from_yaw_pitch_roll(np.zeros(3)))
+    np.testing.assert_allclose(position, [0.1, 0.4, 6.0])
+    np.testing.assert_allclose(rotation, yaw_deg, atol=1e-9)
+    summary = pose_error_summary(position, rotation)
+    assert summary['position_median_m'] == pytest.approx(0.4)
+    assert summary['within_0.25m_2deg'] == pytest.approx(1 / 3)
+    assert summary['within_0.5m_5deg'] == pytest.approx(2 / 3)
+    assert summary['within_5m_10deg'] == pytest.approx(2 / 3)
+
+
+def test_covariance_honesty_hand_case_and_calibrated_sampling():
+    result = covariance_honesty(np.array([[1.0, 0.0], [0.0, 3.0]]), np.stack([np.eye(2)] * 2))
+    assert result['nees_mean'] == pytest.approx(5.0)
+    assert result['inside_ellipse_fraction'] == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    covariance = np.array([[4.0, 1.0], [1.0, 2.0]])
+    errors = rng.multivariate_normal(np.zeros(2), covariance, size=20000)
+    honest = covariance_honesty(errors, np.broadcast_to(covariance, (20000, 2, 2)))
+    assert honest['inside_ellipse_fraction'] == pytest.approx(0.95, abs=0.01)
+    assert honest['nees_mean'] == pytest.approx(2.0, abs=0.05)
+
+
+def test_latency_summary():
+    summary = latency_summary([10, 20, 30, 40, 50], wall_s=0.5)
+    assert summary['latency_p50_ms'] == 30 and summary['throughput_hz'] == 10

@@ -1,0 +1,1 @@
+"""Evaluation: the field's metrics, dataset readers, reports; same Localizer as the node."""

@@ -1,0 +1,124 @@
+"""Reports: ``metrics.json`` (atomic), ``report.md`` and PNG plots."""
+
+import datetime
+import importlib.metadata
+import json
+from pathlib import Path
+import platform
+
+import cv2
+import matplotlib
+import numpy as np
+
+from vl_attention import __version__
+from vl_attention.io import atomic_path, atomic_write_bytes, atomic_write_text
+
+matplotlib.use('Agg')
+from matplotlib import pyplot  # noqa: E402  (after choosing the headless backend)
+
+SOFTWARE = ('torch', 'onnxruntime', 'faiss-cpu', 'numpy', 'opencv-python-headless')
+
+
+def software_versions():
+    """Versions of the package and the libraries that produce the numbers."""
+    versions = {'vl_attention': __version__, 'python': platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def save_figure(figure, path):
+    """Write a matplotlib figure atomically as PNG."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format='png', dpi=110, bbox_inches='tight')
+    pyplot.close(figure)
+
+
+def plot_pr_curves(runs, path):
+    """Ratio-test precision-recall curve of each model."""
+    figure, axes = pyplot.subplots(figsize=(5, 4))
+    for result, plots in runs:
+        axes.plot(plots['recall'], plots['precision'], drawstyle='steps-post',
+                  label=f'{result["model"]} (AUC {result["pr_auc"]:.3f})')
+    axes.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02),
+             title='precision-recall (ratio test)')
+    axes.legend(loc='lower left')
+    axes.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def plot_recall_at_n(runs, path):
+    """Recall@N curve of each model."""
+    figure, axes = pyplot.subplots(figsize=(5, 4))
+    for result, _ in runs:
+        n_values = [int(n) for n in result['recall_at_n']]
+        axes.plot(n_values, list(result['recall_at_n'].values()), marker='o',
+                  label=result['model'])
+    axes.set(xlabel='N', ylabel='Recall@N', ylim=(0, 1.02), xscale='log', title='Recall@N')
+    axes.legend(loc='lower right')
+    axes.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def example_strip(dataset, plots, path, examples, top=3, height=96):
+    """Strip of example queries (left) and their top matches; green = positive, red = not."""
+    rows = []
+    chosen = np.linspace(0, len(dataset.query_images) - 1, num=min(examples,
+                                                                   len(dataset.query_images)))
+    for query in chosen.astype(int):
+        tiles = [_tile(dataset.query_images[query], height, (255, 255, 255))]
+        for index in plots['indices'][query, :top]:
+            colour = (0, 200, 0) if index in dataset.positives[query] else (0, 0, 220)
+            tiles.append(_tile(dataset.database_images[index], height, colour))
+        rows.append(np.hstack(tiles))
+    width = max(row.shape[1] for row in rows)
+    strip = np.vstack([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)))
+                       for row in rows])
+    atomic_write_bytes(path, cv2.imencode('.png', strip)[1].tobytes())
+
+
+def _tile(image_path, height, colour_bgr):
+    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.copyMakeBorder(image, 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=colour_bgr)
+
+
+def markdown_table(results):
+    """One row per model: Recall@N, PR-AUC, Recall@100%P, timings."""
+    n_values = list(results[0]['recall_at_n'])
+    header = ['model', 'D'] + [f'R@{n}' for n in n_values] + \
+        ['PR-AUC', 'R@100%P', 'embed ms/img', 'search ms/query']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for result in results:
+        cells = [result['model'], str(result['descriptor_dim'])]
+        cells += [f'{value:.3f}' for value in result['recall_at_n'].values()]
+        cells += [f'{result["pr_auc"]:.3f}', f'{result["recall_at_100_precision"]:.3f}',
+                  f'{result["embed_ms_per_image"]:.1f}', f'{result["search_ms_per_query"]:.3f}']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def write_vpr_report(out_dir, dataset, runs, *, examples=5):
+    """Write metrics.json, report.md, pr_curve.png, recall_at_n.png, examples.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [result for result, _ in runs]
+    plot_pr_curves(runs, out_dir / 'pr_curve.png')
+    plot_recall_at_n(runs, out_dir / 'recall_at_n.png')
+    example_strip(dataset, runs[0][1], out_dir / 'examples.png', examples)
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    document = {'dataset': dataset.describe(), 'runs': results, 'software': software_versions(),
+                'created_utc': created}
+    atomic_write_text(out_dir / 'metrics.json', json.dumps(document, indent=2))
+    atomic_write_text(out_dir / 'report.md', '\n'.join([
+        f'# Place recognition on `{dataset.root.name}`', '',
+        f'{len(dataset.query_images)} queries, {len(dataset.database_images)} database images; '
+        f'ground truth: {dataset.ground_truth}.', '', markdown_table(results), '',
+        '![precision-recall](pr_curve.png) ![Recall@N](recall_at_n.png)', '',
+        f'Examples ({runs[0][0]["model"]}): query, then its top matches; green = positive, '
+        'red = not.', '', '![examples](examples.png)', '']))
+    return out_dir
