@@ -57,10 +57,11 @@ def test_unknown_format_version_and_non_map_dirs(photo_map, tmp_path):
     newer = tmp_path / 'newer'
     shutil.copytree(photo_map, newer)
     manifest = json.loads((newer / 'manifest.json').read_text())
-    manifest['format_version'] = 2
-    (newer / 'manifest.json').write_text(json.dumps(manifest))
-    with pytest.raises(MapFormatError, match='format version 2.*reads version 1'):
-        load_map(newer)
+    for version in (1, 99):
+        manifest['format_version'] = version
+        (newer / 'manifest.json').write_text(json.dumps(manifest))
+        with pytest.raises(MapFormatError, match=f'format version {version}.*reads version 2'):
+            load_map(newer)
     with pytest.raises(MapFormatError, match='not a map'):
         load_map(tmp_path / 'nothing_here')
 

@@ -6,14 +6,13 @@ so no argparse Namespace reaches the library.
 """
 
 import argparse
-import json
 import logging
 from pathlib import Path
 import sys
 
 from vl_attention.config import ConfigError
+from vl_attention.engine.availability import BACKEND_NAMES
 from vl_attention.engine.embedder import EmbedderConfig
-from vl_attention.geo import GeodeticOrigin
 
 LOG = logging.getLogger('vl_attention')
 
@@ -21,56 +20,69 @@ LOG = logging.getLogger('vl_attention')
 def _add_embedder_arguments(parser):
     parser.add_argument('--model', default=EmbedderConfig.model,
                         help='model preset name or YAML path (default: %(default)s)')
-    parser.add_argument('--backend', default='auto', choices=['auto', 'onnxruntime', 'torch'],
+    parser.add_argument('--backend', default='auto', choices=BACKEND_NAMES,
                         help='inference backend (default: %(default)s)')
+    parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    parser.add_argument('--precision', default='fp32', choices=['fp32', 'fp16', 'int8'],
+                        help='GPU backends only (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (0 = default)')
     parser.add_argument('--cache-dir', default='', help='exported-model cache directory')
 
 
 def _embedder_config(args):
     return EmbedderConfig(model=args.model, backend=args.backend, threads=args.threads,
-                          cache_dir=args.cache_dir)
+                          cache_dir=args.cache_dir, device=args.device,
+                          precision=args.precision)
 
 
 def _add_build_map(subparsers):
-    parser = subparsers.add_parser('build-map', help='build a map from images + poses.csv')
-    parser.add_argument('--images', required=True, type=Path, help='folder of database images')
-    parser.add_argument('--poses', required=True, type=Path,
-                        help='poses.csv: image,stamp_ns,latitude_deg,longitude_deg,'
-                             'altitude_m,qx,qy,qz,qw')
+    from vl_attention.mapping import commands
+    parser = subparsers.add_parser('build-map', epilog=commands.EPILOG,
+                                   help='build a map from images + poses or from rosbag2 files')
     parser.add_argument('--out', required=True, type=Path, help='map directory to write')
-    parser.add_argument('--origin', nargs=3, type=float, metavar=('LAT', 'LON', 'ALT'),
-                        help='geodetic origin of the local ENU frame (default: first pose)')
+    commands.add_source_arguments(parser)
+    commands.add_index_arguments(parser)
     _add_embedder_arguments(parser)
 
 
 def _run_build_map(args):
-    from vl_attention.mapping.builder import main, MapBuildConfig
-    origin = GeodeticOrigin(*args.origin) if args.origin else None
-    cfg = MapBuildConfig(embedder=_embedder_config(args), origin=origin)
-    path = main(cfg, (args.images, args.poses), args.out)
+    from vl_attention.mapping import commands
+    from vl_attention.mapping.builder import main
+    cfg = commands.build_config(args, _embedder_config(args))
+    path = main(cfg, commands.source_inputs(args), args.out)
     print(f'map written to {path}')
 
 
 def _add_map_info(subparsers):
-    parser = subparsers.add_parser('map-info', help='print a map manifest and statistics')
-    parser.add_argument('map_dir', type=Path)
+    from vl_attention.mapping import commands
+    parser = subparsers.add_parser('map', help='inspect or grow a map: map info | map add')
+    actions = parser.add_subparsers(dest='map_action', required=True)
+    info = actions.add_parser('info', help='print a map manifest and statistics')
+    info.add_argument('map_dir', type=Path)
+    info.add_argument('--verify', action='store_const', const='full', default='auto',
+                      help='hash every file completely (slow for large maps)')
+    add = actions.add_parser('add', epilog=commands.EPILOG,
+                             help='append new places to a map (same model)')
+    add.add_argument('map_dir', type=Path)
+    commands.add_source_arguments(add)
+    _add_embedder_arguments(add)
+    legacy = subparsers.add_parser('map-info', help='same as `map info`')
+    legacy.add_argument('map_dir', type=Path)
+    legacy.set_defaults(map_action='info', verify='auto')
 
 
 def _run_map_info(args):
-    from dataclasses import asdict
-
-    import numpy as np
-
-    from vl_attention.mapping import load_map
-    loaded = load_map(args.map_dir)
-    positions = loaded.records.position_enu_m
-    info = asdict(loaded.manifest) | {'statistics': {
-        'extent_east_m': float(np.ptp(positions[:, 0])) if len(positions) else 0.0,
-        'extent_north_m': float(np.ptp(positions[:, 1])) if len(positions) else 0.0,
-        'first_stamp_ns': int(loaded.records.stamp_ns.min()),
-        'last_stamp_ns': int(loaded.records.stamp_ns.max())}}
-    print(json.dumps(info, indent=2))
+    from vl_attention.mapping import commands
+    if args.map_action == 'info':
+        print(commands.format_map_info(commands.map_info(args.map_dir, verify=args.verify)))
+        return 0
+    from vl_attention.engine.embedder import create_embedder
+    from vl_attention.mapping.builder import add_to_map, make_source
+    cfg = commands.build_config(args, _embedder_config(args), with_index=False)
+    path = add_to_map(args.map_dir, make_source(commands.source_inputs(args), cfg.origin),
+                      embedder=create_embedder(cfg.embedder), cfg=cfg)
+    print(f'map {path} updated')
+    return 0
 
 
 def _add_synth(subparsers):
@@ -110,8 +122,8 @@ def _add_export(subparsers):
     parser.add_argument('--model', default=EmbedderConfig.model,
                         help='model preset name or YAML path (default: %(default)s)')
     parser.add_argument('--weights', default='',
-                        help='checkpoint of the whole descriptor model (default: the preset\'s '
-                             'own weights)')
+                        help='checkpoint of the whole descriptor model (default: the weights '
+                             'the preset names)')
     parser.add_argument('--out', required=True, type=Path, help='export directory to write')
     parser.add_argument('--height', type=int, default=0, help='input height (0 = preset)')
     parser.add_argument('--width', type=int, default=0, help='input width (0 = preset)')
@@ -130,12 +142,39 @@ def _run_export(args):
           f'opset {card.onnx_opset}')
 
 
+def _add_evaluate_vpr(subparsers):
+    parser = subparsers.add_parser('evaluate-vpr', help='Recall@N, PR curve and latency on a '
+                                   'place-recognition dataset folder')
+    parser.add_argument('--dataset', required=True, type=Path,
+                        help='folder with database/, queries/ and ground truth')
+    parser.add_argument('--out', required=True, type=Path, help='report directory')
+    parser.add_argument('--positive-distance-m', type=float, default=25.0,
+                        help='positive radius for database.csv/queries.csv ground truth')
+    parser.add_argument('--sequential', type=int, default=None, metavar='K',
+                        help='ground truth: query i matches database i-K..i+K')
+    parser.add_argument('--models', default='',
+                        help='comma-separated model presets compared in one table')
+    _add_embedder_arguments(parser)
+
+
+def _run_evaluate_vpr(args):
+    from vl_attention.evaluation.evaluate_vpr import main, VPREvalConfig
+    models = tuple(name for name in args.models.split(',') if name)
+    cfg = VPREvalConfig(embedder=_embedder_config(args), models=models,
+                        positive_distance_m=args.positive_distance_m,
+                        sequential=args.sequential)
+    out = main(cfg, args.dataset, args.out)
+    print((out / 'report.md').read_text())
+
+
 COMMANDS = {
     'export': (_add_export, _run_export),
     'build-map': (_add_build_map, _run_build_map),
-    'map-info': (_add_map_info, _run_map_info),
+    'map': (_add_map_info, _run_map_info),
+    'map-info': (lambda subparsers: None, _run_map_info),
     'synth': (_add_synth, _run_synth),
     'demo': (_add_demo, _run_demo),
+    'evaluate-vpr': (_add_evaluate_vpr, _run_evaluate_vpr),
 }
 
 

@@ -1,84 +1,191 @@
 """Inference backends: normalised ``float32 (B, 3, H, W)`` in, ``float32 (B, D)`` out.
 
-Each backend is registered by name. ``auto`` picks the first available of
-:data:`AUTO_ORDER` and logs why the others were passed over.
+Each backend is registered by name (``torch``, ``onnxruntime``,
+``tensorrt``) and runs on a device; ``<backend>-<device>`` names pin the
+device. ``auto`` tries :data:`~vl_attention.engine.availability.AUTO_ORDER`
+(tensorrt -> onnxruntime-cuda -> torch-cuda -> onnxruntime-cpu -> torch-cpu)
+and logs what it picked and why the others were not.
+
+Verified on CPU only: ``torch-cpu`` (eager, channels-last, torch.compile) and
+``onnxruntime-cpu``. The CUDA paths (torch-cuda FP16, onnxruntime-cuda) are
+written against the documented APIs but were not run here (no GPU).
 """
 
+import copy
+import dataclasses
 import logging
 import os
 
 import numpy as np
 import torch
+from torch import nn
 
-from vl_attention.models.registry import Registry
+from vl_attention.engine import tensorrt_backend as _tensorrt  # noqa: F401  (registers it)
+from vl_attention.engine.availability import (CUDA, ORT_CUDA_PROVIDER, parse_backend_name,
+                                              plan_auto, probe_availability, resolve_device,
+                                              unavailable_reason)
+from vl_attention.engine.backend_base import BackendOptions, BACKENDS, BackendUnavailable
 
 LOG = logging.getLogger(__name__)
 
-BACKENDS = Registry('backend')
-AUTO_ORDER = ('onnxruntime', 'torch')
+__all__ = ['BACKENDS', 'BackendOptions', 'BackendUnavailable', 'create_backend']
 
 
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run on this machine; the message says why."""
+def _concrete_model(model):
+    """Return the module itself, or call a lazy factory (export directories rebuild on demand)."""
+    if model is None:
+        raise BackendUnavailable('the torch backend needs the torch model, and none was given')
+    if isinstance(model, nn.Module):
+        return model
+    return model()
 
 
 @BACKENDS.register('torch')
 class TorchBackend:
-    """Eager PyTorch on the CPU."""
+    """PyTorch eager (optionally ``torch.compile``), FP16 + channels-last on CUDA."""
 
     name = 'torch'
 
-    def __init__(self, *, model, onnx_path=None, threads=0):
-        self.model = model.eval()
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.device = 'cpu'
+    def __init__(self, *, model, onnx_path=None, options=BackendOptions(), availability=None):
+        model = _concrete_model(model).eval()
+        availability = availability or probe_availability()
+        self.device = resolve_device('torch', options.device, availability)
+        if self.device == CUDA and unavailable_reason('torch-cuda', availability):
+            raise BackendUnavailable(unavailable_reason('torch-cuda', availability))
+        self.precision = 'fp16' if self.device == CUDA and options.precision != 'fp32' else 'fp32'
+        if self.precision != options.precision:
+            LOG.info('torch-%s runs %s (asked for %s)', self.device, self.precision,
+                     options.precision)
+        if options.threads and self.device != CUDA:
+            torch.set_num_threads(int(options.threads))  # process-wide, like torch itself
+        self.dtype = torch.float16 if self.precision == 'fp16' else torch.float32
+        self.memory_format = torch.channels_last if options.channels_last else None
+        if self.device == CUDA or options.channels_last:
+            model = copy.deepcopy(model)  # never move or re-layout the caller's module
+            model = model.to(device=self.device, dtype=self.dtype)
+            if self.memory_format is not None:
+                model = model.to(memory_format=self.memory_format)
+        self.model = torch.compile(model) if options.compile else model
+        self.description = (f'torch-{self.device} {self.precision}'
+                            f'{" channels-last" if options.channels_last else ""}'
+                            f'{" compiled" if options.compile else ""}'
+                            f' ({torch.get_num_threads()} threads)')
 
     def run(self, batch):
         """Embed a preprocessed batch."""
+        images = torch.from_numpy(batch)
+        if self.device == CUDA:
+            images = images.pin_memory().to(CUDA, non_blocking=True)
+        images = images.to(self.dtype)
+        if self.memory_format is not None:
+            images = images.contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).numpy().astype(np.float32, copy=False)
+            descriptors = self.model(images)
+        return descriptors.float().cpu().numpy()
+
+
+def ort_providers(device, availability):
+    """ONNX Runtime execution providers for ``device`` (CUDA keeps CPU as the fallback)."""
+    if device == CUDA:
+        reason = unavailable_reason('onnxruntime-cuda', availability)
+        if reason:
+            raise BackendUnavailable(reason)
+        return [ORT_CUDA_PROVIDER, 'CPUExecutionProvider']
+    return ['CPUExecutionProvider']
+
+
+def ort_session_options(onnxruntime, threads):
+    """Session options: full graph optimisation, ``threads`` intra-op threads (0 = library)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
 
 
 @BACKENDS.register('onnxruntime')
 class OnnxRuntimeBackend:
-    """ONNX Runtime on the CPU execution provider."""
+    """ONNX Runtime on the CUDA execution provider when present, else the CPU one."""
 
     name = 'onnxruntime'
 
-    def __init__(self, *, model=None, onnx_path, threads=0):
-        try:
-            import onnxruntime
-        except ImportError as error:
-            raise BackendUnavailable(f'onnxruntime is not installed ({error})') from error
+    def __init__(self, *, model=None, onnx_path, options=BackendOptions(), availability=None):
+        availability = availability or probe_availability()
+        if not availability.onnxruntime_version:
+            raise BackendUnavailable(availability.onnxruntime_reason)
         if onnx_path is None or not os.path.isfile(onnx_path):
             raise BackendUnavailable(f'no ONNX file at {onnx_path}')
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        import onnxruntime
+        self.device = resolve_device('onnxruntime', options.device, availability)
+        providers = ort_providers(self.device, availability)
         self.session = onnxruntime.InferenceSession(
-            str(onnx_path), sess_options=options, providers=['CPUExecutionProvider'])
+            str(onnx_path), sess_options=ort_session_options(onnxruntime, options.threads),
+            providers=providers)
+        if self.device == CUDA and ORT_CUDA_PROVIDER not in self.session.get_providers():
+            raise BackendUnavailable(f'{ORT_CUDA_PROVIDER} did not load (CUDA/cuDNN libraries '
+                                     'missing or mismatched); see the onnxruntime-gpu docs')
+        self.precision = 'fp32'
+        if options.precision != 'fp32':
+            LOG.info('onnxruntime runs the FP32 graph (asked for %s)', options.precision)
         self.input_name = self.session.get_inputs()[0].name
-        self.device = 'cpu'
+        threads = options.threads or 'default'
+        self.description = f'onnxruntime-{self.device} fp32 ({threads} threads)'
 
     def run(self, batch):
         """Embed a preprocessed batch."""
         return self.session.run(None, {self.input_name: batch})[0]
 
 
-def create_backend(name, *, model, onnx_path, threads=0):
-    """Instantiate backend ``name``; ``auto`` tries :data:`AUTO_ORDER` in turn."""
-    if name != 'auto':
-        return BACKENDS.create(name, model=model, onnx_path=onnx_path, threads=threads)
-    reasons = []
-    for candidate in AUTO_ORDER:
+def _create_one(variant_or_name, *, model, onnx_path, options, availability):
+    backend, device = parse_backend_name(variant_or_name)
+    if device != 'auto':
+        options = dataclasses.replace(options, device=device)
+    return BACKENDS.create(backend, model=model, onnx_path=onnx_path, options=options,
+                           availability=availability)
+
+
+def create_auto(*, model, onnx_path, options, availability):
+    """Try the ``auto`` order; log the pick and why earlier candidates were not used."""
+    plan = plan_auto(availability)
+    reasons = [f'{name}: {reason}' for name, reason in plan.skipped]
+    for variant in plan.candidates:
         try:
-            backend = BACKENDS.create(candidate, model=model, onnx_path=onnx_path,
-                                      threads=threads)
-        except BackendUnavailable as error:
-            reasons.append(f'{candidate}: {error}')
+            backend = _create_one(variant, model=model, onnx_path=onnx_path, options=options,
+                                  availability=availability)
+        except (BackendUnavailable, RuntimeError, OSError, ImportError) as error:
+            # GPU stacks fail in many ways (driver, OOM, engine build); fall through to the next
+            reasons.append(f'{variant}: {error}')
+            LOG.warning('backend auto: %s failed: %s', variant, error)
             continue
-        LOG.info('backend auto -> %s%s', candidate,
+        backend.auto_reasons = tuple(reasons)
+        LOG.info('backend auto -> %s%s', backend.description,
                  f' (passed over: {"; ".join(reasons)})' if reasons else '')
         return backend
     raise BackendUnavailable('no backend could start: ' + '; '.join(reasons))
+
+
+def create_backend(name, *, model, onnx_path, threads=None, options=None, availability=None):
+    """Instantiate backend ``name`` (``auto``, a backend or a ``<backend>-<device>`` variant).
+
+    ``model`` is a torch module or a zero-argument factory returning one;
+    ``threads`` overrides ``options.threads`` when given.
+    """
+    options = options or BackendOptions()
+    if threads is not None:
+        options = dataclasses.replace(options, threads=int(threads))
+    availability = availability or probe_availability()
+    if name == 'auto':
+        return create_auto(model=model, onnx_path=onnx_path, options=options,
+                           availability=availability)
+    backend = _create_one(name, model=model, onnx_path=onnx_path, options=options,
+                          availability=availability)
+    backend.auto_reasons = ()
+    return backend
+
+
+def as_float32(descriptors):
+    """Float32, C-contiguous descriptors re-normalised to unit length (FP16/INT8 drift)."""
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    norms = np.linalg.norm(descriptors, axis=1, keepdims=True)
+    return descriptors / np.maximum(norms, np.float32(1e-12))

@@ -8,8 +8,10 @@ import time
 
 import numpy as np
 
-from vl_attention.engine.backends import create_backend
-from vl_attention.engine.export import cached_export, ONNX_FILE
+from vl_attention.config import ConfigError
+from vl_attention.engine.availability import parse_backend_name
+from vl_attention.engine.backends import as_float32, BackendOptions, create_backend
+from vl_attention.engine.export import cached_export, ONNX_FILE, read_export, rebuild_model
 from vl_attention.engine.model_card import make_model_card
 from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
@@ -25,27 +27,55 @@ def default_cache_dir():
 
 @dataclass(frozen=True)
 class EmbedderConfig:
-    """Which model runs on which backend."""
+    """Which model runs on which backend, and how.
+
+    ``backend``: ``auto``, ``tensorrt``, ``onnxruntime``, ``torch`` or a
+    ``<backend>-<device>`` variant (``torch-cuda``, ``onnxruntime-cpu``).
+    ``precision`` (fp32, fp16, int8) applies on the GPU only; ``compile`` and
+    ``channels_last`` apply to torch. ``export_dir`` runs a directory written
+    by ``vl-attention export`` instead of building ``model``.
+    ``calibration_dir`` holds map images for TensorRT INT8 calibration.
+    """
 
     model: str = DEFAULT_MODEL
     backend: str = 'auto'
     threads: int = 0
     batch_size: int = 8
     cache_dir: str = ''
+    device: str = 'auto'
+    precision: str = 'fp32'
+    compile: bool = False
+    channels_last: bool = False
+    export_dir: str = ''
+    calibration_dir: str = ''
+
+    def backend_options(self, cache_dir):
+        """Options handed to the backend."""
+        return BackendOptions(device=self.device, threads=self.threads, precision=self.precision,
+                              compile=self.compile, channels_last=self.channels_last,
+                              max_batch=self.batch_size,
+                              engine_dir=str(Path(cache_dir) / 'tensorrt'),
+                              calibration_dir=self.calibration_dir)
 
 
 class Embedder:
     """Runs preprocessing and one backend; every backend gets identical input."""
 
-    def __init__(self, backend, card):
+    def __init__(self, backend, card, *, batch_size=8):
         self.backend = backend
         self.card = card
+        self.batch_size = batch_size
         self.last_latency_ms = 0.0
 
     @property
     def backend_name(self):
-        """Name of the backend that runs the network."""
+        """Registry name of the backend that runs the network (tensorrt, onnxruntime, torch)."""
         return self.backend.name
+
+    @property
+    def backend_description(self):
+        """One line: backend, device, precision, threads (for logs and diagnostics)."""
+        return self.backend.description
 
     @property
     def fingerprint(self):
@@ -63,11 +93,13 @@ class Embedder:
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
         started = time.perf_counter()
         descriptors = self.backend.run(preprocess_frames(frames, self.card.preprocessing))
+        descriptors = as_float32(descriptors)
         self.last_latency_ms = (time.perf_counter() - started) * 1e3
-        return np.ascontiguousarray(descriptors, dtype=np.float32)
+        return descriptors
 
-    def embed_batches(self, frames, batch_size=8):
-        """Embed an iterable of frames in batches (map building)."""
+    def embed_batches(self, frames, batch_size=None):
+        """Embed an iterable of frames in batches (map building), same backend as :meth:`embed`."""
+        batch_size = batch_size or self.batch_size
         chunks, batch = [], []
         for frame in frames:
             batch.append(frame)
@@ -81,17 +113,48 @@ class Embedder:
         return np.concatenate(chunks)
 
 
-def create_embedder(config=EmbedderConfig()):
-    """Build the model of ``config``, export it once (cached by fingerprint), start a backend."""
+def _needs_onnx(backend):
+    return backend == 'auto' or parse_backend_name(backend)[0] in ('onnxruntime', 'tensorrt')
+
+
+def _from_export_dir(config):
+    export_dir = Path(config.export_dir)
+    card = read_export(export_dir)
+    if config.model not in (DEFAULT_MODEL, card.model_name):
+        raise ConfigError(f'export {export_dir} holds model {card.model_name!r}, not '
+                          f'{config.model!r}; leave model unset or name the exported one')
+    return card, (lambda: rebuild_model(card)), export_dir / ONNX_FILE
+
+
+def _from_preset(config, model, cache_dir):
     model_config = load_model_config(config.model)
-    model = build_model(model_config)
+    model = build_model(model_config) if model is None else model.eval()
     card = make_model_card(model_config, model)
+    size = (model_config.input_height, model_config.input_width)
+    if (card.preprocessing.input_height, card.preprocessing.input_width) != size:
+        raise ConfigError(f'the given model takes {card.preprocessing.input_height}x'
+                          f'{card.preprocessing.input_width} input, preset {config.model!r} '
+                          f'{size[0]}x{size[1]}; build it from the preset')
     onnx_path = None
-    if config.backend in ('auto', 'onnxruntime'):
-        cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    if _needs_onnx(config.backend):
         onnx_path = cached_export(model, card, cache_dir) / ONNX_FILE
+    return card, model, onnx_path
+
+
+def create_embedder(config=EmbedderConfig(), *, model=None):
+    """Start an embedder: export once (cached by fingerprint), then start the backend.
+
+    The network comes from ``config.export_dir`` when set, else from preset
+    ``config.model`` (``model`` may pass an already built module of that
+    preset, e.g. fresh from training).
+    """
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    if config.export_dir:
+        card, model, onnx_path = _from_export_dir(config)
+    else:
+        card, model, onnx_path = _from_preset(config, model, cache_dir)
     backend = create_backend(config.backend, model=model, onnx_path=onnx_path,
-                             threads=config.threads)
+                             options=config.backend_options(cache_dir))
     LOG.info('embedder: model %s (fingerprint %s, %d-D) on %s', card.model_name,
-             card.fingerprint, card.descriptor_dim, backend.name)
-    return Embedder(backend, card)
+             card.fingerprint, card.descriptor_dim, backend.description)
+    return Embedder(backend, card, batch_size=config.batch_size)

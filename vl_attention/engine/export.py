@@ -8,8 +8,12 @@ import warnings
 
 import torch
 
-from vl_attention.engine.model_card import ModelCard
+from vl_attention.config import from_dict
+from vl_attention.engine.backend_base import BackendUnavailable
+from vl_attention.engine.model_card import make_model_card, ModelCard, weights_sha256
 from vl_attention.io import atomic_path
+from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config, ModelConfig
+from vl_attention.models.weights import read_state_dict, WeightsError
 
 LOG = logging.getLogger(__name__)
 
@@ -20,12 +24,35 @@ INPUT_NAME = 'images'
 OUTPUT_NAME = 'descriptors'
 
 
-def export_onnx(model, card, out_dir):
-    """Write ``out_dir/model.onnx`` (dynamic batch, fixed H x W) and its card; return the dir.
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What ``vl-attention export`` exports.
+
+    ``weights`` is a checkpoint of the whole descriptor model (``''`` keeps
+    the preset's own weights); a size of 0 keeps the preset's input size;
+    ``dynamic_size`` makes H x W dynamic in the graph (batch always is).
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: str = ''
+    input_height: int = 0
+    input_width: int = 0
+    dynamic_size: bool = False
+
+
+def _dynamic_axes(dynamic_size):
+    axes = {0: 'batch', 2: 'height', 3: 'width'} if dynamic_size else {0: 'batch'}
+    return {INPUT_NAME: axes, OUTPUT_NAME: {0: 'batch'}}
+
+
+def export_onnx(model, card, out_dir, *, dynamic_size=None):
+    """Write ``out_dir/model.onnx`` (dynamic batch, fixed or dynamic H x W) and its card.
 
     Both files are written atomically; the card gains the opset and the
-    ONNX file's sha256 so the graph itself is fingerprinted too.
+    ONNX file's sha256 so the graph itself is fingerprinted too. Returns
+    ``out_dir``. ``dynamic_size=None`` follows ``card.dynamic_size``.
     """
+    dynamic_size = card.dynamic_size if dynamic_size is None else bool(dynamic_size)
     out_dir = Path(out_dir)
     prep = card.preprocessing
     example = torch.zeros(1, 3, prep.input_height, prep.input_width)
@@ -36,10 +63,11 @@ def export_onnx(model, card, out_dir):
         warnings.simplefilter('ignore', DeprecationWarning)
         torch.onnx.export(model, (example,), str(temporary), dynamo=False,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}},
+                          dynamic_axes=_dynamic_axes(dynamic_size),
                           opset_version=ONNX_OPSET)
         onnx_sha256 = hashlib.sha256(temporary.read_bytes()).hexdigest()
-    exported = dataclasses.replace(card, onnx_opset=ONNX_OPSET, onnx_sha256=onnx_sha256)
+    exported = dataclasses.replace(card, onnx_opset=ONNX_OPSET, onnx_sha256=onnx_sha256,
+                                   dynamic_size=dynamic_size)
     exported.save(out_dir / CARD_FILE)
     LOG.info('exported %s (fingerprint %s) to %s', card.model_name, card.fingerprint, out_dir)
     return out_dir
@@ -70,3 +98,47 @@ def cached_export(model, card, cache_dir):
         if export_dir.exists():
             LOG.warning('re-exporting: cached export unusable (%s)', error)
     return export_onnx(model, card, export_dir)
+
+
+def load_descriptor_weights(model, path):
+    """Load a checkpoint of the whole descriptor model (backbone + aggregator) into ``model``."""
+    state = read_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(f'{path} does not fit model {type(model).__name__} (needs keys '
+                           f'backbone.* and aggregator.* of the same preset): {error}') from None
+    return model.eval()
+
+
+def model_for_export(cfg):
+    """Build the torch model and card an :class:`ExportConfig` describes."""
+    config = load_model_config(cfg.model)
+    if cfg.input_height or cfg.input_width:
+        config = dataclasses.replace(config, input_height=cfg.input_height or config.input_height,
+                                     input_width=cfg.input_width or config.input_width)
+    model = build_model(config)
+    weights_file = str(Path(cfg.weights).resolve()) if cfg.weights else ''
+    if weights_file:
+        load_descriptor_weights(model, weights_file)
+    card = make_model_card(config, model, weights_file=weights_file)
+    return model, dataclasses.replace(card, dynamic_size=cfg.dynamic_size)
+
+
+def main(cfg, out_dir):
+    """Export the model of ``cfg`` into ``out_dir`` (``model.onnx`` + ``model_card.json``)."""
+    model, card = model_for_export(cfg)
+    export_onnx(model, card, out_dir)
+    return Path(out_dir)
+
+
+def rebuild_model(card):
+    """Rebuild the torch model of an exported card; refuse it unless its weights hash matches."""
+    model = build_model(from_dict(ModelConfig, card.model_config, where='model card'))
+    if card.weights_file:
+        load_descriptor_weights(model, card.weights_file)
+    if weights_sha256(model) != card.weights_sha256:
+        raise BackendUnavailable(
+            f'the torch model of {card.model_name} cannot be rebuilt with the exported weights '
+            '(random or changed weights); use the ONNX-based backends for this export')
+    return model

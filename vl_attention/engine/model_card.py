@@ -32,6 +32,8 @@ class ModelCard:
     model_config: dict
     onnx_opset: int = 0
     onnx_sha256: str = ''
+    dynamic_size: bool = False
+    weights_file: str = ''
     package_version: str = __version__
     format_version: int = CARD_FORMAT_VERSION
 
@@ -74,8 +76,12 @@ def weights_sha256(module):
     return digest.hexdigest()
 
 
-def make_model_card(config, model):
-    """Card for a freshly built torch model; the fingerprint covers config, weights, input."""
+def make_model_card(config, model, *, weights_file=''):
+    """Card for a freshly built torch model; the fingerprint covers config, weights, input.
+
+    ``weights_file`` records a checkpoint loaded over the preset's weights, so
+    the torch model can be rebuilt from an export directory.
+    """
     weights_hash = weights_sha256(model)
     config_values = to_dict(config)
     identity = json.dumps({'config': config_values, 'weights': weights_hash,
@@ -85,4 +91,4 @@ def make_model_card(config, model):
                      descriptor_dim=model.descriptor_dim(),
                      preprocessing=model.preprocessing,
                      weights_sha256=weights_hash,
-                     model_config=config_values)
+                     model_config=config_values, weights_file=str(weights_file or ''))

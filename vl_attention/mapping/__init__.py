@@ -1,9 +1,11 @@
 """Maps: FAISS index of database descriptors plus the poses of their images."""
 
-from vl_attention.mapping.index import IndexFileError, MapIndex
+from vl_attention.mapping.index import (choose_index_type, INDEX_TYPES, IndexFileError,
+                                        IndexParams, MapIndex)
 from vl_attention.mapping.map_format import (load_map, Map, MapFormatError, MapManifest,
                                              read_manifest, save_map)
 from vl_attention.mapping.records import PlaceRecords, PosesFileError, read_poses_csv
 
-__all__ = ['IndexFileError', 'Map', 'MapFormatError', 'MapIndex', 'MapManifest', 'PlaceRecords',
-           'PosesFileError', 'load_map', 'read_manifest', 'read_poses_csv', 'save_map']
+__all__ = ['choose_index_type', 'INDEX_TYPES', 'IndexFileError', 'IndexParams', 'Map',
+           'MapFormatError', 'MapIndex', 'MapManifest', 'PlaceRecords', 'PosesFileError',
+           'load_map', 'read_manifest', 'read_poses_csv', 'save_map']

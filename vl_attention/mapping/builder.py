@@ -1,24 +1,40 @@
-"""Build a map from an image folder and a poses CSV: ``main(cfg, inputs, out_dir) -> Path``."""
+"""Build a map from an image folder or rosbag2 files: ``main(cfg, inputs, out_dir) -> Path``.
 
-from dataclasses import dataclass, field
+Frames come from a source (:mod:`.sources`), are thinned to keyframes
+(:mod:`.subsampling`), embedded in resumable batches (:mod:`.checkpoints`),
+indexed (:mod:`.index`) and saved atomically (:mod:`.map_format`).
+"""
+
+from dataclasses import dataclass, field, replace
 import logging
 from pathlib import Path
 import time
 
-import cv2
 import numpy as np
+from tqdm import tqdm
 
+from vl_attention.config import to_dict
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.geo import GeodeticOrigin
-from vl_attention.mapping.index import MapIndex
-from vl_attention.mapping.map_format import MapManifest, save_map
-from vl_attention.mapping.records import read_poses_csv, records_from_columns
+from vl_attention.mapping.checkpoints import CheckpointStore, COLUMNS, partial_dir
+from vl_attention.mapping.index import IndexParams, MapIndex
+from vl_attention.mapping.map_format import load_map, MapManifest, save_map
+from vl_attention.mapping.records import concatenate_records, records_from_columns
+from vl_attention.mapping.sources import (BagSource, FolderSource, ImageReadError,  # noqa: F401
+                                          read_rgb)
+from vl_attention.mapping.subsampling import KeyframeConfig, KeyframeSelector
 
 LOG = logging.getLogger(__name__)
 
 
-class ImageReadError(ValueError):
-    """An image listed in the poses file cannot be read."""
+@dataclass(frozen=True)
+class BagInput:
+    """Rosbag2 input: bag paths, image topic, position topic, association gap."""
+
+    bags: tuple
+    image_topic: str = '/camera/image_raw'
+    position_topic: str = '/gps/fix'
+    max_gap_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -26,46 +42,163 @@ class MapBuildConfig:
     """How to build a map."""
 
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
-    index_type: str = 'flat_ip'
-    origin: GeodeticOrigin = None  # None: the first pose of the input
+    index_type: str = 'auto'
+    index_params: IndexParams = field(default_factory=IndexParams)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    origin: GeodeticOrigin = None  # None: the first pose (pose topics of bags: required)
+    checkpoint_frames: int = 512   # frames per resumable batch
+    restart: bool = False          # discard a partial build instead of resuming it
+    progress: bool = False
 
 
-def read_rgb(path):
-    """Read an image file as uint8 RGB ``(H, W, 3)``, with a clear error if unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageReadError(f'cannot read image {path}: missing or not an image file')
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def make_source(inputs, origin=None):
+    """Source for ``(images_dir, poses_file)`` or a :class:`BagInput`."""
+    if isinstance(inputs, BagInput):
+        return BagSource(inputs.bags, image_topic=inputs.image_topic,
+                         position_topic=inputs.position_topic, max_gap_s=inputs.max_gap_s,
+                         origin=origin)
+    images_dir, poses_path = inputs
+    return FolderSource(images_dir, poses_path, origin=origin)
 
 
-def build_map_from_folder(images_dir, poses_csv, out_dir, *, embedder, index_type='flat_ip',
-                          origin=None):
-    """Embed every image listed in ``poses_csv`` and save the map to ``out_dir``."""
-    images_dir = Path(images_dir)
-    columns = read_poses_csv(poses_csv)
-    if origin is None:
-        origin = GeodeticOrigin(columns['latitude_deg'][0], columns['longitude_deg'][0],
-                                columns['altitude_m'][0])
-    records = records_from_columns(
-        columns['image'], columns['stamp_ns'], columns['latitude_deg'],
-        columns['longitude_deg'], columns['altitude_m'],
-        np.stack([columns[name] for name in ('qx', 'qy', 'qz', 'qw')], axis=-1), origin)
-    started = time.perf_counter()
-    frames = (read_rgb(images_dir / name) for name in columns['image'])
-    descriptors = embedder.embed_batches(frames)
-    LOG.info('embedded %d images in %.1f s', len(descriptors), time.perf_counter() - started)
-    index = MapIndex.create(index_type, embedder.descriptor_dim)
-    index.add(descriptors)
+def build_map(source, out_dir, *, embedder, cfg=MapBuildConfig()):
+    """Embed the keyframes of ``source`` (resuming a partial build) and save the map."""
+    columns = embed_source(source, partial_dir(out_dir), embedder=embedder, cfg=cfg)
+    origin = cfg.origin or source.origin
+    records = _records(columns, origin)
+    index = MapIndex.build(columns['descriptors'], cfg.index_type, params=cfg.index_params)
+    LOG.info('indexed %d descriptors with %s', len(index), index.index_type)
     manifest = MapManifest(model_name=embedder.card.model_name,
                            model_fingerprint=embedder.fingerprint,
                            descriptor_dim=embedder.descriptor_dim, count=len(records),
-                           geodetic_origin=origin, index_type=index_type)
-    return save_map(out_dir, manifest, index, records)
+                           geodetic_origin=origin, index_type=index.index_type,
+                           build=_build_info(source, cfg))
+    path = save_map(out_dir, manifest, index, records)
+    CheckpointStore(partial_dir(out_dir), _signature(source, embedder, cfg)).remove()
+    return path
+
+
+def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
+    """Append the keyframes of ``source`` to the map at ``map_dir`` (saved atomically)."""
+    loaded = load_map(map_dir, expected_fingerprint=embedder.fingerprint, mmap=False)
+    work_dir = partial_dir(map_dir, f'add-{loaded.manifest.count}')
+    columns = embed_source(source, work_dir, embedder=embedder, cfg=cfg)
+    index = loaded.index
+    index.add(columns['descriptors'])
+    records = concatenate_records([loaded.records,
+                                   _records(columns, loaded.manifest.geodetic_origin)])
+    build = dict(loaded.manifest.build)
+    build['additions'] = list(build.get('additions', [])) + [_build_info(source, cfg)]
+    manifest = replace(loaded.manifest, count=len(records), build=build, created_utc='')
+    path = save_map(map_dir, manifest, index, records)
+    CheckpointStore(work_dir, _signature(source, embedder, cfg)).remove()
+    LOG.info('added %d places; the map now holds %d', len(columns['stamp_ns']), len(records))
+    return path
+
+
+def embed_source(source, work_dir, *, embedder, cfg):
+    """Columns (descriptors + poses) of the keyframes of ``source``, resumable."""
+    batch_size = cfg.embedder.batch_size
+    per_checkpoint = max(1, cfg.checkpoint_frames // batch_size) * batch_size
+    store = CheckpointStore(work_dir, _signature(source, embedder, cfg), restart=cfg.restart)
+    saved = store.load()
+    done = len(saved.get('stamp_ns', ()))
+    parts, pending = ([saved] if saved else []), _Pending()
+    started = time.perf_counter()
+    with tqdm(initial=done, unit='img', disable=not cfg.progress, desc='embedding') as bar:
+        # images are decoded while the source is open, one embedding batch at a time
+        for frame in _keyframes(source, cfg.keyframes, skip=done):
+            pending.add(frame, embedder, batch_size)
+            if len(pending.frames) == per_checkpoint:
+                parts.append(pending.flush(embedder, store))
+                bar.update(per_checkpoint)
+        if pending.frames:
+            bar.update(len(pending.frames))
+            parts.append(pending.flush(embedder, store))
+    _log_rate(bar.n - done, time.perf_counter() - started, source)
+    if not parts:
+        raise ValueError(f'no frames to map from {source.describe()} ({dict(source.stats)})')
+    return {name: np.concatenate([part[name] for part in parts]) for name in COLUMNS}
+
+
+class _Pending:
+    """Frames of the current checkpoint, embedded in batches of the embedder's size."""
+
+    def __init__(self):
+        self.frames, self.images, self.descriptors = [], [], []
+
+    def add(self, frame, embedder, batch_size):
+        self.frames.append(frame)
+        self.images.append(frame.load())
+        if len(self.images) == batch_size:
+            self.descriptors.append(embedder.embed(self.images))
+            self.images = []
+
+    def flush(self, embedder, store):
+        if self.images:
+            self.descriptors.append(embedder.embed(self.images))
+        columns = _columns(self.frames, np.concatenate(self.descriptors))
+        store.save(columns)
+        self.frames, self.images, self.descriptors = [], [], []
+        return columns
+
+
+def _keyframes(source, keyframes, *, skip):
+    selector = KeyframeSelector(keyframes)
+    kept = 0
+    for frame in source.frames():
+        if not selector(frame.position_enu_m, frame.orientation_xyzw):
+            source.stats['skipped_not_keyframe'] += 1
+            continue
+        kept += 1
+        if kept > skip:
+            yield frame
+
+
+def _columns(frames, descriptors):
+    columns = {'descriptors': descriptors,
+               'image_id': np.array([frame.image_id for frame in frames], dtype=np.str_),
+               'stamp_ns': np.array([frame.stamp_ns for frame in frames], np.int64),
+               'orientation_xyzw': np.array([frame.orientation_xyzw for frame in frames],
+                                            np.float64)}
+    geodetic = np.array([frame.geodetic for frame in frames], np.float64)
+    for column, name in enumerate(('latitude_deg', 'longitude_deg', 'altitude_m')):
+        columns[name] = geodetic[:, column]
+    return columns
+
+
+def _records(columns, origin):
+    return records_from_columns(columns['image_id'], columns['stamp_ns'],
+                                columns['latitude_deg'], columns['longitude_deg'],
+                                columns['altitude_m'], columns['orientation_xyzw'], origin)
+
+
+def _signature(source, embedder, cfg):
+    return {'source': source.describe(), 'model_fingerprint': embedder.fingerprint,
+            'keyframes': to_dict(cfg.keyframes), 'batch_size': cfg.embedder.batch_size,
+            'checkpoint_frames': cfg.checkpoint_frames,
+            'origin': to_dict(cfg.origin) if cfg.origin else None}
+
+
+def _build_info(source, cfg):
+    return {'source': source.describe(), 'frames': dict(source.stats),
+            'keyframes': to_dict(cfg.keyframes)}
+
+
+def _log_rate(count, seconds, source):
+    LOG.info('embedded %d new images in %.1f s (%.1f images/s); source: %s', count, seconds,
+             count / max(seconds, 1e-9), dict(source.stats))
+
+
+def build_map_from_folder(images_dir, poses_csv, out_dir, *, embedder, index_type='auto',
+                          origin=None, **settings):
+    """Embed every image listed in ``poses_csv`` and save the map to ``out_dir``."""
+    cfg = MapBuildConfig(index_type=index_type, origin=origin, **settings)
+    return build_map(FolderSource(images_dir, poses_csv, origin=origin), out_dir,
+                     embedder=embedder, cfg=cfg)
 
 
 def main(cfg, inputs, out_dir):
-    """Build a map from ``inputs = (images_dir, poses_csv)`` into ``out_dir``."""
-    images_dir, poses_csv = inputs
+    """Build a map from ``inputs`` (``(images_dir, poses_file)`` or :class:`BagInput`)."""
     embedder = create_embedder(cfg.embedder)
-    return build_map_from_folder(images_dir, poses_csv, out_dir, embedder=embedder,
-                                 index_type=cfg.index_type, origin=cfg.origin)
+    return build_map(make_source(inputs, cfg.origin), Path(out_dir), embedder=embedder, cfg=cfg)

@@ -1,13 +1,31 @@
-"""The map directory: manifest + FAISS index + per-image records. No pickle anywhere.
+"""The map directory: manifest + FAISS index + descriptors + per-image records. No pickle.
 
 ::
 
-    <map>/manifest.json   format version, model, metric, count, origin, file checksums
-    <map>/index.faiss     FAISS index (faiss.serialize_index bytes)
-    <map>/records.npz     column arrays of :class:`PlaceRecords` (np.savez, no object arrays)
+    <map>/manifest.json     format version, model, metric, count, origin, index type and
+                            parameters, build statistics, per-file size and checksums
+    <map>/index.faiss       FAISS index (faiss.write_index)
+    <map>/descriptors.npy   float32 (N, D) database descriptors (np.save, no object arrays):
+                            exact re-ranking, incremental add and rebuilding another index type
+    <map>/records.npz       column arrays of :class:`PlaceRecords` (np.savez, no object arrays)
 
 A map is written into a staging directory and swapped in whole, so a crash
 never leaves a half-written map.
+
+Verification on load (``verify``): the size of every file is always checked.
+Hashing a multi-GB file would dominate the load time, so ``'auto'`` hashes a
+file completely (sha256) only up to :data:`FULL_HASH_MAX_BYTES` and otherwise
+hashes its first and last MiB (``edge_sha256``, which catches truncation and
+torn writes); ``'full'`` always hashes everything (``vl-attention map info
+--verify``) and ``'size'`` only checks sizes. Large maps are memory-mapped
+(``mmap='auto'`` above :data:`MMAP_MIN_BYTES`): the descriptors always, the
+index codes too, so a 1M-image map loads in well under a second and pages in
+only what searches touch. A memory-mapped index is read-only; ``add`` loads
+with ``mmap=False``.
+
+Format history: 1 had no descriptors file; 2 (this) adds descriptors.npy,
+index parameters and build statistics. Other versions are refused with an
+error naming both.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -17,19 +35,25 @@ import io
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict
 from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import atomic_directory
-from vl_attention.mapping.index import IndexFileError, MapIndex
+from vl_attention.mapping.index import IndexFileError, IndexParams, MapIndex
 from vl_attention.mapping.records import PlaceRecords
 
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2
 MANIFEST_FILE = 'manifest.json'
 INDEX_FILE = 'index.faiss'
+DESCRIPTORS_FILE = 'descriptors.npy'
 RECORDS_FILE = 'records.npz'
+FULL_HASH_MAX_BYTES = 256 << 20
+MMAP_MIN_BYTES = 256 << 20
+EDGE_BYTES = 1 << 20
+VERIFY_MODES = ('auto', 'full', 'size')
 
 
 class MapFormatError(RuntimeError):
@@ -47,6 +71,8 @@ class MapManifest:
     geodetic_origin: GeodeticOrigin
     metric: str = 'inner_product'
     index_type: str = 'flat_ip'
+    index_params: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)
     created_utc: str = ''
     package_version: str = __version__
     files: dict = field(default_factory=dict)
@@ -67,35 +93,47 @@ def save_map(path, manifest, index, records):
     if not len(index) == len(records) == manifest.count:
         raise ValueError(f'map parts disagree: index {len(index)}, records {len(records)}, '
                          f'manifest count {manifest.count}')
-    payloads = {INDEX_FILE: index.serialize(), RECORDS_FILE: _records_bytes(records)}
-    files = {name: {'bytes': len(data), 'sha256': hashlib.sha256(data).hexdigest()}
-             for name, data in payloads.items()}
-    created = manifest.created_utc or datetime.datetime.now(datetime.timezone.utc).isoformat()
-    manifest_values = asdict(manifest) | {'files': files, 'created_utc': created}
     path = Path(path)
     with atomic_directory(path) as staging:
-        for name, data in payloads.items():
-            (staging / name).write_bytes(data)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest_values, indent=2))
+        faiss.write_index(index.faiss_index, str(staging / INDEX_FILE))
+        np.save(staging / DESCRIPTORS_FILE, _descriptors_of(index), allow_pickle=False)
+        (staging / RECORDS_FILE).write_bytes(_records_bytes(records))
+        files = {name: _file_checksums(staging / name)
+                 for name in (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE)}
+        created = manifest.created_utc or \
+            datetime.datetime.now(datetime.timezone.utc).isoformat()
+        values = asdict(manifest) | {'files': files, 'created_utc': created,
+                                     'index_type': index.index_type,
+                                     'index_params': index.params.as_dict(),
+                                     'format_version': MAP_FORMAT_VERSION}
+        (staging / MANIFEST_FILE).write_text(json.dumps(values, indent=2))
     return path
 
 
-def load_map(path, *, expected_fingerprint=None):
-    """Load and verify a map; refuse one built with another model than ``expected_fingerprint``."""
+def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', search_params=None):
+    """Load and verify a map; refuse one built with another model than ``expected_fingerprint``.
+
+    ``search_params`` (a dict such as ``{'nprobe': 64, 'rerank_k': 100}``)
+    overrides the search parameters stored in the manifest.
+    """
     path = Path(path)
     manifest = read_manifest(path)
-    if expected_fingerprint is not None and manifest.model_fingerprint != expected_fingerprint:
-        raise MapFormatError(
-            f'map {path} was built with model {manifest.model_name!r} fingerprint '
-            f'{manifest.model_fingerprint}, but the running model has fingerprint '
-            f'{expected_fingerprint}; rebuild the map with this model or run the model of the map')
-    index = MapIndex.deserialize(_verified_bytes(path, INDEX_FILE, manifest), manifest.index_type,
-                                 source=str(path / INDEX_FILE))
-    records = _records_from_bytes(_verified_bytes(path, RECORDS_FILE, manifest), path)
-    if not len(index) == len(records) == manifest.count or index.dim != manifest.descriptor_dim:
+    _check_fingerprint(path, manifest, expected_fingerprint)
+    for name in (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE):
+        verify_file(path, name, manifest, verify)
+    if mmap == 'auto':
+        mmap = (path / DESCRIPTORS_FILE).stat().st_size >= MMAP_MIN_BYTES
+    descriptors = _load_descriptors(path / DESCRIPTORS_FILE)
+    params = _index_params(manifest, search_params, path)
+    index = MapIndex.read(path / INDEX_FILE, manifest.index_type, mmap=bool(mmap),
+                          params=params, descriptors=descriptors)
+    records = _records_from_bytes((path / RECORDS_FILE).read_bytes(), path)
+    if not len(index) == len(records) == len(descriptors) == manifest.count or \
+            index.dim != manifest.descriptor_dim or descriptors.shape[1] != index.dim:
         raise MapFormatError(f'map {path} is inconsistent: manifest says {manifest.count} x '
                              f'{manifest.descriptor_dim}-D, index holds {len(index)} x '
-                             f'{index.dim}-D, records {len(records)}; rebuild the map')
+                             f'{index.dim}-D, descriptors {descriptors.shape}, records '
+                             f'{len(records)}; rebuild the map')
     return Map(manifest, index, records)
 
 
@@ -113,24 +151,92 @@ def read_manifest(path):
     version = values.get('format_version')
     if version != MAP_FORMAT_VERSION:
         raise MapFormatError(f'map {path} has format version {version}; this vl_attention '
-                             f'({__version__}) reads version {MAP_FORMAT_VERSION}')
+                             f'({__version__}) reads version {MAP_FORMAT_VERSION}; rebuild '
+                             'the map with this version or use the version that wrote it')
     try:
         return from_dict(MapManifest, values, where=str(manifest_path))
     except ConfigError as error:
         raise MapFormatError(str(error)) from error
 
 
-def _verified_bytes(path, name, manifest):
+def verify_file(path, name, manifest, verify='auto'):
+    """Check one map file against the manifest's size and checksums (see module docs)."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f'unknown verify mode {verify!r}; known: {VERIFY_MODES}')
     file_path = Path(path) / name
     expected = manifest.files.get(name, {})
     if not file_path.is_file():
         raise MapFormatError(f'{file_path} is missing; rebuild the map')
-    data = file_path.read_bytes()
-    if len(data) != expected.get('bytes') or \
-            hashlib.sha256(data).hexdigest() != expected.get('sha256'):
-        raise MapFormatError(f'{file_path} is truncated or corrupt ({len(data)} bytes, '
-                             f'manifest says {expected.get("bytes")}); rebuild the map')
-    return data
+    size = file_path.stat().st_size
+    problem = None
+    if size != expected.get('bytes'):
+        problem = f'{size} bytes, manifest says {expected.get("bytes")}'
+    elif verify == 'full' or (verify == 'auto' and size <= FULL_HASH_MAX_BYTES):
+        if _sha256(file_path) != expected.get('sha256'):
+            problem = 'sha256 differs from the manifest'
+    elif verify == 'auto' and _edge_sha256(file_path) != expected.get('edge_sha256'):
+        problem = 'first/last MiB checksum differs from the manifest'
+    if problem:
+        raise MapFormatError(f'{file_path} is truncated or corrupt ({problem}); rebuild the map')
+
+
+def _check_fingerprint(path, manifest, expected_fingerprint):
+    if expected_fingerprint is not None and manifest.model_fingerprint != expected_fingerprint:
+        raise MapFormatError(
+            f'map {path} was built with model {manifest.model_name!r} fingerprint '
+            f'{manifest.model_fingerprint}, but the running model has fingerprint '
+            f'{expected_fingerprint}; rebuild the map with this model or run the model of the map')
+
+
+def _index_params(manifest, search_params, path):
+    values = dict(manifest.index_params) | dict(search_params or {})
+    try:
+        return from_dict(IndexParams, values, where=f'{path / MANIFEST_FILE} index_params')
+    except ConfigError as error:
+        raise MapFormatError(str(error)) from error
+
+
+def _descriptors_of(index):
+    if index.descriptors is not None and len(index.descriptors) == len(index):
+        return np.asarray(index.descriptors, np.float32)
+    try:  # flat and HNSW indices hold the float vectors themselves
+        return index.faiss_index.reconstruct_n(0, len(index))
+    except RuntimeError as error:
+        raise ValueError(f'the {index.index_type} index keeps no float descriptors; build it '
+                         'with MapIndex.build so that they are saved') from error
+
+
+def _load_descriptors(file_path):
+    try:
+        descriptors = np.load(file_path, mmap_mode='r', allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise IndexFileError(f'{file_path} is unreadable ({error}); rebuild the map') from error
+    if descriptors.ndim != 2 or descriptors.dtype != np.float32:
+        raise MapFormatError(f'{file_path} holds {descriptors.dtype} {descriptors.shape}, '
+                             'expected float32 (N, D); rebuild the map')
+    return descriptors
+
+
+def _file_checksums(file_path):
+    return {'bytes': file_path.stat().st_size, 'sha256': _sha256(file_path),
+            'edge_sha256': _edge_sha256(file_path)}
+
+
+def _sha256(file_path):
+    digest = hashlib.sha256()
+    with open(file_path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(8 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _edge_sha256(file_path):
+    size = file_path.stat().st_size
+    with open(file_path, 'rb') as handle:
+        head = handle.read(EDGE_BYTES)
+        handle.seek(max(0, size - EDGE_BYTES))
+        tail = handle.read(EDGE_BYTES)
+    return hashlib.sha256(head + tail).hexdigest()
 
 
 def _records_bytes(records):
@@ -150,4 +256,4 @@ def _records_from_bytes(data, path):
 
 
 __all__ = ['IndexFileError', 'Map', 'MapFormatError', 'MapManifest', 'load_map', 'read_manifest',
-           'save_map']
+           'save_map', 'verify_file']

@@ -4,6 +4,8 @@ Input format for map building (``poses.csv``)::
 
     image,stamp_ns,latitude_deg,longitude_deg,altitude_m,qx,qy,qz,qw
 
+or ``poses.json``: a list of objects with the same keys (or ``{"poses": [...]}``).
+
 ``image`` is a file name relative to the images folder; the quaternion is the
 camera's orientation in the local ENU frame (see :mod:`vl_attention.geo`).
 Extra columns (e.g. ``x_m,y_m,z_m``) are allowed and ignored: ENU positions
@@ -12,6 +14,7 @@ are always recomputed from WGS84 at the map's origin.
 
 import csv
 from dataclasses import dataclass
+import json
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,42 @@ def records_from_columns(image_id, stamp_ns, latitude_deg, longitude_deg, altitu
             np.asarray(orientation_xyzw, dtype=np.float64).reshape(-1, 4)))
 
 
+def concatenate_records(parts):
+    """Join record sets in order."""
+    parts = list(parts)
+    return PlaceRecords(**{name: np.concatenate([getattr(part, name) for part in parts])
+                           for name in PlaceRecords.__dataclass_fields__})
+
+
+def read_poses(path):
+    """Columns of a poses file, CSV or JSON by suffix."""
+    if Path(path).suffix.lower() == '.json':
+        return read_poses_json(path)
+    return read_poses_csv(path)
+
+
+def read_poses_json(path):
+    """Columns of a poses JSON file (a list of objects with the CSV's keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PosesFileError(f'poses file {path} does not exist')
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PosesFileError(f'{path} is not valid JSON ({error})') from error
+    rows = rows.get('poses') if isinstance(rows, dict) else rows
+    if not isinstance(rows, list) or not rows:
+        raise PosesFileError(f'{path} must hold a non-empty list of poses (or {{"poses": [...]}})')
+    columns = {name: [] for name in POSES_COLUMNS}
+    for number, row in enumerate(rows):
+        missing = [name for name in POSES_COLUMNS if not isinstance(row, dict) or name not in row]
+        if missing:
+            raise PosesFileError(f'{path}: pose #{number} lacks key(s) {missing}; each pose '
+                                 f'needs {",".join(POSES_COLUMNS)}')
+        _append_row(columns, row, f'{path}: pose #{number}')
+    return columns
+
+
 def read_poses_csv(path):
     """Rows of a poses CSV as a dict of columns (strings for ``image``, numbers otherwise)."""
     path = Path(path)
@@ -83,7 +122,7 @@ def read_poses_csv(path):
 
 
 def _append_row(columns, row, where):
-    columns['image'].append(row['image'])
+    columns['image'].append(str(row['image']))
     try:
         columns['stamp_ns'].append(int(row['stamp_ns']))
         for name in POSES_COLUMNS[2:]:

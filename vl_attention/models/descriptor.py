@@ -11,6 +11,7 @@ from vl_attention.config import ConfigError, find_config_file, frozen_mapping, l
 from vl_attention.engine.preprocess import Preprocessing
 from vl_attention.models import aggregators as _aggregators  # noqa: F401  (registers heads)
 from vl_attention.models import backbones as _backbones  # noqa: F401  (registers trunks)
+from vl_attention.models import resnet as _resnet  # noqa: F401  (registers resnet50)
 from vl_attention.models.registry import AGGREGATORS, BACKBONES
 
 DEFAULT_MODEL = 'effnet_lite0_gem'

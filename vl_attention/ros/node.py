@@ -51,7 +51,7 @@ class LocalizeNode(Node):
         map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
         self.get_logger().info(
             f'map {map_dir}: {map_.manifest.count} images, model {embedder.card.model_name} '
-            f'({embedder.fingerprint}) on backend {embedder.backend_name}')
+            f'({embedder.fingerprint}) on {embedder.backend_description}')
         return Localizer(map_, embedder=embedder, config=localizer_config(self.params))
 
     def _create_publishers(self):
@@ -108,7 +108,9 @@ class LocalizeNode(Node):
     def _publish_diagnostics(self):
         snapshot = self.stats.snapshot(dropped=self.slot.dropped)
         embedder = self.localizer.embedder
-        static_values = {'backend': embedder.backend_name, 'model': embedder.card.model_name,
+        static_values = {'backend': embedder.backend_name,
+                         'backend_description': embedder.backend_description,
+                         'model': embedder.card.model_name,
                          'model_fingerprint': embedder.fingerprint,
                          'map_images': self.localizer.map.manifest.count}
         self.diagnostics_publisher.publish(conversions.stats_to_diagnostics(

@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 from rcl_interfaces.msg import ParameterDescriptor
 
+from vl_attention.engine.availability import BACKEND_NAMES
 from vl_attention.engine.embedder import EmbedderConfig
 from vl_attention.localization import LocalizerConfig
 
@@ -31,7 +32,12 @@ _LOCALIZER_HELP = {
 NODE_PARAMS = (
     Param('map_dir', '', 'map directory built by `vl-attention build-map` (required)'),
     Param('model', EmbedderConfig.model, 'model preset name or YAML path; must match the map'),
-    Param('backend', EmbedderConfig.backend, 'inference backend: auto, onnxruntime or torch'),
+    Param('backend', EmbedderConfig.backend,
+          'inference backend: ' + ', '.join(BACKEND_NAMES) + ' (auto: tensorrt -> '
+          'onnxruntime-cuda -> torch-cuda -> onnxruntime-cpu -> torch-cpu)'),
+    Param('device', EmbedderConfig.device, 'auto, cpu or cuda'),
+    Param('precision', EmbedderConfig.precision, 'fp32, fp16 or int8 (GPU backends only)'),
+    Param('export_dir', '', 'run a `vl-attention export` directory instead of the preset'),
     Param('threads', EmbedderConfig.threads, 'CPU threads for inference (0 = library default)'),
     Param('cache_dir', '', 'exported-model cache ("" = $VL_ATTENTION_CACHE or ~/.cache)'),
     Param('image_transport', 'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
@@ -63,4 +69,6 @@ def localizer_config(values):
 def embedder_config(values):
     """Build an EmbedderConfig from parameter values."""
     return EmbedderConfig(model=values['model'], backend=values['backend'],
-                          threads=int(values['threads']), cache_dir=values['cache_dir'])
+                          threads=int(values['threads']), cache_dir=values['cache_dir'],
+                          device=values['device'], precision=values['precision'],
+                          export_dir=values['export_dir'])

@@ -1,0 +1,79 @@
+"""Resumable embedding: descriptors and poses saved batch by batch beside the output.
+
+``<out>/../.<name>.partial/`` holds ``build.json`` (what is being built: the
+input, the model fingerprint and the frame selection) and ``batch_NNNNNN.npz``
+files, each written atomically. A rerun with the same ``build.json`` loads the
+batches, skips that many frames (without decoding them) and continues; batches
+are multiples of the embedding batch size, so the descriptors are bit-identical
+to an uninterrupted build. Any other ``build.json`` is refused unless restarted.
+"""
+
+import io
+import json
+import logging
+from pathlib import Path
+import shutil
+
+import numpy as np
+
+from vl_attention.io import atomic_write_bytes, atomic_write_text
+
+LOG = logging.getLogger(__name__)
+SIGNATURE_FILE = 'build.json'
+COLUMNS = ('descriptors', 'image_id', 'stamp_ns', 'latitude_deg', 'longitude_deg',
+           'altitude_m', 'orientation_xyzw')
+
+
+class ResumeError(RuntimeError):
+    """A partial build of different inputs is in the way."""
+
+
+def partial_dir(out_dir, suffix='partial'):
+    """Work directory of a build into ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f'.{out_dir.name}.{suffix}'
+
+
+class CheckpointStore:
+    """Batches of an in-progress build."""
+
+    def __init__(self, directory, signature, *, restart=False):
+        self.directory = Path(directory)
+        if restart and self.directory.exists():
+            shutil.rmtree(self.directory)
+        self._check_signature(signature)
+        self.batches = sorted(self.directory.glob('batch_*.npz'))
+
+    def _check_signature(self, signature):
+        text = json.dumps(signature, indent=2, sort_keys=True)
+        path = self.directory / SIGNATURE_FILE
+        if path.is_file() and path.read_text() != text:
+            raise ResumeError(f'{self.directory} holds a partial build of other inputs or '
+                              'settings; delete it or pass --restart to start over')
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            atomic_write_text(path, text)
+
+    def load(self):
+        """Columns of every saved batch, concatenated (empty dict when none)."""
+        parts = []
+        for path in self.batches:
+            with np.load(path, allow_pickle=False) as arrays:
+                parts.append({name: arrays[name] for name in COLUMNS})
+        if parts:
+            LOG.info('resuming: %d frames already embedded in %d batches',
+                     sum(len(p['stamp_ns']) for p in parts), len(parts))
+        return {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS} \
+            if parts else {}
+
+    def save(self, columns):
+        """Append one batch atomically."""
+        path = self.directory / f'batch_{len(self.batches):06d}.npz'
+        buffer = io.BytesIO()
+        np.savez(buffer, **columns)
+        atomic_write_bytes(path, buffer.getvalue())
+        self.batches.append(path)
+
+    def remove(self):
+        """Delete the work directory (after the map is saved)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
