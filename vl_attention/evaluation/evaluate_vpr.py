@@ -13,7 +13,7 @@ from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.report import write_vpr_report
 from vl_attention.evaluation.vpr_dataset import load_vpr_dataset
-from vl_attention.mapping.builder import read_rgb
+from vl_attention.mapping.sources import read_rgb
 from vl_attention.mapping.index import MapIndex
 
 
