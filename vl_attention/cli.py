@@ -14,8 +14,6 @@ from vl_attention.config import ConfigError
 from vl_attention.engine.availability import BACKEND_NAMES
 from vl_attention.engine.embedder import EmbedderConfig
 
-LOG = logging.getLogger('vl_attention')
-
 
 def _add_embedder_arguments(parser):
     parser.add_argument('--model', default=EmbedderConfig.model,
@@ -53,7 +51,7 @@ def _run_build_map(args):
     print(f'map written to {path}')
 
 
-def _add_map_info(subparsers):
+def _add_map(subparsers):
     from vl_attention.mapping import commands
     parser = subparsers.add_parser('map', help='inspect or grow a map: map info | map add')
     actions = parser.add_subparsers(dest='map_action', required=True)
@@ -66,12 +64,15 @@ def _add_map_info(subparsers):
     add.add_argument('map_dir', type=Path)
     commands.add_source_arguments(add)
     _add_embedder_arguments(add)
+
+
+def _add_map_info_alias(subparsers):
     legacy = subparsers.add_parser('map-info', help='same as `map info`')
     legacy.add_argument('map_dir', type=Path)
     legacy.set_defaults(map_action='info', verify='auto')
 
 
-def _run_map_info(args):
+def _run_map(args):
     from vl_attention.mapping import commands
     if args.map_action == 'info':
         print(commands.format_map_info(commands.map_info(args.map_dir, verify=args.verify)))
@@ -170,8 +171,8 @@ def _run_evaluate_vpr(args):
 COMMANDS = {
     'export': (_add_export, _run_export),
     'build-map': (_add_build_map, _run_build_map),
-    'map': (_add_map_info, _run_map_info),
-    'map-info': (lambda subparsers: None, _run_map_info),
+    'map': (_add_map, _run_map),
+    'map-info': (_add_map_info_alias, _run_map),
     'synth': (_add_synth, _run_synth),
     'demo': (_add_demo, _run_demo),
     'evaluate-vpr': (_add_evaluate_vpr, _run_evaluate_vpr),
