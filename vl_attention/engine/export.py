@@ -12,8 +12,8 @@ from vl_attention.config import from_dict
 from vl_attention.engine.backend_base import BackendUnavailable
 from vl_attention.engine.model_card import make_model_card, ModelCard, weights_sha256
 from vl_attention.io import atomic_path
-from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config, ModelConfig
-from vl_attention.models.weights import read_state_dict, WeightsError
+from vl_attention.models import (build_model, DEFAULT_MODEL, load_model_checkpoint,
+                                 load_model_config, ModelConfig)
 
 LOG = logging.getLogger(__name__)
 
@@ -100,17 +100,6 @@ def cached_export(model, card, cache_dir):
     return export_onnx(model, card, export_dir)
 
 
-def load_descriptor_weights(model, path):
-    """Load a checkpoint of the whole descriptor model (backbone + aggregator) into ``model``."""
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise WeightsError(f'{path} does not fit model {type(model).__name__} (needs keys '
-                           f'backbone.* and aggregator.* of the same preset): {error}') from None
-    return model.eval()
-
-
 def model_for_export(cfg):
     """Build the torch model and card an :class:`ExportConfig` describes."""
     config = load_model_config(cfg.model)
@@ -120,7 +109,7 @@ def model_for_export(cfg):
     model = build_model(config)
     weights_file = str(Path(cfg.weights).resolve()) if cfg.weights else ''
     if weights_file:
-        load_descriptor_weights(model, weights_file)
+        load_model_checkpoint(model, weights_file)
     card = make_model_card(config, model, weights_file=weights_file)
     return model, dataclasses.replace(card, dynamic_size=cfg.dynamic_size)
 
@@ -136,7 +125,7 @@ def rebuild_model(card):
     """Rebuild the torch model of an exported card; refuse it unless its weights hash matches."""
     model = build_model(from_dict(ModelConfig, card.model_config, where='model card'))
     if card.weights_file:
-        load_descriptor_weights(model, card.weights_file)
+        load_model_checkpoint(model, card.weights_file)
     if weights_sha256(model) != card.weights_sha256:
         raise BackendUnavailable(
             f'the torch model of {card.model_name} cannot be rebuilt with the exported weights '

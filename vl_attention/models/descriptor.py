@@ -1,4 +1,16 @@
-"""A descriptor network = backbone + aggregator joined by injection, built from a preset."""
+"""A descriptor network = backbone + head joined by injection, built from a preset.
+
+Heads come in two kinds, told apart by the class attribute ``multi_level``:
+
+* single-level (default): built with ``in_channels: int`` and called with the
+  one tapped feature map ``(B, C, H, W)``;
+* multi-level (``multi_level = True``): built with ``in_channels: {tap: C}``
+  (in the preset's tap order) and called with ``{tap: (B, C, H, W)}``.
+
+A head with ``needs_images = True`` is also given the normalised input images
+(``images=``), e.g. for a second, semantic stream. Any extra keyword given to
+:meth:`DescriptorModel.outputs` (e.g. an external class map) reaches the head.
+"""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -7,54 +19,97 @@ import typing
 import torch
 from torch import nn
 
-from vl_attention.config import ConfigError, find_config_file, frozen_mapping, load_config
+from vl_attention.config import ConfigError, config_search_dirs, find_config_file, \
+    frozen_mapping, load_config
 from vl_attention.engine.preprocess import Preprocessing
 from vl_attention.models import aggregators as _aggregators  # noqa: F401  (registers heads)
 from vl_attention.models import backbones as _backbones  # noqa: F401  (registers trunks)
-from vl_attention.models import resnet as _resnet  # noqa: F401  (registers resnet50)
+from vl_attention.models import resnet as _resnet  # noqa: F401  (registers resnets)
+from vl_attention.models.outputs import as_model_output
 from vl_attention.models.registry import AGGREGATORS, BACKBONES
+from vl_attention.models.weights import read_state_dict, WeightsError
+from vl_attention.models.whitening import PCAWhitening
 
 DEFAULT_MODEL = 'effnet_lite0_gem'
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A named model preset (``config/models/<name>.yaml``)."""
+    """A named model preset (``config/models/<name>.yaml``).
+
+    ``taps`` names the backbone feature maps the head reads (empty: the
+    backbone's default tap). ``whitening_dim`` > 0 appends learned
+    PCA-whitening to that size (fit it before use). ``checkpoint`` is a state
+    dict of the whole model (e.g. from training) loaded after building.
+    """
 
     name: str
     backbone: str
     aggregator: str
     input_height: int = 240
     input_width: int = 320
-    tap: str = ''
+    taps: tuple = ()
     backbone_options: typing.Mapping = field(default_factory=frozen_mapping)
     aggregator_options: typing.Mapping = field(default_factory=frozen_mapping)
+    whitening_dim: int = 0
+    checkpoint: str = ''
 
 
 class DescriptorModel(nn.Module):
-    """Images ``(B, 3, H, W)`` -> L2-normalised descriptors ``(B, D)``."""
+    """Images ``(B, 3, H, W)`` -> L2-normalised descriptors ``(B, D)`` (+ attention, pose).
 
-    def __init__(self, backbone, aggregator, *, tap, preprocessing):
+    :meth:`outputs` returns a :class:`~vl_attention.models.outputs.ModelOutput`.
+    """
+
+    def __init__(self, backbone, aggregator, *, taps, preprocessing, whitening=None):
         super().__init__()
         self.backbone = backbone
         self.aggregator = aggregator
-        self.tap = tap
+        self.taps = tuple(taps)
         self.preprocessing = preprocessing
+        self.whitening = whitening
+
+    def outputs(self, images, **head_inputs):
+        """Every output of the model for a normalised image batch, as a :class:`ModelOutput`."""
+        output = self._head_output(images, head_inputs)
+        if self.whitening is not None:
+            output = output.with_descriptor(self.whitening(output.descriptor))
+        return output
+
+    def _head_output(self, images, head_inputs):
+        features = self.backbone(images)
+        if getattr(self.aggregator, 'multi_level', False):
+            head_features = {tap: features[tap] for tap in self.taps}
+        else:
+            head_features = features[self.taps[0]]
+        if getattr(self.aggregator, 'needs_images', False):
+            head_inputs = dict(head_inputs, images=images)
+        return as_model_output(self.aggregator(head_features, **head_inputs))
 
     def forward(self, images):
-        """Embed a normalised image batch."""
-        return self.aggregator(self.backbone(images)[self.tap])
+        """Embed a normalised image batch into ``(B, D)`` descriptors (the export contract)."""
+        return self.outputs(images).descriptor
 
-    @torch.no_grad()
+    def head_descriptor_dim(self):
+        """Length of the head's descriptor, before any whitening."""
+        return int(self._probe().descriptor.shape[-1])
+
     def descriptor_dim(self):
         """Length D of the descriptor, found by a forward pass at the input size."""
+        if self.whitening is not None:
+            return self.whitening.out_dim
+        return int(self._probe().descriptor.shape[-1])
+
+    @torch.no_grad()
+    def _probe(self):
         prep = self.preprocessing
         probe = torch.zeros(1, 3, prep.input_height, prep.input_width)
         was_training = self.training
         self.eval()
-        dim = int(self(probe).shape[-1])
-        self.train(was_training)
-        return dim
+        try:
+            return self._head_output(probe, {})
+        finally:
+            self.train(was_training)
 
 
 def model_config_path(name_or_path):
@@ -67,25 +122,68 @@ def model_config_path(name_or_path):
     return find_config_file(f'models/{name_or_path}.yaml', what=f'model preset {name_or_path!r}')
 
 
+def model_preset_names():
+    """Names of every model preset shipped in ``config/models/`` (the model zoo)."""
+    for directory in config_search_dirs():
+        presets = sorted(path.stem for path in (directory / 'models').glob('*.yaml'))
+        if presets:
+            return presets
+    return []
+
+
 def load_model_config(name_or_path=DEFAULT_MODEL):
     """Read a model preset by name or path."""
     return load_config(ModelConfig, model_config_path(name_or_path))
+
+
+def _resolve_taps(config, backbone):
+    taps = tuple(config.taps) or (backbone.default_tap,)
+    missing = [tap for tap in taps if tap not in backbone.out_channels]
+    if missing:
+        raise ValueError(f'backbone {config.backbone!r} has no tap(s) {missing}; '
+                         f'its taps are {list(backbone.out_channels)}')
+    return taps
+
+
+def _create_head(config, backbone, taps):
+    head_class = AGGREGATORS.get(config.aggregator)
+    if getattr(head_class, 'multi_level', False):
+        in_channels = {tap: backbone.out_channels[tap] for tap in taps}
+    elif len(taps) != 1:
+        raise ValueError(f'aggregator {config.aggregator!r} reads one tap, the preset names '
+                         f'{list(taps)}')
+    else:
+        in_channels = backbone.out_channels[taps[0]]
+    return AGGREGATORS.create(config.aggregator, in_channels=in_channels,
+                              **config.aggregator_options)
 
 
 def build_model(config):
     """Build the torch model a :class:`ModelConfig` describes."""
     try:
         backbone = BACKBONES.create(config.backbone, **config.backbone_options)
-        tap = config.tap or backbone.default_tap
-        if tap not in backbone.out_channels:
-            raise ValueError(f'backbone {config.backbone!r} has no tap {tap!r}; '
-                             f'its taps are {sorted(backbone.out_channels)}')
-        aggregator = AGGREGATORS.create(config.aggregator,
-                                        in_channels=backbone.out_channels[tap],
-                                        **config.aggregator_options)
+        taps = _resolve_taps(config, backbone)
+        aggregator = _create_head(config, backbone, taps)
         preprocessing = Preprocessing.for_backbone(
             backbone.normalization, input_height=config.input_height,
             input_width=config.input_width)
+        model = DescriptorModel(backbone, aggregator, taps=taps, preprocessing=preprocessing)
+        if config.whitening_dim:
+            model.whitening = PCAWhitening(in_dim=model.head_descriptor_dim(),
+                                           out_dim=config.whitening_dim)
     except ValueError as error:
         raise ConfigError(f'model {config.name!r}: {error}') from error
-    return DescriptorModel(backbone, aggregator, tap=tap, preprocessing=preprocessing).eval()
+    if config.checkpoint:
+        load_model_checkpoint(model, config.checkpoint)
+    return model.eval()
+
+
+def load_model_checkpoint(model, path):
+    """Load a state dict of the whole model (backbone, head, whitening) into ``model``."""
+    state = read_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(f'{path} does not fit model {type(model).__name__} (needs the keys '
+                           f'of the same preset: backbone.*, aggregator.*): {error}') from None
+    return model.eval()
