@@ -22,13 +22,13 @@ from torch import nn
 from vl_attention.config import ConfigError, config_search_dirs, find_config_file, \
     frozen_mapping, load_config
 from vl_attention.engine.preprocess import Preprocessing
-from vl_attention.models import aggregators as _aggregators  # noqa: F401  (registers heads)
-from vl_attention.models import backbones as _backbones  # noqa: F401  (registers trunks)
-from vl_attention.models import resnet as _resnet  # noqa: F401  (registers resnets)
 from vl_attention.models.outputs import as_model_output
 from vl_attention.models.registry import AGGREGATORS, BACKBONES
 from vl_attention.models.weights import read_state_dict, WeightsError
 from vl_attention.models.whitening import PCAWhitening
+from vl_attention.models.zoo import import_components
+
+import_components()
 
 DEFAULT_MODEL = 'effnet_lite0_gem'
 
