@@ -168,7 +168,7 @@ def test_resnet50_weights_are_explained(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=f'{expected}.*internet once'):
         BACKBONES.create('resnet50', weights='imagenet')
     channels = BACKBONES.create('resnet50', weights='none').out_channels
-    assert channels == {'layer3': 1024, 'layer4': 2048}
+    assert channels == {'layer1': 256, 'layer2': 512, 'layer3': 1024, 'layer4': 2048}
 
 
 # ---- TensorRT: the parts that need no GPU ----------------------------------------------------

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from vl_attention.config import from_dict
+from vl_attention.config import ConfigError, from_dict
 from vl_attention.engine.backend_base import BackendUnavailable
 from vl_attention.engine.model_card import make_model_card, ModelCard, weights_sha256
 from vl_attention.io import atomic_path
@@ -53,6 +53,7 @@ def export_onnx(model, card, out_dir, *, dynamic_size=None):
     ``out_dir``. ``dynamic_size=None`` follows ``card.dynamic_size``.
     """
     dynamic_size = card.dynamic_size if dynamic_size is None else bool(dynamic_size)
+    _check_dynamic_size(model, card, dynamic_size)
     out_dir = Path(out_dir)
     prep = card.preprocessing
     example = torch.zeros(1, 3, prep.input_height, prep.input_width)
@@ -71,6 +72,15 @@ def export_onnx(model, card, out_dir, *, dynamic_size=None):
     exported.save(out_dir / CARD_FILE)
     LOG.info('exported %s (fingerprint %s) to %s', card.model_name, card.fingerprint, out_dir)
     return out_dir
+
+
+def _check_dynamic_size(model, card, dynamic_size):
+    # Heads whose pooling layout is computed from the feature-map size at
+    # trace time (R-MAC regions) would silently keep the traced layout.
+    if dynamic_size and getattr(getattr(model, 'aggregator', None), 'fixed_input_size', False):
+        raise ConfigError(f'model {card.model_name!r} traces its pooling layout for one input '
+                          'size, so it cannot be exported with a dynamic size; export it at '
+                          'the size you run it (--height/--width) without --dynamic-size')
 
 
 def read_export(export_dir):

@@ -35,3 +35,23 @@ class GeM(nn.Module):
         if self.whitening is not None:
             descriptor = self.whitening(descriptor)
         return F.normalize(descriptor, p=2, dim=-1)
+
+
+@AGGREGATORS.register('gap')
+class GAP(nn.Module):
+    """Global average pooling of L2-normalised local features, then L2 normalisation.
+
+    Each position's C-vector is L2-normalised first, so every location votes
+    with equal weight whatever its activation energy; the spatial mean of those
+    unit vectors is L2-normalised again (the GAP head of the VPR-heads
+    comparison on a truncated ResNet-18).
+    """
+
+    def __init__(self, *, in_channels, eps=1e-12):
+        super().__init__()
+        self.in_channels, self.eps = in_channels, eps
+
+    def forward(self, features):
+        """Pool ``(B, C, H, W)`` features into unit-norm ``(B, C)`` descriptors."""
+        local = F.normalize(features, p=2, dim=1, eps=self.eps)
+        return F.normalize(local.mean(dim=(-2, -1)), p=2, dim=-1, eps=self.eps)

@@ -1,67 +1,82 @@
-"""ResNet-50 trunk (torchvision) tapping layer3 and layer4: the heavy benchmark backbone."""
+"""ResNet-18/50/101 trunks (torchvision) tapping ``layer1`` .. ``layer4``.
 
-from pathlib import Path
+He, Zhang, Ren and Sun, "Deep Residual Learning for Image Recognition", CVPR
+2016: each block learns a residual, y = F(x, {W_i}) + x (a projection of x when
+the shape changes), so deep stacks train; four stages of blocks at strides 4,
+8, 16 and 32 (``layer1`` .. ``layer4``). The VPR heads comparison layout (a
+ResNet-18 truncated before its last block) is ``truncate_after: layer3``.
+"""
 
-import torch
 from torch import nn
 import torchvision
 
-from vl_attention.engine.preprocess import Normalization
+from vl_attention.models.backbone_utils import IMAGENET_NORMALIZATION, \
+    load_torchvision_weights, Stage, StagedBackbone, torchvision_weight_file
 from vl_attention.models.registry import BACKBONES
-from vl_attention.models.weights import read_state_dict, WeightsError
 
-IMAGENET_WEIGHTS = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+TAPS = ('layer1', 'layer2', 'layer3', 'layer4')
 
 
-def imagenet_weight_file():
-    """Where torchvision keeps its ImageNet ResNet-50 file (the torch hub cache)."""
-    return Path(torch.hub.get_dir()) / 'checkpoints' / Path(IMAGENET_WEIGHTS.url).name
+class ResNetTrunk(StagedBackbone):
+    """torchvision ResNet without pooling and classifier; taps ``layer1`` .. ``layer4``.
+
+    ``weights``: ``'imagenet'`` reads torchvision's file from the torch hub
+    cache (never downloaded here), ``'none'`` random, or a ``.pth`` state dict
+    of the torchvision net. ``freeze``: False, True (whole trunk) or a tap
+    (that stage and every stage before it, the stem included).
+    ``truncate_after``: the deepest tap built (default ``layer4``).
+    """
+
+    normalization = IMAGENET_NORMALIZATION
+    default_tap = 'layer4'
+    arch = ''
+    weights_enum = None
+    channels = ()
+
+    def __init__(self, *, weights='imagenet', freeze=False, truncate_after=None):
+        super().__init__()
+        net = getattr(torchvision.models, self.arch)(weights=None)
+        load_torchvision_weights(net, weights, arch=self.arch, weights_enum=self.weights_enum,
+                                 label=self.label(), unused_prefixes=('fc.',))
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        stages = [Stage('stem', stem)] + [
+            Stage(tap, getattr(net, tap), tap, channels)
+            for tap, channels in zip(TAPS, self.channels)]
+        self._use_stages(stages, truncate_after=truncate_after, freeze=freeze)
+
+    @classmethod
+    def label(cls):
+        """Human name of the network, for messages."""
+        return cls.arch.replace('resnet', 'ResNet-')
+
+    @classmethod
+    def imagenet_weight_file(cls):
+        """Where torchvision keeps this network's ImageNet file (the torch hub cache)."""
+        return torchvision_weight_file(cls.weights_enum)
+
+
+@BACKBONES.register('resnet18')
+class ResNet18(ResNetTrunk):
+    """ResNet-18: basic blocks; taps 64/128/256/512 channels at strides 4/8/16/32."""
+
+    arch = 'resnet18'
+    weights_enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    channels = (64, 128, 256, 512)
 
 
 @BACKBONES.register('resnet50')
-class ResNet50(nn.Module):
-    """torchvision ResNet-50 without its classifier; taps ``layer3`` (1024) and ``layer4`` (2048).
+class ResNet50(ResNetTrunk):
+    """ResNet-50: bottleneck blocks; taps 256/512/1024/2048 channels at strides 4/8/16/32."""
 
-    ``weights``: ``'imagenet'`` reads torchvision's file from the torch hub
-    cache (it is never downloaded here), ``'none'`` random, or a ``.pth``
-    state dict of torchvision's ``resnet50``.
-    """
-
-    normalization = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                                  interpolation='bilinear')
-    default_tap = 'layer4'
-
-    def __init__(self, *, weights='imagenet', freeze=False):
-        super().__init__()
-        net = torchvision.models.resnet50(weights=None)
-        _load_resnet50_weights(net, weights)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2 = net.layer1, net.layer2
-        self.layer3, self.layer4 = net.layer3, net.layer4
-        self.out_channels = {'layer3': 1024, 'layer4': 2048}
-        if freeze:
-            self.requires_grad_(False)
-
-    def forward(self, images):
-        """Return the stride-16 and stride-32 feature maps."""
-        layer3 = self.layer3(self.layer2(self.layer1(self.stem(images))))
-        return {'layer3': layer3, 'layer4': self.layer4(layer3)}
+    arch = 'resnet50'
+    weights_enum = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+    channels = (256, 512, 1024, 2048)
 
 
-def _load_resnet50_weights(net, weights):
-    if weights == 'none':
-        return
-    if weights == 'imagenet':
-        path = imagenet_weight_file()
-        if not path.is_file():
-            raise WeightsError(
-                f'ImageNet ResNet-50 weights are not at {path}; they need internet once: '
-                f'python -c "import torchvision; torchvision.models.resnet50('
-                f'weights=\'{IMAGENET_WEIGHTS}\')", or use weights: none or a .pth path')
-        weights = path
-    state = read_state_dict(weights)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
-        raise WeightsError(f'{weights} is not a torchvision resnet50 state dict: {error}') \
-            from None
+@BACKBONES.register('resnet101')
+class ResNet101(ResNetTrunk):
+    """ResNet-101: bottleneck blocks; taps 256/512/1024/2048 channels at strides 4/8/16/32."""
+
+    arch = 'resnet101'
+    weights_enum = torchvision.models.ResNet101_Weights.IMAGENET1K_V1
+    channels = (256, 512, 1024, 2048)

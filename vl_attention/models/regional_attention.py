@@ -1,0 +1,120 @@
+"""Context-aware regional attention over R-MAC regions (Kim, Kim & Yoon, BMVC 2018).
+
+Regions are the R-MAC grid of Tolias, Sicre & Jegou (ICLR 2016): at scale
+l = 1..S, squares of side ``floor(2 min(H, W) / (l + 1))`` laid out l (+ an
+extra count along the long side chosen for ~40% overlap) per dimension. Each
+region's feature f_r is its max-pooled C-vector, L2-normalised; the global
+feature g is the MAC of the whole map, L2-normalised. The attention weight of
+region r is ``Phi(k_r) = softplus(W_c tanh(W_r k_r + b_r) + b_c)`` with the
+context-aware input ``k_r = [f_r; g]``, and the descriptor is the
+Phi-weighted mean of the f_r, L2-normalised. With all weights equal it is
+sum-pooled R-MAC. Learned PCA-whitening of the result is the preset's
+``whitening_dim`` (:class:`~vl_attention.models.whitening.PCAWhitening`).
+
+The region grid depends on the feature-map size and is computed in Python, so
+a traced ONNX export bakes in the grid of its input size: the head sets
+``fixed_input_size = True`` and must be exported at a fixed size.
+"""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from vl_attention.models.outputs import ModelOutput
+from vl_attention.models.registry import AGGREGATORS
+
+# Candidate region counts along the long side of the map (Tolias et al.).
+_LONG_SIDE_COUNTS = np.arange(2, 8)
+
+
+def rmac_regions(height, width, *, scales=3, overlap=0.4):
+    """R-MAC regions of an ``height x width`` map as ``(top, left, size)`` squares, in cells."""
+    if min(height, width) < 1 or scales < 1:
+        raise ValueError(f'R-MAC regions need a non-empty map and scales >= 1, got '
+                         f'{height}x{width}, scales={scales}')
+    short = min(height, width)
+    extra = _extra_long_side_regions(height, width, overlap)
+    extra_rows = extra if height > width else 0
+    extra_columns = extra if width > height else 0
+    regions = []
+    for level in range(1, scales + 1):
+        size = (2 * short) // (level + 1)
+        if size < 1:
+            continue
+        tops = _region_starts(height, size, level + extra_rows)
+        lefts = _region_starts(width, size, level + extra_columns)
+        regions.extend((top, left, size) for top in tops for left in lefts)
+    return regions
+
+
+def _extra_long_side_regions(height, width, overlap):
+    # How many more regions the long side gets so that neighbours overlap by ~``overlap``.
+    short, long = min(height, width), max(height, width)
+    spacing = (long - short) / (_LONG_SIDE_COUNTS - 1)
+    achieved_overlap = (short ** 2 - short * spacing) / short ** 2
+    return int(np.argmin(np.abs(achieved_overlap - overlap))) + 1
+
+
+def _region_starts(length, size, count):
+    half = math.floor(size / 2 - 1)
+    step = (length - size) / (count - 1) if count > 1 else 0.0
+    starts = (math.floor(half + step * index) - half for index in range(count))
+    return [min(max(start, 0), length - size) for start in starts]
+
+
+@AGGREGATORS.register('regional_attention')
+class RegionalAttention(nn.Module):
+    """R-MAC regions weighted by a context-aware attention MLP, ``(B, C)`` descriptors.
+
+    ``scales`` S (3), ``overlap`` of the grid (0.4), ``hidden_dim`` the width
+    of ``W_r`` (64, as the authors' released code). Returns
+    ``attention['region_weights']`` ``(B, R)``; :meth:`region_boxes` gives the
+    matching boxes. ``fixed_input_size``: export at a fixed input size only.
+    """
+
+    fixed_input_size = True
+
+    def __init__(self, *, in_channels, scales=3, overlap=0.4, hidden_dim=64, eps=1e-12):
+        super().__init__()
+        if hidden_dim < 1 or not 0 < overlap < 1:
+            raise ValueError(f'regional attention needs hidden_dim >= 1 and 0 < overlap < 1, '
+                             f'got hidden_dim={hidden_dim}, overlap={overlap}')
+        self.in_channels, self.scales, self.overlap, self.eps = in_channels, scales, overlap, eps
+        self.region_attention = nn.Sequential(
+            nn.Linear(2 * in_channels, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 1),
+            nn.Softplus())
+
+    def region_boxes(self, feature_height, feature_width):
+        """Region boxes ``(R, 4)`` as ``(top, left, bottom, right)`` feature cells (end excl.).
+
+        Multiply by the backbone stride to draw them on the input image.
+        """
+        regions = rmac_regions(feature_height, feature_width, scales=self.scales,
+                               overlap=self.overlap)
+        return np.array([(top, left, top + size, left + size) for top, left, size in regions],
+                        dtype=np.int64).reshape(-1, 4)
+
+    def region_features(self, features):
+        """Max-pooled, L2-normalised region features ``(B, R, C)``."""
+        height, width = (int(size) for size in features.shape[-2:])
+        pooled = [features[:, :, top:bottom, left:right].amax(dim=(-2, -1))
+                  for top, left, bottom, right in self.region_boxes(height, width).tolist()]
+        return F.normalize(torch.stack(pooled, dim=1), p=2, dim=-1, eps=self.eps)
+
+    def region_weights(self, region_features, global_feature):
+        """Phi(k_r) for ``(B, R, C)`` regions and the ``(B, C)`` global feature: ``(B, R)``."""
+        context = global_feature[:, None, :].expand_as(region_features)
+        return self.region_attention(torch.cat([region_features, context], dim=-1))[..., 0]
+
+    def forward(self, features):
+        """Pool ``(B, C, H, W)`` features into unit-norm ``(B, C)`` descriptors."""
+        regions = self.region_features(features)
+        global_feature = F.normalize(features.amax(dim=(-2, -1)), p=2, dim=-1, eps=self.eps)
+        weights = self.region_weights(regions, global_feature)
+        weighted_mean = (weights[..., None] * regions).sum(dim=1) / \
+            weights.sum(dim=1, keepdim=True).clamp(min=self.eps)
+        descriptor = F.normalize(weighted_mean, p=2, dim=-1, eps=self.eps)
+        return ModelOutput(descriptor=descriptor, attention={'region_weights': weights})
