@@ -6,6 +6,7 @@ so no argparse Namespace reaches the library.
 """
 
 import argparse
+from dataclasses import fields, replace
 import logging
 from pathlib import Path
 import sys
@@ -168,6 +169,57 @@ def _run_evaluate_vpr(args):
     print((out / 'report.md').read_text())
 
 
+def _add_evaluate_bag(subparsers):
+    from vl_attention.localization import LocalizerConfig
+    parser = subparsers.add_parser('evaluate-bag', help='localize every frame of query rosbags '
+                                   'against a map and score it against ground truth')
+    parser.add_argument('--map', required=True, type=Path,
+                        help='map directory; with --models, a directory of maps named by preset')
+    parser.add_argument('--bag', required=True, type=Path, action='append',
+                        help='query rosbag2 directory (mcap or sqlite3); repeat for several')
+    parser.add_argument('--out', type=Path, default=Path('evaluation'),
+                        help='report directory (default: %(default)s)')
+    parser.add_argument('--image-topic', default='/camera/image_raw')
+    parser.add_argument('--gt-topic', default='/ground_truth/pose',
+                        help='NavSatFix, PoseStamped, PoseWithCovarianceStamped or Odometry')
+    parser.add_argument('--gt-origin', nargs=3, type=float, metavar=('LAT', 'LON', 'ALT'),
+                        help='geodetic origin of a pose ground-truth frame (default: the map '
+                             'origin)')
+    parser.add_argument('--max-gap-s', type=float, default=1.0,
+                        help='longest ground-truth gap to interpolate over (default: '
+                             '%(default)s)')
+    parser.add_argument('--max-frames', type=int, default=0, help='image messages (0 = all)')
+    parser.add_argument('--realtime', action='store_true',
+                        help='replay into a live localize_node over ROS 2 instead')
+    parser.add_argument('--rate', type=float, default=1.0,
+                        help='realtime replay speed x recorded (default: %(default)s)')
+    parser.add_argument('--models', default='',
+                        help='comma-separated model presets compared in one table')
+    parser.add_argument('--export-dir', default='', help='a `vl-attention export` directory')
+    localizer = parser.add_argument_group('localizer (as the node parameters)')
+    for item in fields(LocalizerConfig):
+        localizer.add_argument('--' + item.name.replace('_', '-'), type=type(item.default),
+                               default=item.default, help='(default: %(default)s)')
+    _add_embedder_arguments(parser)
+
+
+def _run_evaluate_bag(args):
+    from vl_attention.evaluation.evaluate_bag import BagEvalConfig, main
+    from vl_attention.geo import GeodeticOrigin
+    from vl_attention.localization import LocalizerConfig
+    localizer = LocalizerConfig(**{item.name: getattr(args, item.name)
+                                   for item in fields(LocalizerConfig)})
+    cfg = BagEvalConfig(
+        embedder=replace(_embedder_config(args), export_dir=args.export_dir),
+        localizer=localizer, models=tuple(name for name in args.models.split(',') if name),
+        image_topic=args.image_topic, gt_topic=args.gt_topic,
+        gt_origin=GeodeticOrigin(*args.gt_origin) if args.gt_origin else None,
+        max_gap_s=args.max_gap_s, max_frames=args.max_frames, realtime=args.realtime,
+        rate=args.rate)
+    out = main(cfg, args.bag, args.map, args.out)
+    print((out / 'report.md').read_text())
+
+
 COMMANDS = {
     'export': (_add_export, _run_export),
     'build-map': (_add_build_map, _run_build_map),
@@ -176,6 +228,7 @@ COMMANDS = {
     'synth': (_add_synth, _run_synth),
     'demo': (_add_demo, _run_demo),
     'evaluate-vpr': (_add_evaluate_vpr, _run_evaluate_vpr),
+    'evaluate-bag': (_add_evaluate_bag, _run_evaluate_bag),
 }
 
 

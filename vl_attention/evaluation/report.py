@@ -122,3 +122,93 @@ def write_vpr_report(out_dir, dataset, runs, *, examples=5):
         f'Examples ({runs[0][0]["model"]}): query, then its top matches; green = positive, '
         'red = not.', '', '![examples](examples.png)', '']))
     return out_dir
+
+
+def json_safe(value):
+    """Replace non-finite floats (JSON has no NaN/inf) with None, recursively."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _number(value, digits=2):
+    return 'n/a' if value is None else f'{value:.{digits}f}'
+
+
+def bag_markdown_table(results):
+    """One row per model: acceptance, errors, fractions within, covariance honesty, latency."""
+    within_keys = list(results[0]['fraction_of_frames_within'])
+    header = ['model', 'frames', 'accepted', 'median m', 'mean m', 'p95 m', 'median deg'] + \
+        [f'<= {key}' for key in within_keys] + ['in 95% ellipse', 'NEES (2)',
+                                                'latency p50/p95 ms', 'Hz']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for result in results:
+        pose = result['accepted'] or {}
+        honesty = result['covariance_honesty'] or {}
+        latency = result['latency'] or {}
+        cells = [result['model'], str(result['frames_scored']),
+                 f'{result["acceptance_rate"]:.3f}', _number(pose.get('position_median_m')),
+                 _number(pose.get('position_mean_m')), _number(pose.get('position_p95_m')),
+                 _number(pose.get('rotation_median_deg'))]
+        cells += [f'{result["fraction_of_frames_within"][key]:.3f}' for key in within_keys]
+        cells += [_number(honesty.get('inside_ellipse_fraction'), 3),
+                  _number(honesty.get('nees_mean')),
+                  f'{_number(latency.get("latency_p50_ms"), 1)} / '
+                  f'{_number(latency.get("latency_p95_ms"), 1)}',
+                  _number(latency.get('throughput_hz'), 1)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def _bag_notes(result):
+    notes = [f'* `{result["model"]}` ({result["mode"]}, {result.get("backend", "")}): ground '
+             f'truth {result["ground_truth"]["type"]} on `{result["ground_truth"]["topic"]}`, '
+             f'{result["ground_truth"]["frame"]}; frames without ground truth: '
+             f'{sum(result["frames_skipped_without_ground_truth"].values())} '
+             f'{result["frames_skipped_without_ground_truth"] or ""}']
+    if result['mode'] == 'realtime':
+        notes.append(f'  realtime: {result["frames_published"]} frames published at '
+                     f'{result["rate"]:g}x recorded speed, {result["frames_without_response"]} '
+                     f'without a response, node dropped {result["node_frames_dropped"]}')
+    return notes
+
+
+def write_bag_report(out_dir, description, runs):
+    """Write metrics.json, report.md, trajectory_<model>.png and error_cdf.png.
+
+    ``runs`` holds ``(result, BagRun, Map)`` per model (see ``evaluate_bag``).
+    """
+    from vl_attention.evaluation.evaluate_bag import horizontal_errors, rotation_errors_deg
+    from vl_attention.evaluation.trajectory_plots import plot_error_cdf, plot_trajectory
+    out_dir = Path(out_dir)
+    results, curves, images = [result for result, _, _ in runs], [], []
+    for result, run, map_ in runs:
+        name = Path(result['model']).stem
+        plot_trajectory(run, map_.records.position_enu_m, out_dir / f'trajectory_{name}.png',
+                        title=f'{result["model"]} ({result["mode"]})')
+        images.append(f'![trajectory {name}](trajectory_{name}.png)')
+        accepted = [r for r in run.records if r.accepted]
+        curves.append((result['model'], np.linalg.norm(horizontal_errors(accepted), axis=1),
+                       rotation_errors_deg(accepted)))
+    plot_error_cdf(curves, out_dir / 'error_cdf.png')
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    document = {'evaluation': description, 'runs': results, 'software': software_versions(),
+                'created_utc': created}
+    atomic_write_text(out_dir / 'metrics.json', json.dumps(json_safe(document), indent=2))
+    atomic_write_text(out_dir / 'report.md', '\n'.join([
+        f'# Localization on {len(description["bags"])} bag(s) ({description["mode"]})', '',
+        f'Bags: {", ".join(f"`{Path(b).name}`" for b in description["bags"])}; images '
+        f'`{description["image_topic"]}`.', '',
+        bag_markdown_table(results), '',
+        'Errors are horizontal, over accepted frames (confidence >= min_confidence); the '
+        '`<=` columns count accepted frames within the bound over all frames with ground '
+        'truth (rejected frames are failures). NEES should be near 2, the ellipse fraction '
+        'near 0.95.', ''] + [note for result in results for note in _bag_notes(result)] + [
+        '', ' '.join(images), '', '![error CDF](error_cdf.png)', '']))
+    return out_dir

@@ -1,0 +1,232 @@
+"""Realtime evaluation: replay a bag's image messages into a live ``localize_node`` over ROS 2.
+
+The node runs in its own process (:mod:`vl_attention.ros.process`) with the same map,
+model, backend and localizer settings as an offline run. The bag's image messages
+are published unchanged (CDR bytes deserialized into rclpy messages, header stamp
+and frame id kept) at recorded speed x ``rate`` by a :class:`~vl_attention.ros.replay.
+ReplayClient`, which records the NavSatFix, PoseWithCovarianceStamped and /diagnostics
+the node publishes back. Before the replay, warm-up copies of the first image (stamps
+1, 2, ... ns) are sent until one is answered, so ROS discovery and the first, slow
+inference cost no replayed frame; the node's counters are reported net of them.
+Responses are matched to frames by the echoed header stamp:
+
+* latency = publish -> NavSatFix received, in this process (so it includes DDS transport);
+* a frame without any NavSatFix counts as *without response* (dropped by the node's
+  newest-frame-only hand-off, or lost by best-effort transport); the node's own
+  dropped counter comes from its last /diagnostics;
+* an accepted fix takes its position and orientation from the pose message (ENU doubles,
+  no geodetic round trip); the node publishes no confidence, so it is reported as unknown.
+
+rclpy is imported only inside functions: the rest of the evaluation needs no ROS.
+"""
+
+import contextlib
+import logging
+import os
+import time
+
+import numpy as np
+
+from vl_attention.data.rosbag_reader import (header_stamp_ns, IMAGE_TYPES, open_bags,
+                                             topic_connections)
+from vl_attention.evaluation.evaluate_bag import BagRun, FrameRecord
+from vl_attention.evaluation.ground_truth import read_ground_truth, truth_by_stamp
+
+LOG = logging.getLogger(__name__)
+REPLAY_TOPIC = '/vl_attention_replay/image'
+RESPONSE_TIMEOUT_S = 15.0
+WARM_UP_TIMEOUT_S = 60.0
+
+
+def node_parameters(embedder_cfg, localizer_cfg, map_dir, *, compressed):
+    """Parameters of the live node: the offline run's model, backend and localizer settings."""
+    from dataclasses import asdict
+    return {'map_dir': str(map_dir), 'model': embedder_cfg.model,
+            'backend': embedder_cfg.backend, 'device': embedder_cfg.device,
+            'precision': embedder_cfg.precision, 'threads': embedder_cfg.threads,
+            'cache_dir': embedder_cfg.cache_dir, 'export_dir': embedder_cfg.export_dir,
+            'image_transport': 'compressed' if compressed else 'raw',
+            'publish_navsatfix': True, 'publish_pose': True, 'publish_no_fix': True,
+            } | asdict(localizer_cfg)
+
+
+@contextlib.contextmanager
+def live_node(parameters, *, compressed, log_path, domain_id=None, start_timeout_s=180.0):
+    """Start ``localize_node`` and a ReplayClient on an isolated domain; yield the client."""
+    import rclpy
+
+    from vl_attention.ros.process import (isolated_ros_environment, start_localize_node,
+                                          stop_process)
+    from vl_attention.ros.replay import ReplayClient
+    own_context = not rclpy.ok()
+    if not own_context:  # this process already talks ROS: the node must join its domain
+        domain_id = int(os.environ.get('ROS_DOMAIN_ID', '0'))
+    env = isolated_ros_environment(domain_id=domain_id)
+    saved = {key: os.environ.get(key) for key in ('ROS_DOMAIN_ID',
+                                                  'ROS_AUTOMATIC_DISCOVERY_RANGE')}
+    os.environ.update({key: env[key] for key in saved})
+    source = 'image/compressed' if compressed else 'image'
+    target = f'{REPLAY_TOPIC}/compressed' if compressed else REPLAY_TOPIC
+    node = start_localize_node(parameters, env=env, log_path=log_path,
+                               remappings=[(source, target)])
+    client = None
+    try:
+        if own_context:
+            rclpy.init()
+        client = ReplayClient(image_topic=REPLAY_TOPIC, compressed=compressed)
+        if not client.wait_for_localizer(timeout_s=start_timeout_s) or node.poll() is not None:
+            raise RuntimeError(f'localize_node did not start; see {log_path}')
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        if own_context:
+            rclpy.try_shutdown()
+        exit_code = stop_process(node)
+        _restore(saved)
+        LOG.info('localize_node exited with code %s (log: %s)', exit_code, log_path)
+
+
+def _restore(saved):
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _message_type(connections):
+    from sensor_msgs.msg import CompressedImage, Image
+    return CompressedImage if connections[0].msgtype.endswith('CompressedImage') else Image
+
+
+def warm_up(client, raw, message_type, timeout_s=WARM_UP_TIMEOUT_S):
+    """Send the bag's first image (stamps 1, 2, ... ns) until the node answers one.
+
+    Discovery can match our publisher before the node's subscription has matched
+    it, and the first inference is slow; a warm-up frame waits out both, so the
+    replay's first frames are neither lost nor late. Returns the node's counters
+    once it has processed everything sent so far (subtracted from the final ones).
+    """
+    from rclpy.serialization import deserialize_message
+    message = deserialize_message(bytes(raw), message_type)
+    deadline = time.monotonic() + timeout_s
+    stamp_ns = 0
+    while time.monotonic() < deadline:
+        stamp_ns += 1
+        client.publish_message(message, stamp_ns, message.header.frame_id)
+        if client.wait_for_response(stamp_ns, timeout_s=2.0) is not None:
+            return _settled_diagnostics(client)
+    raise RuntimeError(f'localize_node answered none of {stamp_ns} warm-up frames in '
+                       f'{timeout_s:.0f} s')
+
+
+def _settled_diagnostics(client, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        values = client.latest_diagnostics()
+        if values and _processed(values) >= int(values['frames_received']) > 0:
+            return values
+        time.sleep(0.1)
+    raise RuntimeError('localize_node published no settled /diagnostics after the warm-up')
+
+
+def _processed(values):
+    return sum(int(values.get(key, 0)) for key in (
+        'frames_localized', 'frames_no_fix', 'frames_rejected', 'frames_dropped'))
+
+
+def replay(reader, connections, client, *, rate, max_frames=0):
+    """Publish the bag's image messages at recorded speed x ``rate``; return their stamps."""
+    from rclpy.serialization import deserialize_message
+    message_type = _message_type(connections)
+    published, started, first_stamp = [], None, None
+    for count, (_, _, raw) in enumerate(reader.messages(connections=connections)):
+        if max_frames and count >= max_frames:
+            break
+        stamp_ns = header_stamp_ns(raw)
+        message = deserialize_message(bytes(raw), message_type)
+        if started is None:
+            started, first_stamp = time.monotonic(), stamp_ns
+        time.sleep(max(0.0, started + (stamp_ns - first_stamp) / 1e9 / rate - time.monotonic()))
+        client.publish_message(message, stamp_ns, message.header.frame_id)
+        published.append(stamp_ns)
+    return published
+
+
+def wait_for_responses(client, published, timeout_s=RESPONSE_TIMEOUT_S):
+    """Wait for the last frame's fix, every accepted fix's pose and settled diagnostics."""
+    client.wait_for_response(published[-1], timeout_s=timeout_s)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        fixes, poses = dict(client.responses.fixes), dict(client.responses.poses)
+        poses_done = all(stamp in poses for stamp, fix in fixes.items()
+                         if fix.status.status >= 0)
+        values = client.latest_diagnostics()
+        answered = int(values.get('frames_localized', 0)) + int(values.get('frames_no_fix', 0))
+        if poses_done and values and _processed(values) >= int(values['frames_received']) \
+                and answered >= len(fixes):
+            return values
+        time.sleep(0.1)
+    return client.latest_diagnostics()
+
+
+def record_from_messages(truth, client):
+    """Turn what the node published for one frame into a :class:`FrameRecord`."""
+    fix = client.responses.fixes.get(truth.stamp_ns)
+    pose = client.responses.poses.get(truth.stamp_ns)
+    latency_ms = client.latency_ms(truth.stamp_ns)
+    unknown = dict(confidence=float('nan'), position_enu_m=np.full(3, np.nan),
+                   orientation_xyzw=None, position_covariance_m2=np.full((3, 3), np.nan))
+    if fix is None or (fix.status.status >= 0 and pose is None):
+        return FrameRecord(truth, False, False, latency_ms=float('nan'), **unknown)
+    if fix.status.status < 0:
+        return FrameRecord(truth, True, False, latency_ms=latency_ms, **unknown)
+    position, orientation = pose.pose.pose.position, pose.pose.pose.orientation
+    covariance = np.asarray(pose.pose.covariance, np.float64).reshape(6, 6)[:3, :3]
+    return FrameRecord(truth, True, True, float('nan'),
+                       np.array([position.x, position.y, position.z]),
+                       np.array([orientation.x, orientation.y, orientation.z, orientation.w]),
+                       covariance, latency_ms)
+
+
+def _run_info(cfg, client, published, baseline, final):
+    sent = [client.sent_at[s] for s in published]
+    received = [client.responses.received_at[s] for s in published
+                if s in client.responses.received_at]
+    wall_s = (max(received) - min(sent)) if received else 0.0
+
+    def count(key):  # the replay's share of a node counter (warm-up frames subtracted)
+        return int(final.get(key, 0)) - int(baseline.get(key, 0)) if final else None
+    info = {'mode': 'realtime', 'rate': cfg.rate, 'frames_published': len(published),
+            'frames_without_response': sum(s not in client.responses.fixes for s in published),
+            'node_frames_received': count('frames_received'),
+            'node_frames_dropped': count('frames_dropped'),
+            'node_frames_rejected': count('frames_rejected'),
+            'backend': final.get('backend_description', 'unknown')}
+    return info, wall_s
+
+
+def localize_realtime(cfg, bag_paths, map_dir, manifest, embedder_cfg, *, log_path):
+    """Replay the bags into a live node and return a :class:`BagRun` of what it published."""
+    with open_bags(bag_paths) as reader:
+        truth = read_ground_truth(reader, cfg.gt_topic, map_origin=manifest.geodetic_origin,
+                                  gt_origin=cfg.gt_origin)
+        frames, skipped = truth_by_stamp(reader, cfg.image_topic, truth,
+                                         max_gap_s=cfg.max_gap_s, max_frames=cfg.max_frames)
+        connections = topic_connections(reader, cfg.image_topic, IMAGE_TYPES, 'image')
+        compressed = connections[0].msgtype.endswith('CompressedImage')
+        parameters = node_parameters(embedder_cfg, cfg.localizer, map_dir,
+                                     compressed=compressed)
+        with live_node(parameters, compressed=compressed, log_path=log_path,
+                       domain_id=cfg.ros_domain_id,
+                       start_timeout_s=cfg.node_start_timeout_s) as client:
+            _, _, first_raw = next(reader.messages(connections=connections))
+            baseline = warm_up(client, first_raw, _message_type(connections))
+            published = replay(reader, connections, client, rate=cfg.rate,
+                               max_frames=cfg.max_frames)
+            diagnostics = wait_for_responses(client, published)
+            records = tuple(record_from_messages(frames[stamp], client)
+                            for stamp in published if stamp in frames)
+            info, wall_s = _run_info(cfg, client, published, baseline, diagnostics)
+    return BagRun(embedder_cfg.model, records, truth, dict(skipped), wall_s, info)
