@@ -101,6 +101,15 @@ def cuda_runners(model, example):
     return {'torch_cuda_fp32_ms': fp32, 'torch_cuda_fp16_ms': fp16}
 
 
+def fp16_cosine(model, example):
+    """Cosine similarity of the CUDA fp16-autocast descriptor to the fp32 one."""
+    with torch.no_grad():
+        fp32 = model(example).float()
+        with torch.autocast('cuda', dtype=torch.float16):
+            fp16 = model(example).float()
+    return float(torch.nn.functional.cosine_similarity(fp32, fp16).min())
+
+
 def bench_preset(name, args, use_cuda):
     """One table row: size, FLOPs and medians of the embed time per runtime."""
     model, config = random_weight_model(name)
@@ -119,6 +128,7 @@ def bench_preset(name, args, use_cuda):
     row.update(time_calls(runners, args.rounds, args.budget_s))
     if use_cuda:
         row.update(time_calls(cuda_runners(model, example), args.rounds, args.budget_s))
+        row['cuda_fp16_cosine_to_fp32'] = fp16_cosine(model, example.to('cuda'))
     return row
 
 

@@ -284,9 +284,19 @@ def gardens():
             [_read_rgb(p) for p in sorted((GARDENS / 'queries').glob('*.jpg'))])
 
 
-def _top1(embedder, gardens):
+def _similarities(embedder, gardens):
     database, queries = (embedder.embed_batches(images) for images in gardens)
-    return np.argmax(queries @ database.T, axis=1)
+    return queries @ database.T
+
+
+def _decided_queries(similarities, margin=1e-3):
+    """Mark the queries whose best match leads the runner-up by more than ``margin``.
+
+    Random-weight presets embed all images almost alike; their near-ties may
+    flip on float rounding, which says nothing about a backend.
+    """
+    top2 = np.sort(similarities, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0] > margin
 
 
 @pytest.mark.parametrize('preset', [
@@ -301,7 +311,10 @@ def test_every_backend_matches_torch_fp32(preset, photos, gardens, export_cache)
     base = EmbedderConfig(model=preset, backend='torch-cpu', cache_dir=str(export_cache))
     reference = create_embedder(base, model=model)
     frames = list(photos.values())
-    expected, expected_top1 = reference.embed(frames), _top1(reference, gardens)
+    expected = reference.embed(frames)
+    reference_similarities = _similarities(reference, gardens)
+    decided = _decided_queries(reference_similarities)
+    expected_top1 = np.argmax(reference_similarities, axis=1)[decided]
     for name, options, threshold in _variants():
         embedder = create_embedder(dataclasses.replace(base, backend=name, **options),
                                    model=model)
@@ -309,7 +322,10 @@ def test_every_backend_matches_torch_fp32(preset, photos, gardens, export_cache)
         cosine = np.sum(embedder.embed(frames) * expected, axis=1)
         assert cosine.min() > threshold, label
         assert embedder.fingerprint == reference.fingerprint, label
-        np.testing.assert_array_equal(_top1(embedder, gardens), expected_top1, err_msg=label)
+        top1 = np.argmax(_similarities(embedder, gardens), axis=1)[decided]
+        np.testing.assert_array_equal(top1, expected_top1, err_msg=label)
+    if preset == DEFAULT_MODEL:
+        assert decided.all()   # pretrained: every top-1 decision is clear and must agree
 
 
 def test_embedder_reports_backend_and_batches(embedder, photos):

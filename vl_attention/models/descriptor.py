@@ -71,13 +71,19 @@ class DescriptorModel(nn.Module):
 
     def outputs(self, images, **head_inputs):
         """Every output of the model for a normalised image batch, as a :class:`ModelOutput`."""
-        output = self._head_output(images, head_inputs)
+        return self.outputs_from_features(self.backbone(images), images, **head_inputs)
+
+    def outputs_from_features(self, features, images, **head_inputs):
+        """Head (and whitening) outputs for backbone ``features`` ``{tap: tensor}`` of ``images``.
+
+        Lets training reuse the cached features of a frozen backbone.
+        """
+        output = self._head_output(features, images, head_inputs)
         if self.whitening is not None:
             output = output.with_descriptor(self.whitening(output.descriptor))
         return output
 
-    def _head_output(self, images, head_inputs):
-        features = self.backbone(images)
+    def _head_output(self, features, images, head_inputs):
         if getattr(self.aggregator, 'multi_level', False):
             head_features = {tap: features[tap] for tap in self.taps}
         else:
@@ -107,7 +113,7 @@ class DescriptorModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self._head_output(probe, {})
+            return self._head_output(self.backbone(probe), probe, {})
         finally:
             self.train(was_training)
 

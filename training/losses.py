@@ -1,0 +1,135 @@
+"""Training losses, selectable by name from the LOSSES registry.
+
+Every loss is an ``nn.Module`` called as ``loss(output, batch) -> (total, parts)``
+with the model's :class:`~vl_attention.models.outputs.ModelOutput` for a
+:class:`~vl_attention.training.datasets.Batch`; ``parts`` maps names to
+detached scalars for logging. Losses with learnable weights (the pose loss)
+expose them as parameters, which the trainer optimises with the model.
+
+* ``triplet``: margin ranking loss on descriptor distances, mean over mined
+  triplets of max(0, d(a, p) - d(a, n) + margin) (Schroff, Kalenichenko and
+  Philbin, FaceNet, CVPR 2015; the ranking loss of NetVLAD, Arandjelovic et
+  al., CVPR 2016, with one negative per anchor);
+* ``haf``: the hierarchical-attention-fusion loss (``models.haf.HAFLoss``) on
+  mined (anchor, positive, negative) outputs;
+* ``pose``: the learnable-weight pose loss (``models.pose_attention.PoseLoss``)
+  of the predicted ``(B, 7)`` pose against the batch's ground-truth pose.
+
+The model-specific losses are imported when an adapter is built, so this
+module imports without them.
+"""
+
+from dataclasses import fields, replace
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from vl_attention.models.outputs import ModelOutput
+from vl_attention.models.registry import Registry
+from vl_attention.training.mining import descriptor_distances, mine_triplets, STRATEGIES
+
+LOSSES = Registry('loss function')
+
+
+def select_rows(value, rows):
+    """Index the batch dimension of a tensor, or of every tensor in a dict / list / tuple."""
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    if isinstance(value, dict) or hasattr(value, 'items'):
+        return {key: select_rows(item, rows) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(select_rows(item, rows) for item in value)
+    return value
+
+
+def select_outputs(output, rows):
+    """Select the given batch rows of a :class:`ModelOutput` (every field, extras too)."""
+    return replace(output, **{f.name: select_rows(getattr(output, f.name), rows)
+                              for f in fields(ModelOutput)})
+
+
+class _MiningLoss(nn.Module):
+    """Shared mining step of the ranking losses."""
+
+    def __init__(self, *, mining, seed):
+        super().__init__()
+        if mining not in STRATEGIES:
+            raise ValueError(f'unknown mining {mining!r}; known: {list(STRATEGIES)}')
+        self.mining = mining
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def triplets(self, output, batch):
+        """Triplets mined on the output's descriptors with the batch's ground truth."""
+        return mine_triplets(output.descriptor, batch.positions_m,
+                             positive_distance_m=batch.positive_distance_m,
+                             negative_distance_m=batch.negative_distance_m,
+                             strategy=self.mining, generator=self.generator)
+
+
+@LOSSES.register('triplet')
+class TripletLoss(_MiningLoss):
+    """Margin ranking loss on Euclidean distances of unit descriptors."""
+
+    def __init__(self, *, margin=0.1, mining='hard', seed=0):
+        super().__init__(mining=mining, seed=seed)
+        if margin <= 0:
+            raise ValueError(f'triplet margin must be > 0, got {margin}')
+        self.margin = float(margin)
+
+    def forward(self, output, batch):
+        """Mean hinge over the batch's mined triplets."""
+        triplets = self.triplets(output, batch)
+        distances = descriptor_distances(output.descriptor)
+        positive = distances[triplets.anchor, triplets.positive]
+        negative = distances[triplets.anchor, triplets.negative]
+        total = F.relu(positive - negative + self.margin).mean()
+        active = (positive - negative + self.margin > 0).float().mean()
+        return total, {'triplet': total.detach(), 'active_fraction': active}
+
+
+@LOSSES.register('haf')
+class HAFTripletLoss(_MiningLoss):
+    """Adapter: mined triplets -> ``HAFLoss(anchor, positive, negative)`` outputs.
+
+    ``haf_options`` are HAFLoss's own (level weights, margin).
+    """
+
+    def __init__(self, *, mining='hard', seed=0, haf_options=None):
+        super().__init__(mining=mining, seed=seed)
+        from vl_attention.models.haf import HAFLoss
+        self.haf = HAFLoss(**dict(haf_options or {}))
+
+    def forward(self, output, batch):
+        """Weighted sum of the per-level ranking losses on the mined triplets."""
+        triplets = self.triplets(output, batch)
+        total, parts = self.haf(select_outputs(output, triplets.anchor),
+                                select_outputs(output, triplets.positive),
+                                select_outputs(output, triplets.negative))
+        return total, {name: torch.as_tensor(value).detach() for name, value in parts.items()}
+
+
+@LOSSES.register('pose')
+class PoseRegressionLoss(nn.Module):
+    """Adapter: ``PoseLoss(predicted pose, ground-truth pose)`` for pose-regressing models.
+
+    ``pose_options`` are PoseLoss's own (learnable weighting and its initial values).
+    """
+
+    def __init__(self, *, pose_options=None):
+        super().__init__()
+        from vl_attention.models.pose_attention import pose_loss_terms, PoseLoss
+        self.pose_loss = PoseLoss(**dict(pose_options or {}))
+        self.pose_loss_terms = pose_loss_terms
+
+    def forward(self, output, batch):
+        """Pose loss of the batch; the model must return a ``(B, 7)`` pose."""
+        if output.pose is None:
+            raise ValueError('the pose loss needs a pose-regressing model (ModelOutput.pose is '
+                             'None); use a pose_attention preset or another loss')
+        total = self.pose_loss(output.pose, batch.poses)
+        with torch.no_grad():
+            position_l1, rotation_l1 = self.pose_loss_terms(output.pose, batch.poses)
+        # the learned log-variances make the total negative once fitted: log the L1 terms too
+        return total, {'pose': total.detach(), 'position_l1': position_l1,
+                       'rotation_l1': rotation_l1}
