@@ -1,4 +1,4 @@
-"""Context-aware regional attention over R-MAC regions (Kim, Kim & Yoon, BMVC 2018).
+"""Context-aware regional attention over R-MAC regions (Kim & Yoon, BMVC 2018).
 
 Regions are the R-MAC grid of Tolias, Sicre & Jegou (ICLR 2016): at scale
 l = 1..S, squares of side ``floor(2 min(H, W) / (l + 1))`` laid out l (+ an
