@@ -1,15 +1,9 @@
 """SAANE (Seymour et al., BMVC 2019): shared channel attention, per-modality spatial attention."""
 
-import dataclasses
-import io
-
-import numpy as np
-import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vl_attention.models import build_model, load_model_config
 from vl_attention.models.attention_blocks import ChannelAttention, SpatialAttention
 from vl_attention.models.saane import IMAGENET_MEAN, IMAGENET_STD, SAANE, spatial_pyramid_pool
 from vl_attention.models.weights import WeightsError
@@ -147,24 +141,3 @@ def test_network_stream_weights_normalisation_and_freezing(tmp_path):
         head(torch.randn(1, 8, 6, 8), images=rgb, class_map=torch.zeros(1, 96, 128).long())
     trainable = SAANE(in_channels=8, n_classes=4, freeze_semantic=False).train()
     assert trainable.semantic_stream.network.training
-
-
-def test_preset_network_variant_onnx_parity():
-    config = load_model_config('saane_effnet')
-    assert config.taps == ('stride16',)
-    config = dataclasses.replace(config, input_height=96, input_width=128)
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    assert model.descriptor_dim() == 112 * (1 + 4 + 16)
-    batch = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = model(batch).numpy()
-    buffer = io.BytesIO()
-    torch.onnx.export(model, (batch[:1],), buffer, dynamo=False, opset_version=17,
-                      input_names=['images'], output_names=['descriptors'],
-                      dynamic_axes={'images': {0: 'batch'}, 'descriptors': {0: 'batch'}})
-    session = onnxruntime.InferenceSession(buffer.getvalue(),
-                                           providers=['CPUExecutionProvider'])
-    actual = session.run(None, {'images': batch.numpy()})[0]
-    assert actual.shape == expected.shape
-    assert np.abs(actual - expected).max() < 1e-4
