@@ -33,7 +33,7 @@ from vl_attention.data.rosbag_reader import open_bags
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.ground_truth import frames_with_truth, read_ground_truth
-from vl_attention.geo import GeodeticOrigin
+from vl_attention.geo import GeodeticOrigin, rotation_angle_deg
 from vl_attention.io import atomic_write_text
 from vl_attention.localization import Localizer, LocalizerConfig
 from vl_attention.mapping.map_format import load_map, MANIFEST_FILE
@@ -135,11 +135,8 @@ def rotation_errors_deg(records):
     """Rotation errors (deg) of the records, or None when the ground truth has no orientation."""
     if not records or records[0].truth.orientation_xyzw is None:
         return None
-    _, rotation_deg = metrics.pose_errors(
-        np.zeros((len(records), 3)), np.zeros((len(records), 3)),
-        np.array([r.orientation_xyzw for r in records]),
-        np.array([r.truth.orientation_xyzw for r in records]))
-    return rotation_deg
+    return np.asarray(rotation_angle_deg(np.array([r.orientation_xyzw for r in records]),
+                                         np.array([r.truth.orientation_xyzw for r in records])))
 
 
 def pose_summary(records):
@@ -148,9 +145,6 @@ def pose_summary(records):
     rotation_deg = rotation_errors_deg(records)
     summary = metrics.pose_error_summary(position_m, rotation_deg)
     if rotation_deg is None:
-        # thresholds then bound the position only: say so in the key
-        summary = {key.split('m_')[0] + 'm' if key.startswith('within_') else key: value
-                   for key, value in summary.items()}
         summary |= {'rotation_median_deg': None, 'rotation_mean_deg': None,
                     'rotation_p95_deg': None}
     return summary
@@ -159,18 +153,10 @@ def pose_summary(records):
 def fraction_of_frames_within(records):
     """Per threshold: accepted frames within it over all frames (rejected count as failures)."""
     accepted = [r for r in records if r.accepted]
-    fractions = {}
     if not accepted:
-        return {f'{m:g}m_{d:g}deg': 0.0 for m, d in metrics.POSE_THRESHOLDS}
-    position_m = np.linalg.norm(horizontal_errors(accepted), axis=1)
-    rotation_deg = rotation_errors_deg(accepted)
-    for metres, degrees in metrics.POSE_THRESHOLDS:
-        within = position_m <= metres
-        if rotation_deg is not None:
-            within &= rotation_deg <= degrees
-        key = f'{metres:g}m_{degrees:g}deg' if rotation_deg is not None else f'{metres:g}m'
-        fractions[key] = float(within.sum() / len(records))
-    return fractions
+        return metrics.fractions_within(np.zeros(0), np.zeros(0), total=len(records))
+    return metrics.fractions_within(np.linalg.norm(horizontal_errors(accepted), axis=1),
+                                    rotation_errors_deg(accepted), total=len(records))
 
 
 def score_run(run):

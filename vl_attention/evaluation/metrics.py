@@ -91,12 +91,26 @@ def pose_error_summary(position_m, rotation_deg=None, thresholds=POSE_THRESHOLDS
         summary |= {'rotation_median_deg': float(np.median(rotation_deg)),
                     'rotation_mean_deg': float(np.mean(rotation_deg)),
                     'rotation_p95_deg': float(np.percentile(rotation_deg, 95))}
+    within = fractions_within(position_m, rotation_deg, thresholds)
+    return summary | {f'within_{bound}': fraction for bound, fraction in within.items()}
+
+
+def fractions_within(position_m, rotation_deg=None, thresholds=POSE_THRESHOLDS, *, total=None):
+    """Fraction of ``total`` frames (default: those given) within each (metres, degrees) bound.
+
+    Keys name the bound: ``'5m_10deg'``, or ``'5m'`` when there are no
+    rotation errors (the bound is then on position alone).
+    """
+    position_m = np.asarray(position_m)
+    total = len(position_m) if total is None else total
+    fractions = {}
     for metres, degrees in thresholds:
         within = position_m <= metres
         if rotation_deg is not None:
-            within &= rotation_deg <= degrees
-        summary[f'within_{metres:g}m_{degrees:g}deg'] = float(np.mean(within))
-    return summary
+            within &= np.asarray(rotation_deg) <= degrees
+        bound = f'{metres:g}m_{degrees:g}deg' if rotation_deg is not None else f'{metres:g}m'
+        fractions[bound] = float(within.sum() / total)
+    return fractions
 
 
 def covariance_honesty(errors, covariances, probability=0.95):
