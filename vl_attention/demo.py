@@ -11,7 +11,6 @@
 from dataclasses import asdict, dataclass
 import json
 import logging
-import os
 from pathlib import Path
 import time
 
@@ -88,29 +87,13 @@ def run_demo(cfg):
 
 
 def _localize_over_ros(cfg, map_dir, queries, cache_dir, work_dir):
-    import rclpy
-
-    from vl_attention.ros.process import (isolated_ros_environment, start_localize_node,
-                                          stop_process)
-    from vl_attention.ros.replay import ReplayClient
-    env = isolated_ros_environment()
-    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE'):
-        os.environ[key] = env[key]
-    node = start_localize_node({'map_dir': str(map_dir), 'cache_dir': str(cache_dir)},
-                               env=env, log_path=work_dir / 'localize_node.log',
-                               remappings=[('image', '/camera/image_raw')])
-    rclpy.init()
-    client = ReplayClient(image_topic='/camera/image_raw')
-    try:
-        print('waiting for localize_node (log: %s) ...' % (work_dir / 'localize_node.log'))
-        if not client.wait_for_localizer(timeout_s=120.0) or node.poll() is not None:
-            raise RuntimeError('localize_node did not start; see '
-                               f'{work_dir / "localize_node.log"}')
+    from vl_attention.ros.replay import live_localize_node
+    log_path = work_dir / 'localize_node.log'
+    print('waiting for localize_node (log: %s) ...' % log_path)
+    with live_localize_node({'map_dir': str(map_dir), 'cache_dir': str(cache_dir)},
+                            image_topic='/camera/image_raw', log_path=log_path,
+                            start_timeout_s=120.0) as client:
         return _publish_and_score(cfg, client, map_dir, queries)
-    finally:
-        client.close()
-        rclpy.try_shutdown()
-        stop_process(node)
 
 
 def _publish_and_score(cfg, client, map_dir, queries):

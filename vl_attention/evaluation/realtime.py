@@ -20,9 +20,7 @@ Responses are matched to frames by the echoed header stamp:
 rclpy is imported only inside functions: the rest of the evaluation needs no ROS.
 """
 
-import contextlib
 import logging
-import os
 import time
 
 import numpy as np
@@ -48,51 +46,6 @@ def node_parameters(embedder_cfg, localizer_cfg, map_dir, *, compressed):
             'image_transport': 'compressed' if compressed else 'raw',
             'publish_navsatfix': True, 'publish_pose': True, 'publish_no_fix': True,
             } | asdict(localizer_cfg)
-
-
-@contextlib.contextmanager
-def live_node(parameters, *, compressed, log_path, domain_id=None, start_timeout_s=180.0):
-    """Start ``localize_node`` and a ReplayClient on an isolated domain; yield the client."""
-    import rclpy
-
-    from vl_attention.ros.process import (isolated_ros_environment, start_localize_node,
-                                          stop_process)
-    from vl_attention.ros.replay import ReplayClient
-    own_context = not rclpy.ok()
-    if not own_context:  # this process already talks ROS: the node must join its domain
-        domain_id = int(os.environ.get('ROS_DOMAIN_ID', '0'))
-    env = isolated_ros_environment(domain_id=domain_id)
-    saved = {key: os.environ.get(key) for key in ('ROS_DOMAIN_ID',
-                                                  'ROS_AUTOMATIC_DISCOVERY_RANGE')}
-    os.environ.update({key: env[key] for key in saved})
-    source = 'image/compressed' if compressed else 'image'
-    target = f'{REPLAY_TOPIC}/compressed' if compressed else REPLAY_TOPIC
-    node = start_localize_node(parameters, env=env, log_path=log_path,
-                               remappings=[(source, target)])
-    client = None
-    try:
-        if own_context:
-            rclpy.init()
-        client = ReplayClient(image_topic=REPLAY_TOPIC, compressed=compressed)
-        if not client.wait_for_localizer(timeout_s=start_timeout_s) or node.poll() is not None:
-            raise RuntimeError(f'localize_node did not start; see {log_path}')
-        yield client
-    finally:
-        if client is not None:
-            client.close()
-        if own_context:
-            rclpy.try_shutdown()
-        exit_code = stop_process(node)
-        _restore(saved)
-        LOG.info('localize_node exited with code %s (log: %s)', exit_code, log_path)
-
-
-def _restore(saved):
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _message_type(connections):
@@ -218,9 +171,10 @@ def localize_realtime(cfg, bag_paths, map_dir, manifest, embedder_cfg, *, log_pa
         compressed = connections[0].msgtype.endswith('CompressedImage')
         parameters = node_parameters(embedder_cfg, cfg.localizer, map_dir,
                                      compressed=compressed)
-        with live_node(parameters, compressed=compressed, log_path=log_path,
-                       domain_id=cfg.ros_domain_id,
-                       start_timeout_s=cfg.node_start_timeout_s) as client:
+        from vl_attention.ros.replay import live_localize_node
+        with live_localize_node(parameters, image_topic=REPLAY_TOPIC, compressed=compressed,
+                                log_path=log_path, domain_id=cfg.ros_domain_id,
+                                start_timeout_s=cfg.node_start_timeout_s) as client:
             _, _, first_raw = next(reader.messages(connections=connections))
             baseline = warm_up(client, first_raw, _message_type(connections))
             published = replay(reader, connections, client, rate=cfg.rate,

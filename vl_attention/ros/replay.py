@@ -1,16 +1,20 @@
 """Publish frames to a running ``localize_node`` and collect what it publishes back.
 
-Used by the demo, the node tests and (later) realtime evaluation: a real rclpy
-node in this process talking over ROS 2 to the node in another.
+Used by the demo, the node tests and realtime evaluation: a real rclpy node in
+this process talking over ROS 2 to the node in another.
 """
 
+import contextlib
 from dataclasses import dataclass, field
+import logging
+import os
 import threading
 import time
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
+import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -18,6 +22,10 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 
 from vl_attention.data.images import encode_compressed
 from vl_attention.ros.conversions import rgb_to_image_msg, stamp_to_ns
+from vl_attention.ros.process import isolated_ros_environment, start_localize_node, stop_process
+
+LOG = logging.getLogger(__name__)
+_ROS_ENVIRONMENT = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
 
 
 @dataclass
@@ -130,3 +138,48 @@ class ReplayClient(Node):
         """Stop spinning and destroy the node."""
         self._executor.shutdown()
         self.destroy_node()
+
+
+@contextlib.contextmanager
+def live_localize_node(parameters, *, image_topic, log_path, compressed=False, domain_id=None,
+                       start_timeout_s=180.0):
+    """Run ``localize_node`` in its own process and yield a :class:`ReplayClient` talking to it.
+
+    Both sit on an isolated ROS domain (localhost only; a random domain id
+    unless ``domain_id`` is given, or this process's own when rclpy is already
+    running here). The node's image input is remapped to ``image_topic``. On
+    exit the client closes, the node is stopped and the environment restored.
+    """
+    own_context = not rclpy.ok()
+    if not own_context:  # this process already talks ROS: the node must join its domain
+        domain_id = int(os.environ.get('ROS_DOMAIN_ID', '0'))
+    env = isolated_ros_environment(domain_id=domain_id)
+    saved = {key: os.environ.get(key) for key in _ROS_ENVIRONMENT}
+    os.environ.update({key: env[key] for key in _ROS_ENVIRONMENT})
+    remapping = (('image/compressed', f'{image_topic}/compressed') if compressed
+                 else ('image', image_topic))
+    node = start_localize_node(parameters, env=env, log_path=log_path, remappings=[remapping])
+    client = None
+    try:
+        if own_context:
+            rclpy.init()
+        client = ReplayClient(image_topic=image_topic, compressed=compressed)
+        if not client.wait_for_localizer(timeout_s=start_timeout_s) or node.poll() is not None:
+            raise RuntimeError(f'localize_node did not start; see {log_path}')
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        if own_context:
+            rclpy.try_shutdown()
+        exit_code = stop_process(node)
+        _restore_environment(saved)
+        LOG.info('localize_node exited with code %s (log: %s)', exit_code, log_path)
+
+
+def _restore_environment(saved):
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
