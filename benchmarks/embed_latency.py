@@ -26,6 +26,7 @@ import torch
 from vl_attention.engine.availability import probe_availability
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.engine.preprocess import preprocess_frames
+from vl_attention.io import atomic_write_text
 from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +189,7 @@ def main():
                            'timing': 'Embedder.embed end to end (preprocess + infer + copy)'},
               'results': rows, 'ort_vs_torch_eager': ratios,
               'wall_s': time.perf_counter() - started}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + '\n')
+    atomic_write_text(args.out, json.dumps(result, indent=2) + '\n')
     print(f'wrote {args.out} in {result["wall_s"]:.0f} s')
 
 

@@ -26,6 +26,7 @@ import time
 import faiss
 import numpy as np
 
+from vl_attention.io import atomic_write_text
 from vl_attention.mapping.index import IndexParams, MapIndex
 
 DIM = 256
@@ -170,8 +171,7 @@ def main():
                           'python': platform.python_version()},
               'dim': DIM, 'queries': args.queries, 'single_queries': args.single_queries,
               'rows': rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + '\n')
+    atomic_write_text(args.out, json.dumps(result, indent=2) + '\n')
     print(f'wrote {args.out}')
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from vl_attention.data.synthetic import (
     generate_town, get_condition, get_preset, place_occluders, plan_traversal, render)
+from vl_attention.io import atomic_write_text
 
 CASES = (('day', 'day', 0.0), ('night', 'night', 0.0), ('fog+occluders', 'fog', 0.5))
 
@@ -58,8 +59,7 @@ def main():
               'cpu_count': os.cpu_count(), 'numpy_version': np.__version__,
               'python_version': platform.python_version(), 'machine': platform.machine(),
               'results': results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + '\n')
+    atomic_write_text(args.out, json.dumps(report, indent=2) + '\n')
     print(f'wrote {args.out}')
 
 

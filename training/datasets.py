@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, fields
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from vl_attention.data.synthetic.render import render
 from vl_attention.data.synthetic.town import generate_town, TownConfig
 from vl_attention.data.synthetic.traversal import plan_traversal, TraversalConfig
 from vl_attention.engine.preprocess import preprocess_frames
+from vl_attention.io import atomic_path
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -161,10 +161,8 @@ def load_place_views(config, cache_dir):
         with np.load(path) as arrays:
             return PlaceViews(**{f.name: arrays[f.name] for f in fields(PlaceViews)})
     views = render_place_views(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp.npz')
-    np.savez(tmp, **{f.name: getattr(views, f.name) for f in fields(PlaceViews)})
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary, open(temporary, 'wb') as stream:
+        np.savez(stream, **{f.name: getattr(views, f.name) for f in fields(PlaceViews)})
     LOGGER.info('rendered %d views into %s', len(views), path)
     return views
 

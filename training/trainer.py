@@ -19,7 +19,8 @@ import logging
 import numpy as np
 import torch
 
-from vl_attention.evaluation.metrics import pose_errors, recall_at_n
+from vl_attention.evaluation.metrics import recall_at_n
+from vl_attention.models.pose_attention import pose_errors_from_poses
 
 LOGGER = logging.getLogger(__name__)
 
@@ -158,7 +159,4 @@ def evaluate_pose(model, views, *, batch_size=32):
     _, poses = predict(model, views.images, batch_size=batch_size)
     if poses is None:
         raise ValueError('the model returns no pose; evaluate_pose needs a pose-regressing model')
-    truth = views.poses.numpy()
-    # ModelOutput.pose orders the quaternion (w, x, y, z); the geo helpers take (x, y, z, w)
-    return pose_errors(poses[:, :3], truth[:, :3], poses[:, [4, 5, 6, 3]],
-                       truth[:, [4, 5, 6, 3]])
+    return pose_errors_from_poses(poses, views.poses)

@@ -6,6 +6,8 @@ from pathlib import Path
 import shutil
 import tempfile
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -66,3 +68,16 @@ def _fsync_file(path):
     if os.path.isfile(path):
         with open(path, 'rb') as handle:
             os.fsync(handle.fileno())
+
+
+def json_safe(value):
+    """Replace non-finite floats (JSON has no NaN/inf) with None and numpy scalars, recursively."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

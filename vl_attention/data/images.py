@@ -7,6 +7,9 @@ Every failure raises :class:`ImageDecodeError` naming what is wrong.
 import cv2
 import numpy as np
 
+# File suffixes of image files read from folders (datasets, calibration images).
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm')
+
 # encoding -> (channels, numpy dtype, conversion to RGB or None)
 RAW_ENCODINGS = {
     'rgb8': (3, np.uint8, None),

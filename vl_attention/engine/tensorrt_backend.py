@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vl_attention.data.images import IMAGE_SUFFIXES
 from vl_attention.engine.availability import CUDA, unavailable_reason
 from vl_attention.engine.backend_base import BackendOptions, BACKENDS, BackendUnavailable
 from vl_attention.engine.export import INPUT_NAME, read_export
@@ -35,7 +36,6 @@ LOG = logging.getLogger(__name__)
 
 AGREEMENT_THRESHOLDS = {'fp32': 0.999, 'fp16': 0.99, 'int8': 0.95}
 WORKSPACE_BYTES = 1 << 30
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm')
 
 
 class EngineDisagrees(BackendUnavailable):

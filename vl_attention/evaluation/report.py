@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 
 from vl_attention import __version__
-from vl_attention.io import atomic_path, atomic_write_bytes, atomic_write_text
+from vl_attention.io import atomic_path, atomic_write_bytes, atomic_write_text, json_safe
 
 matplotlib.use('Agg')
 from matplotlib import pyplot  # noqa: E402  (after choosing the headless backend)
@@ -122,19 +122,6 @@ def write_vpr_report(out_dir, dataset, runs, *, examples=5):
         f'Examples ({runs[0][0]["model"]}): query, then its top matches; green = positive, '
         'red = not.', '', '![examples](examples.png)', '']))
     return out_dir
-
-
-def json_safe(value):
-    """Replace non-finite floats (JSON has no NaN/inf) with None, recursively."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _number(value, digits=2):

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vl_attention.data.images import IMAGE_SUFFIXES
 from vl_attention.geo import GeodeticOrigin, geodetic_to_enu
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm')
 
 
 class DatasetError(ValueError):

@@ -12,7 +12,6 @@ Output layout::
 import argparse
 from dataclasses import asdict, dataclass, field, replace
 import logging
-import math
 from pathlib import Path
 import shutil
 
@@ -26,6 +25,7 @@ from vl_attention.data.synthetic.render import render
 from vl_attention.data.synthetic.town import generate_town, TownConfig
 from vl_attention.data.synthetic.traversal import plan_traversal, TraversalConfig
 from vl_attention.data.synthetic.writers import ImageFolderWriter, write_world_json
+from vl_attention.io import json_safe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -106,17 +106,6 @@ def get_preset(name):
     return PRESETS[name]
 
 
-def _json_safe(value):
-    """Replace non-finite floats (JSON has no inf) with None, recursively."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def frame_seed(world_seed, traversal_index, frame_index):
     """Seed of one frame's sensor noise and rain."""
     return int(np.random.SeedSequence([world_seed, traversal_index, frame_index])
@@ -186,7 +175,7 @@ def generate(preset, out_dir, *, seed=None, storage=None, progress=True):
              'frames': {'pose_frame': 'ENU at origin; camera body x forward, y left, z up',
                         'image_frame_id': camera.frame_id},
              'town': asdict(config.town), 'traversals': entries}
-    write_world_json(out_dir / 'world.json', _json_safe(world))
+    write_world_json(out_dir / 'world.json', json_safe(world))
     LOGGER.info('wrote synthetic world %r to %s', config.name, out_dir)
     return out_dir
 

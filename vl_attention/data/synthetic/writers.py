@@ -13,7 +13,6 @@ z up) in ENU.
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -21,18 +20,10 @@ import numpy as np
 import yaml
 
 from vl_attention.geo import enu_to_geodetic
+from vl_attention.io import atomic_path, atomic_write_text
 
 POSES_HEADER = ('image', 'stamp_ns', 'latitude_deg', 'longitude_deg', 'altitude_m',
                 'x_m', 'y_m', 'z_m', 'qx', 'qy', 'qz', 'qw')
-
-
-def atomic_write_text(path, text):
-    """Write a text file through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'w', newline='') as stream:
-        stream.write(text)
-    os.replace(tmp, path)
 
 
 def write_camera_info(path, camera):
@@ -86,12 +77,11 @@ class ImageFolderWriter:
         positions = np.array([f[2] for f in self._frames]).reshape(-1, 3)
         quaternions = np.array([f[3] for f in self._frames]).reshape(-1, 4)
         rows = pose_rows(names, stamps, positions, quaternions, self.origin)
-        tmp = self.out_dir / '.poses.csv.tmp'
-        with open(tmp, 'w', newline='') as stream:
+        with atomic_path(self.out_dir / 'poses.csv') as temporary, \
+                open(temporary, 'w', newline='') as stream:
             writer = csv.writer(stream)
             writer.writerow(POSES_HEADER)
             writer.writerows(rows)
-        os.replace(tmp, self.out_dir / 'poses.csv')
         return self.out_dir
 
     def __enter__(self):
