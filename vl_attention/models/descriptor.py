@@ -96,26 +96,23 @@ class DescriptorModel(nn.Module):
         """Embed a normalised image batch into ``(B, D)`` descriptors (the export contract)."""
         return self.outputs(images).descriptor
 
-    def head_descriptor_dim(self):
-        """Length of the head's descriptor, before any whitening."""
-        return int(self._probe().descriptor.shape[-1])
-
-    def descriptor_dim(self):
-        """Length D of the descriptor, found by a forward pass at the input size."""
-        if self.whitening is not None:
-            return self.whitening.out_dim
-        return int(self._probe().descriptor.shape[-1])
-
     @torch.no_grad()
-    def _probe(self):
+    def head_descriptor_dim(self):
+        """Length of the head's descriptor before any whitening, by a pass at the input size."""
         prep = self.preprocessing
         probe = torch.zeros(1, 3, prep.input_height, prep.input_width)
         was_training = self.training
         self.eval()
         try:
-            return self._head_output(self.backbone(probe), probe, {})
+            return int(self._head_output(self.backbone(probe), probe, {}).descriptor.shape[-1])
         finally:
             self.train(was_training)
+
+    def descriptor_dim(self):
+        """Length D of the descriptor (the whitened size when PCA-whitening is set)."""
+        if self.whitening is not None:
+            return self.whitening.out_dim
+        return self.head_descriptor_dim()
 
 
 def model_config_path(name_or_path):
