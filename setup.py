@@ -9,14 +9,17 @@ PACKAGE = 'vl_attention'
 setup(
     name=PACKAGE,
     version='0.1.0',
-    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']) + [f'{PACKAGE}.training'],
-    package_dir={f'{PACKAGE}.training': 'training'},
+    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']) + [
+        f'{PACKAGE}.training', f'{PACKAGE}.training.sources'],
+    package_dir={f'{PACKAGE}.training': 'training',
+                 f'{PACKAGE}.training.sources': 'training/sources'},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', glob('config/*.yaml')),
         (f'share/{PACKAGE}/config/models', glob('config/models/*.yaml')),
+        (f'share/{PACKAGE}/config/training', glob('config/training/*.yaml')),
     ],
     install_requires=['setuptools'],
     zip_safe=False,

@@ -24,7 +24,7 @@ from vl_attention.models import build_model, load_model_config, ModelOutput
 from vl_attention.training.datasets import (load_place_views, place_recognition_splits,
                                             PlaceSetConfig, split_by_pass, TrainingSet)
 from vl_attention.training.losses import LOSSES, select_outputs
-from vl_attention.training.mining import mine_triplets
+from vl_attention.training.mining import ground_truth_masks, mine_triplets
 from vl_attention.training.trainer import evaluate_pose, evaluate_recall_at_1, train_steps
 
 HEIGHT, WIDTH = 96, 128
@@ -159,12 +159,16 @@ def _line_positions(*xs_m):
     return torch.tensor([[x, 0.0, 0.0] for x in xs_m])
 
 
+def _masks(positions, positive_distance_m, negative_distance_m):
+    return ground_truth_masks(positions, positive_distance_m=positive_distance_m,
+                              negative_distance_m=negative_distance_m)
+
+
 def test_batch_hard_mining_takes_farthest_positive_and_closest_negative():
     # images 0, 1, 2 show one place (<= 1 m apart); 3 and 4 are 50 m away
     positions = _line_positions(0.0, 0.5, 1.0, 50.0, 50.5)
     descriptors = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])
-    triplets = mine_triplets(descriptors, positions, positive_distance_m=2.0,
-                             negative_distance_m=10.0)
+    triplets = mine_triplets(descriptors, *_masks(positions, 2.0, 10.0))
     assert triplets.anchor.tolist() == [0, 1, 2, 3, 4]
     assert triplets.positive[0] == 2 and triplets.negative[0] == 3
     assert triplets.positive[3] == 4 and triplets.negative[4] == 2
@@ -173,9 +177,8 @@ def test_batch_hard_mining_takes_farthest_positive_and_closest_negative():
 def test_random_mining_draws_only_valid_pairs_and_follows_its_seed():
     positions = _line_positions(0.0, 0.5, 1.0, 5.0, 50.0, 50.5, 100.0)
     descriptors = torch.randn(7, 4)
-    options = dict(positive_distance_m=2.0, negative_distance_m=10.0, strategy='random')
-    draws = [mine_triplets(descriptors, positions, generator=torch.Generator().manual_seed(3),
-                           **options) for _ in range(2)]
+    draws = [mine_triplets(descriptors, *_masks(positions, 2.0, 10.0), strategy='random',
+                           generator=torch.Generator().manual_seed(3)) for _ in range(2)]
     assert torch.equal(draws[0].negative, draws[1].negative)
     gap_m = (positions[:, None, 0] - positions[None, :, 0]).abs()
     triplets = draws[0]
@@ -187,15 +190,13 @@ def test_random_mining_draws_only_valid_pairs_and_follows_its_seed():
 
 def test_mining_without_any_positive_says_how_to_sample():
     with pytest.raises(ValueError, match='several views of each place'):
-        mine_triplets(torch.eye(3), _line_positions(0.0, 30.0, 60.0), positive_distance_m=2.0,
-                      negative_distance_m=10.0)
+        mine_triplets(torch.eye(3), *_masks(_line_positions(0.0, 30.0, 60.0), 2.0, 10.0))
 
 
 def test_triplet_loss_is_the_mean_hinge_of_mined_triplets():
     positions = _line_positions(0.0, 1.0, 50.0, 51.0)
     descriptors = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
-    batch = SimpleBatch(positions_m=positions, positive_distance_m=2.0,
-                        negative_distance_m=10.0)
+    batch = SimpleBatch(*_masks(positions, 2.0, 10.0))
     total, parts = LOSSES.create('triplet', margin=0.5)(ModelOutput(descriptors), batch)
     # per anchor: d(a, p) - d(a, hardest n) + 0.5, hinged
     d = torch.cdist(descriptors, descriptors)
@@ -207,9 +208,8 @@ def test_triplet_loss_is_the_mean_hinge_of_mined_triplets():
 
 @dataclasses.dataclass
 class SimpleBatch:
-    positions_m: torch.Tensor
-    positive_distance_m: float
-    negative_distance_m: float
+    positive_mask: torch.Tensor
+    negative_mask: torch.Tensor
 
 
 def test_unknown_loss_and_mining_names_list_the_known_ones():

@@ -1,9 +1,13 @@
 """Offline training of descriptor networks (installed as ``vl_attention.training``).
 
-* :mod:`.datasets`: generated place-recognition / pose sets from the synthetic world;
-* :mod:`.mining`: in-batch triplet mining (batch-hard, random);
-* :mod:`.losses`: the LOSSES registry (triplet, haf, pose);
-* :mod:`.trainer`: ``train_steps`` and the held-out Recall@1 / pose evaluation.
-
-Recipes, dataset adapters and the ``vl-attention train`` command come with the training issue.
+* :mod:`.config`: the recipe (``config/training/*.yaml``) as frozen dataclasses;
+* :mod:`.sources`: dataset adapters behind one interface (``PlaceDataset``);
+* :mod:`.sampling`: ground truth, distinct-place batches, cached hard negatives;
+* :mod:`.augment`: photometric copies of training images;
+* :mod:`.mining`, :mod:`.losses`: batch-hard / random triplets; the LOSSES registry;
+* :mod:`.loop`: ``fit``, the run behind ``vl-attention train`` (checkpoints, exact resume,
+  DDP, validation), with :mod:`.checkpoint`, :mod:`.distributed`, :mod:`.validation`,
+  :mod:`.outputs` and the command line in :mod:`.train`;
+* :mod:`.datasets`, :mod:`.trainer`: generated synthetic place sets and the short in-memory
+  step loop the per-family training tests use.
 """

@@ -33,6 +33,7 @@ from vl_attention.data.synthetic.town import generate_town, TownConfig
 from vl_attention.data.synthetic.traversal import plan_traversal, TraversalConfig
 from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.io import atomic_path
+from vl_attention.training.mining import ground_truth_masks
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -200,8 +201,8 @@ class Batch:
     images: torch.Tensor        # (B, 3, H, W) normalised
     positions_m: torch.Tensor   # (B, 3) relative to the set's origin_m
     poses: torch.Tensor         # (B, 7) position + unit quaternion (w, x, y, z), w >= 0
-    positive_distance_m: float
-    negative_distance_m: float
+    positive_mask: torch.Tensor  # (B, B) bool: rows showing the same place (never itself)
+    negative_mask: torch.Tensor  # (B, B) bool: rows surely showing another place
 
 
 def poses_wxyz(positions_m, quaternions_xyzw):
@@ -256,7 +257,9 @@ class TrainingSet:
 
     def batch(self, indices):
         """Return the :class:`Batch` of the given rows."""
-        return Batch(indices=indices, images=self.images[indices],
-                     positions_m=self.positions_m[indices], poses=self.poses[indices],
-                     positive_distance_m=self.positive_distance_m,
-                     negative_distance_m=self.negative_distance_m)
+        positions_m = self.positions_m[indices]
+        positive, negative = ground_truth_masks(
+            positions_m, positive_distance_m=self.positive_distance_m,
+            negative_distance_m=self.negative_distance_m)
+        return Batch(indices=indices, images=self.images[indices], positions_m=positions_m,
+                     poses=self.poses[indices], positive_mask=positive, negative_mask=negative)

@@ -61,9 +61,7 @@ class _MiningLoss(nn.Module):
 
     def triplets(self, output, batch):
         """Triplets mined on the output's descriptors with the batch's ground truth."""
-        return mine_triplets(output.descriptor, batch.positions_m,
-                             positive_distance_m=batch.positive_distance_m,
-                             negative_distance_m=batch.negative_distance_m,
+        return mine_triplets(output.descriptor, batch.positive_mask, batch.negative_mask,
                              strategy=self.mining, generator=self.generator)
 
 

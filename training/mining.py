@@ -2,7 +2,9 @@
 
 Ground truth decides which pairs may form a triplet: a *positive* of an anchor
 is another image whose position lies within ``positive_distance_m``, a
-*negative* one farther than ``negative_distance_m``. Descriptors decide which
+*negative* one farther than ``negative_distance_m`` (or, for frame-aligned
+datasets without positions, the same / a distant place label; see
+:mod:`.sampling`). Descriptors decide which
 of them are used. Batch-hard mining (Hermans, Beyer and Leibe, "In Defense of
 the Triplet Loss for Person Re-Identification", arXiv 2017; the online mining
 of SAANE and NetVLAD training) takes for each anchor the positive with the
@@ -44,24 +46,21 @@ def ground_truth_masks(positions_m, *, positive_distance_m, negative_distance_m)
     return (distance_m <= positive_distance_m) & ~itself, distance_m > negative_distance_m
 
 
-def mine_triplets(descriptors, positions_m, *, positive_distance_m, negative_distance_m,
-                  strategy='hard', generator=None):
+def mine_triplets(descriptors, positive, negative, *, strategy='hard', generator=None):
     """One triplet per anchor that has a positive and a negative in the batch.
 
+    ``positive`` / ``negative`` are the batch's boolean ``(B, B)`` ground-truth
+    masks (:func:`ground_truth_masks`, or a place-label equivalent);
     ``strategy`` is ``'hard'`` (batch-hard) or ``'random'``; ``generator``
     seeds the random draw. Raises ValueError when no anchor has both, which
     means the batch sampler does not put several views of a place in a batch.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f'unknown mining strategy {strategy!r}; known: {list(STRATEGIES)}')
-    positive, negative = ground_truth_masks(
-        positions_m, positive_distance_m=positive_distance_m,
-        negative_distance_m=negative_distance_m)
     anchors = torch.nonzero(positive.any(dim=1) & negative.any(dim=1)).flatten()
     if len(anchors) == 0:
-        raise ValueError(f'no image of the batch has a positive (<= {positive_distance_m} m) '
-                         f'and a negative (> {negative_distance_m} m); sample several views '
-                         'of each place per batch')
+        raise ValueError('no image of the batch has both a positive and a negative; sample '
+                         'several views of each place per batch (and several places)')
     positive, negative = positive[anchors], negative[anchors]
     if strategy == 'hard':
         with torch.no_grad():

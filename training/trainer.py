@@ -59,11 +59,15 @@ def set_training_mode(model):
 
 
 @torch.no_grad()
-def cache_backbone_features(model, images, *, batch_size=32):
-    """Feature maps ``{tap: (N, C, h, w)}`` of a frozen backbone (eval mode) for all images."""
+def cache_backbone_features(model, images, *, batch_size=32, device=None):
+    """Feature maps ``{tap: (N, C, h, w)}`` of a frozen backbone (eval mode) for all images.
+
+    ``images`` is an ``(N, 3, H, W)`` tensor or anything sliceable like one
+    (:class:`~vl_attention.training.sampling.ImageRows`).
+    """
     was_training = model.backbone.training
     model.backbone.eval()
-    chunks = [model.backbone(images[start:start + batch_size])
+    chunks = [model.backbone(images[start:start + batch_size].to(device))
               for start in range(0, len(images), batch_size)]
     model.backbone.train(was_training)
     return {tap: torch.cat([chunk[tap] for chunk in chunks]) for tap in model.taps}

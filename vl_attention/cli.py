@@ -220,6 +220,18 @@ def _run_evaluate_bag(args):
     print((out / 'report.md').read_text())
 
 
+def _add_train(subparsers):
+    from vl_attention.training.train import add_arguments
+    add_arguments(subparsers.add_parser(
+        'train', help='train a model recipe (config/training/) with checkpoints, resume, '
+        'validation and ONNX export; torchrun for several processes'))
+
+
+def _run_train(args):
+    from vl_attention.training.train import run
+    return run(args)
+
+
 COMMANDS = {
     'export': (_add_export, _run_export),
     'build-map': (_add_build_map, _run_build_map),
@@ -229,6 +241,7 @@ COMMANDS = {
     'demo': (_add_demo, _run_demo),
     'evaluate-vpr': (_add_evaluate_vpr, _run_evaluate_vpr),
     'evaluate-bag': (_add_evaluate_bag, _run_evaluate_bag),
+    'train': (_add_train, _run_train),
 }
 
 

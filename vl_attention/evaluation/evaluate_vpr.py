@@ -7,8 +7,6 @@ PNG plots into ``out_dir``; with several models, one sub-directory each and a ta
 from dataclasses import dataclass, field, replace
 import time
 
-import numpy as np
-
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.report import write_vpr_report
@@ -51,23 +49,15 @@ def evaluate_model(cfg, dataset, embedder):
     queries, query_ms = embed_images(embedder, dataset.query_images)
     k = min(max(max(cfg.n_values), 2), len(database))
     similarities, indices, search_ms = retrieve(database, queries, k)
-    recalls, without = metrics.recall_at_n(indices, dataset.positives, cfg.n_values)
-    has_positive = np.array([len(p) > 0 for p in dataset.positives])
-    correct = np.array([indices[q, 0] in dataset.positives[q] for q in range(len(queries))])
-    scores = metrics.ratio_test_scores(similarities)
-    precision, recall, thresholds = metrics.precision_recall_curve(scores, correct, has_positive)
+    scores, curve = metrics.retrieval_metrics(similarities, indices, dataset.positives,
+                                              cfg.n_values)
     result = {
         'model': embedder.card.model_name, 'fingerprint': embedder.fingerprint,
         'backend': embedder.backend_name, 'descriptor_dim': embedder.descriptor_dim,
-        'recall_at_n': {str(n): value for n, value in recalls.items()},
-        'queries_without_positives': without,
-        'pr_auc': metrics.average_precision(precision, recall),
-        'recall_at_100_precision': metrics.recall_at_full_precision(precision, recall),
+        **scores,
         'embed_ms_per_image': (database_ms + query_ms) / 2, 'search_ms_per_query': search_ms,
     }
-    plots = {'precision': precision, 'recall': recall, 'thresholds': thresholds,
-             'indices': indices, 'correct': correct, 'scores': scores}
-    return result, plots
+    return result, dict(curve, indices=indices)
 
 
 def main(cfg, dataset_dir, out_dir):

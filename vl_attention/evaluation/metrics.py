@@ -61,6 +61,28 @@ def precision_recall_curve(scores, correct, has_positive):
     return true_accepted / accepted, true_accepted / positives_total, sorted_scores[last_of_tie]
 
 
+def retrieval_metrics(similarities, indices, positives, n_values=DEFAULT_N_VALUES):
+    """Recall@N and the ratio-test precision-recall summary of a ranked retrieval.
+
+    ``similarities`` / ``indices`` are the ``(Q, k)`` top-k search results (k >= 2
+    for the ratio test), ``positives[q]`` the database indices matching query q.
+    Returns ``(metrics, curve)``: JSON-ready numbers, and the arrays plots need.
+    """
+    recalls, without = recall_at_n(indices, positives, n_values)
+    has_positive = np.array([len(p) > 0 for p in positives], dtype=bool)
+    correct = np.array([indices[q, 0] in positives[q] for q in range(len(positives))],
+                       dtype=bool)
+    scores = ratio_test_scores(similarities)
+    precision, recall, thresholds = precision_recall_curve(scores, correct, has_positive)
+    result = {'recall_at_n': {str(n): value for n, value in recalls.items()},
+              'queries_without_positives': without,
+              'pr_auc': average_precision(precision, recall),
+              'recall_at_100_precision': recall_at_full_precision(precision, recall)}
+    curve = {'precision': precision, 'recall': recall, 'thresholds': thresholds,
+             'correct': correct, 'scores': scores}
+    return result, curve
+
+
 def average_precision(precision, recall):
     """Area under the PR curve as average precision (step-wise, recall increments)."""
     recall_steps = np.diff(np.r_[0.0, recall])

@@ -1,0 +1,351 @@
+"""The training run behind ``vl-attention train``: :func:`fit` (one process or ``torchrun``).
+
+Each step samples a batch of places (:mod:`.sampling`), optionally adds
+cached hard negatives, runs model and loss as one module (wrapped in
+DistributedDataParallel when several processes train), and takes an
+optimiser step with optional gradient clipping and, on CUDA, fp16 autocast
+with gradient scaling. Parts whose parameters are all frozen stay in eval
+mode; a frozen trunk's features are computed once and reused.
+
+Every ``checkpoint_every_steps`` steps and at each epoch end a checkpoint
+(:mod:`.checkpoint`) is written atomically, so ``resume=True`` after a kill
+replays the remaining steps exactly. Each epoch ends with validation Recall@N
+(:mod:`.validation`); the weights with the best Recall@5 are kept. At the end
+the best weights (with PCA-whitening fitted on training descriptors when the
+model asks for it) are written as a model preset plus an ONNX export with its
+model card, ready for ``build-map`` and the node.
+"""
+
+from dataclasses import dataclass, replace
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from vl_attention.config import ConfigError, to_dict
+from vl_attention.engine.model_card import weights_sha256
+from vl_attention.models import build_model
+from vl_attention.training import distributed
+from vl_attention.training.checkpoint import (load_checkpoint, restore_rng_state, rng_state,
+                                              save_checkpoint)
+from vl_attention.training.config import model_config
+from vl_attention.training.data import load_training_data
+from vl_attention.training.losses import LOSSES
+from vl_attention.training.outputs import RunArtifacts
+from vl_attention.training.sampling import HardNegativeCache
+from vl_attention.training.trainer import (backbone_is_frozen, cache_backbone_features,
+                                           set_training_mode)
+from vl_attention.training.validation import embed_rows, evaluate_retrieval
+
+LOGGER = logging.getLogger(__name__)
+
+
+class TrainStep(nn.Module):
+    """Model and loss as one module, so DistributedDataParallel sees one forward per step."""
+
+    def __init__(self, model, loss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, images, features, batch):
+        """Return ``(total loss, parts)`` of one batch (features: cached trunk output or None)."""
+        if features is None:
+            output = self.model.outputs(images)
+        else:
+            output = self.model.outputs_from_features(features, images)
+        return self.loss(output, batch)
+
+
+def lr_factor(schedule, *, steps_per_epoch, total_steps):
+    """Return ``step -> learning-rate multiplier`` of a :class:`ScheduleConfig`."""
+    def factor(step):
+        warm = min(1.0, (step + 1) / schedule.warmup_steps) if schedule.warmup_steps else 1.0
+        if schedule.name == 'step':
+            return warm * schedule.gamma ** (step // (schedule.step_epochs * steps_per_epoch))
+        if schedule.name == 'cosine':
+            progress = min(step / max(total_steps - 1, 1), 1.0)
+            cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+            return warm * (schedule.min_lr_ratio + (1.0 - schedule.min_lr_ratio) * cosine)
+        return warm
+    return factor
+
+
+def make_optimizer(config, parameters):
+    """Create the optimiser a :class:`OptimizerConfig` names, over ``parameters``."""
+    if not parameters:
+        raise ConfigError('nothing to train: every parameter of the model and the loss is '
+                          'frozen; unfreeze the head (or part of the backbone)')
+    if config.name == 'sgd':
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW if config.name == 'adamw' else torch.optim.Adam
+    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class Run:
+    """Everything that changes while training, and what does not (one per process)."""
+
+    cfg: object
+    context: object
+    model: nn.Module
+    loss: nn.Module
+    step_module: nn.Module
+    optimizer: object
+    scheduler: object
+    scaler: object
+    data: object
+    features: dict
+    generators: dict
+    negatives: object
+    artifacts: object
+    step: int = 0
+    history: list = None          # validation results, one per epoch
+    best: dict = None             # {'recall_at_5', 'step', 'epoch'}
+    losses: list = None
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+    @property
+    def amp(self):
+        """Whether fp16 autocast and gradient scaling are on (CUDA only)."""
+        return self.cfg.mixed_precision and self.context.device.type == 'cuda'
+
+
+def _build(cfg, context, artifacts):
+    torch.manual_seed(cfg.seed)
+    config = model_config(cfg)
+    # PCA-whitening is fitted after training, on the trained descriptors
+    model = build_model(replace(config, whitening_dim=0)).to(context.device)
+    data = load_training_data(cfg, model.preprocessing)
+    loss = LOSSES.create(cfg.loss.name, **cfg.loss.options).to(context.device)
+    features = None
+    if cfg.cache_backbone_features and backbone_is_frozen(model):
+        features = cache_backbone_features(model, data.images, device=context.device)
+    step_module = TrainStep(model, loss)
+    if context.enabled:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[context.local_rank] if context.device.type == 'cuda'
+            else None, find_unused_parameters=cfg.find_unused_parameters)
+    parameters = [p for part in (model, loss) for p in part.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg.optimizer, parameters)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
+        cfg.schedule, steps_per_epoch=cfg.steps_per_epoch, total_steps=cfg.total_steps))
+    generators = {'sampler': torch.Generator().manual_seed(cfg.seed * 1009 + context.rank)}
+    if isinstance(getattr(loss, 'generator', None), torch.Generator):
+        generators['mining'] = loss.generator.manual_seed(cfg.seed * 1013 + context.rank)
+    negatives = (HardNegativeCache(data.ground_truth, cfg.sampling)
+                 if cfg.sampling.hard_negatives_per_place else None)
+    return Run(cfg=cfg, context=context, model=model, loss=loss, step_module=step_module,
+               optimizer=optimizer, scheduler=scheduler,
+               scaler=torch.amp.GradScaler('cuda', enabled=cfg.mixed_precision
+                                           and context.device.type == 'cuda'),
+               data=data, features=features, generators=generators, negatives=negatives,
+               artifacts=artifacts, history=[], best={'recall_at_5': -1.0}, losses=[])
+
+
+def _initialise_head(run):
+    """Initialise NetVLAD-style centroids by k-means over local training features."""
+    aggregator = run.model.aggregator
+    if not (run.cfg.fit_netvlad_centroids and hasattr(aggregator, 'initialise_centroids')):
+        return
+    from vl_attention.models.netvlad import sample_local_features
+    rows = np.arange(min(len(run.data.images), 1000))
+    batches = (tensors.to(run.context.device) for _, tensors in run.data.images.chunks(rows))
+    aggregator.initialise_centroids(sample_local_features(run.model, batches))
+    LOGGER.info('initialised %s centroids by k-means on %d training images',
+                type(aggregator).__name__, len(rows))
+
+
+def _embed_training_rows(run, rows):
+    """Descriptors of training rows with the current weights (eval mode, no gradients)."""
+    model = run.model
+    model.eval()
+    with torch.no_grad():
+        chunks = []
+        for start in range(0, len(rows), 64):
+            chunk = rows[start:start + 64]
+            images = run.data.images[chunk].to(run.context.device)
+            if run.features is None:
+                output = model.outputs(images)
+            else:
+                index = torch.from_numpy(chunk).to(run.context.device)
+                output = model.outputs_from_features(
+                    {tap: value[index] for tap, value in run.features.items()}, images)
+            chunks.append(output.descriptor.float().cpu())
+    set_training_mode(model)
+    return torch.cat(chunks).numpy()
+
+
+def _batch_rows(run):
+    rows = run.data.sampler.sample(run.generators['sampler'])
+    if run.negatives is None:
+        return rows
+    if run.negatives.due(run.step):
+        run.negatives.refresh(lambda picked: _embed_training_rows(run, picked),
+                              run.generators['sampler'])
+    anchors = rows[::run.cfg.sampling.views_per_place]
+    hard = run.negatives.hardest_negatives(anchors, _embed_training_rows(run, anchors))
+    return np.concatenate([rows, np.setdiff1d(hard, rows)])
+
+
+def _to_device(batch, device):
+    return replace(batch, **{name: getattr(batch, name).to(device) for name in (
+        'indices', 'images', 'positions_m', 'poses', 'positive_mask', 'negative_mask')})
+
+
+def train_step(run):
+    """One optimiser step; returns the total loss and its parts as floats."""
+    started = time.perf_counter()
+    rows = _batch_rows(run)
+    batch = _to_device(run.data.builder(rows), run.context.device)
+    features = None
+    if run.features is not None:
+        features = {tap: value[batch.indices] for tap, value in run.features.items()}
+    with torch.autocast(run.context.device.type, dtype=torch.float16, enabled=run.amp):
+        total, parts = run.step_module(batch.images, features, batch)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(total).backward()
+    if run.cfg.max_grad_norm:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in run.optimizer.param_groups for p in group['params']],
+            run.cfg.max_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.step += 1
+    run.train_seconds += time.perf_counter() - started
+    run.train_images += len(rows)
+    run.losses.append(float(total.detach()))
+    return float(total.detach()), {name: float(value) for name, value in parts.items()}
+
+
+def validate(run):
+    """Return validation metrics of the current weights (main process; None without a set)."""
+    if run.data.held_out is None or not run.context.is_main:
+        return None
+    result = evaluate_retrieval(run.model, run.data.held_out, n_values=run.cfg.recall_n,
+                                device=run.context.device)
+    set_training_mode(run.model)
+    return dict(result, step=run.step, epoch=run.step // run.cfg.steps_per_epoch)
+
+
+def _replica_hashes(run):
+    """Weights fingerprint of every process; replicas that differ are a bug, so fail."""
+    hashes = run.context.gather(weights_sha256(run.model))
+    if len(set(hashes)) > 1:
+        raise RuntimeError(f'distributed replicas diverged at step {run.step}: {hashes}')
+    return hashes
+
+
+def save_run(run):
+    """Checkpoint every process's state (written by the main process, atomically)."""
+    per_rank = run.context.gather({
+        'rng': rng_state(run.generators),
+        'negatives': run.negatives.state_dict() if run.negatives is not None else None})
+    hashes = _replica_hashes(run)
+    if run.context.is_main:
+        save_checkpoint(run.artifacts.checkpoint, {
+            'config': to_dict(run.cfg), 'step': run.step, 'world_size': run.context.world_size,
+            'model': run.model.state_dict(), 'loss': run.loss.state_dict(),
+            'optimizer': run.optimizer.state_dict(), 'scheduler': run.scheduler.state_dict(),
+            'scaler': run.scaler.state_dict(), 'history': run.history, 'best': run.best,
+            'losses': run.losses, 'ranks': per_rank, 'train_seconds': run.train_seconds,
+            'train_images': run.train_images, 'replica_weights_sha256': hashes})
+    run.context.barrier()
+
+
+def _check_resumable(run, payload):
+    stored, current = dict(payload['config']), to_dict(run.cfg)
+    # more epochs extend a run; anything else would not replay the same steps
+    stored.pop('epochs'), current.pop('epochs')
+    changed = sorted(key for key in current if stored.get(key) != current[key])
+    if changed:
+        raise ConfigError(f'cannot resume {run.artifacts.checkpoint}: the recipe changed in '
+                          f'{changed}; resume with the recipe it was started with '
+                          f'({run.artifacts.recipe})')
+    if payload['world_size'] != run.context.world_size:
+        raise ConfigError(f'the run was started with {payload["world_size"]} processes; '
+                          f'resume it with as many (now {run.context.world_size})')
+
+
+def restore_run(run):
+    """Continue from the last checkpoint exactly where it was written."""
+    payload = load_checkpoint(run.artifacts.checkpoint)
+    _check_resumable(run, payload)
+    run.model.load_state_dict(payload['model'])
+    run.loss.load_state_dict(payload['loss'])
+    run.optimizer.load_state_dict(payload['optimizer'])
+    run.scheduler.load_state_dict(payload['scheduler'])
+    run.scaler.load_state_dict(payload['scaler'])
+    for key in ('step', 'history', 'best', 'losses', 'train_seconds', 'train_images'):
+        setattr(run, key, payload[key])
+    mine = payload['ranks'][run.context.rank]
+    restore_rng_state(mine['rng'], run.generators)
+    if run.negatives is not None and mine['negatives'] is not None:
+        run.negatives.load_state_dict(mine['negatives'])
+    LOGGER.info('resumed %s at step %d', run.artifacts.checkpoint, run.step)
+
+
+def _end_of_epoch(run, logger):
+    result = validate(run)
+    if result is None:
+        return
+    run.history.append(result)
+    logger.validation(result)
+    recall_at_5 = result['recall_at_n']['5']
+    LOGGER.info('epoch %d: validation Recall@N %s, PR-AUC %.3f', result['epoch'],
+                result['recall_at_n'], result['pr_auc'])
+    if recall_at_5 > run.best['recall_at_5']:
+        run.best = {'recall_at_5': recall_at_5, 'step': run.step, 'epoch': result['epoch']}
+        run.artifacts.save_best_weights(run.model)
+
+
+def train_loop(run, logger):
+    """Run the remaining steps with checkpoints, validation and logs."""
+    cfg = run.cfg
+    set_training_mode(run.model)
+    run.loss.train()
+    progress = logger.progress(total=cfg.total_steps, initial=run.step)
+    while run.step < cfg.total_steps:
+        total, parts = train_step(run)
+        progress.update(1)
+        if run.step % cfg.log_every_steps == 0:
+            logger.step(run, total, parts)
+        epoch_end = run.step % cfg.steps_per_epoch == 0
+        if epoch_end:
+            _end_of_epoch(run, logger)
+        if epoch_end or run.step % cfg.checkpoint_every_steps == 0:
+            save_run(run)
+    progress.close()
+
+
+def fit(cfg, out_dir, *, resume=False):
+    """Train the recipe ``cfg`` into ``out_dir``; return the run summary (a dict).
+
+    Under ``torchrun`` every process calls this; the main process writes the
+    outputs. ``resume`` continues the run in ``out_dir`` from its last checkpoint.
+    """
+    context = distributed.setup(cfg.device)
+    try:
+        artifacts = RunArtifacts(out_dir, is_main=context.is_main)
+        artifacts.prepare(cfg, resume=resume)
+        run = _build(cfg, context, artifacts)
+        resumed_from = None
+        if resume:
+            restore_run(run)
+            resumed_from = run.step
+        else:
+            _initialise_head(run)
+        with artifacts.logger(run) as logger:
+            train_loop(run, logger)
+        hashes = _replica_hashes(run)
+        images = sum(run.context.gather(run.train_images))
+        return artifacts.finish(run, replica_hashes=hashes, images_all_ranks=images,
+                                embed=embed_rows, resumed_from_step=resumed_from)
+    finally:
+        distributed.teardown(context)

@@ -1,0 +1,163 @@
+"""What a training run writes, and where.
+
+The run directory (``--out``)::
+
+    recipe.yaml             the recipe as run (resume checks against it)
+    checkpoints/last.pt     resumable state (written atomically)
+    best_model.pt           weights with the best validation Recall@5
+    model.pt, model.yaml    final weights and the model preset that loads them
+    export/                 model.onnx + model_card.json (``--export-dir`` of build-map / node)
+    tensorboard/            event files (``tensorboard --logdir <out>/tensorboard``)
+    summary.json            validation history, throughput, replica fingerprints
+"""
+
+import contextlib
+from dataclasses import replace
+import json
+import logging
+from pathlib import Path
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+import yaml
+
+from vl_attention.config import ConfigError, to_dict
+from vl_attention.engine.export import export_onnx
+from vl_attention.engine.model_card import make_model_card
+from vl_attention.io import atomic_path, atomic_write_text, json_safe
+from vl_attention.models.whitening import PCAWhitening
+from vl_attention.training.config import model_config
+
+LOGGER = logging.getLogger(__name__)
+WHITENING_SAMPLES = 4096
+
+
+class RunLogger:
+    """Progress bar and tensorboard scalars (main process only)."""
+
+    def __init__(self, writer, enabled):
+        self.writer, self.enabled = writer, enabled
+
+    def progress(self, *, total, initial):
+        """Return a progress bar over the steps (hidden off a terminal and on other ranks)."""
+        return tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True,
+                    disable=None if self.enabled else True)
+
+    def step(self, run, total, parts):
+        """Log the loss, its parts and the learning rate of the latest step."""
+        if self.writer is None:
+            return
+        self.writer.add_scalar('train/loss', total, run.step)
+        for name, value in parts.items():
+            self.writer.add_scalar(f'train/{name}', value, run.step)
+        self.writer.add_scalar('train/lr', run.scheduler.get_last_lr()[0], run.step)
+
+    def validation(self, result):
+        """Log validation Recall@N and PR-AUC, overall and per condition."""
+        if self.writer is None:
+            return
+        step = result['step']
+        for n, value in result['recall_at_n'].items():
+            self.writer.add_scalar(f'val/recall@{n}', value, step)
+        self.writer.add_scalar('val/pr_auc', result['pr_auc'], step)
+        for condition, scores in result['by_condition'].items():
+            self.writer.add_scalar(f'val_{condition}/recall@1', scores['recall_at_n']['1'], step)
+
+
+class RunArtifacts:
+    """Paths of a run directory and the writes into it (only the main process writes)."""
+
+    def __init__(self, out_dir, *, is_main):
+        self.root = Path(out_dir).expanduser().resolve()
+        self.is_main = is_main
+        self.recipe = self.root / 'recipe.yaml'
+        self.checkpoint = self.root / 'checkpoints' / 'last.pt'
+        self.best_weights = self.root / 'best_model.pt'
+        self.weights = self.root / 'model.pt'
+        self.preset = self.root / 'model.yaml'
+        self.export_dir = self.root / 'export'
+        self.summary = self.root / 'summary.json'
+
+    def prepare(self, cfg, *, resume):
+        """Check the directory fits a fresh run or a resume; write the recipe."""
+        if resume and not self.checkpoint.is_file():
+            raise ConfigError(f'nothing to resume: {self.checkpoint} does not exist; start the '
+                              'run without --resume')
+        if not resume and self.checkpoint.exists():
+            raise ConfigError(f'{self.root} already holds a run ({self.checkpoint}); continue it '
+                              'with --resume or choose another --out')
+        if self.is_main and not resume:
+            atomic_write_text(self.recipe, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    @contextlib.contextmanager
+    def logger(self, run):
+        """Yield the run's :class:`RunLogger`; tensorboard resumes at the run's step."""
+        writer = None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(log_dir=str(self.root / 'tensorboard'),
+                                   purge_step=run.step or None)
+        try:
+            yield RunLogger(writer, self.is_main)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def save_best_weights(self, model):
+        """Keep the current weights as the best so far."""
+        _save_state(self.best_weights, model.state_dict())
+
+    def finish(self, run, *, replica_hashes, images_all_ranks, embed, resumed_from_step=None):
+        """Write final weights, preset, export and summary (main process); return the summary."""
+        if not self.is_main:
+            return None
+        if self.best_weights.is_file() and run.history:
+            run.model.load_state_dict(torch.load(self.best_weights, weights_only=True))
+        _fit_whitening(run, model_config(run.cfg).whitening_dim, embed)
+        _save_state(self.weights, run.model.state_dict())
+        config = replace(model_config(run.cfg), name=run.cfg.name, checkpoint=str(self.weights))
+        atomic_write_text(self.preset, yaml.safe_dump(to_dict(config), sort_keys=False))
+        if run.cfg.export:
+            card = make_model_card(config, run.model, weights_file=str(self.weights))
+            export_onnx(run.model.eval(), card, self.export_dir)
+        summary = dict(self._summary(run, replica_hashes, images_all_ranks),
+                       resumed_from_step=resumed_from_step)
+        atomic_write_text(self.summary, json.dumps(json_safe(summary), indent=2))
+        return summary
+
+    def _summary(self, run, replica_hashes, images_all_ranks):
+        seconds = max(run.train_seconds, 1e-9)
+        return {
+            'name': run.cfg.name, 'model': run.cfg.model, 'steps': run.step,
+            'epochs': run.cfg.epochs, 'world_size': run.context.world_size,
+            'device': str(run.context.device), 'mixed_precision': run.amp,
+            'train_seconds': run.train_seconds,
+            'images_per_second': images_all_ranks / seconds,
+            'loss_first_10': float(np.mean(run.losses[:10])) if run.losses else None,
+            'loss_last_10': float(np.mean(run.losses[-10:])) if run.losses else None,
+            'validation': run.history, 'best': run.best,
+            'replica_weights_sha256': replica_hashes,
+            'data': run.data.description,
+            'outputs': {'weights': str(self.weights), 'preset': str(self.preset),
+                        'export': str(self.export_dir) if run.cfg.export else None,
+                        'tensorboard': str(self.root / 'tensorboard')},
+            'finished_unix_s': time.time()}
+
+
+def _save_state(path, state):
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+
+
+def _fit_whitening(run, whitening_dim, embed):
+    """Append PCA-whitening fitted on training descriptors when the preset asks for it."""
+    if not whitening_dim:
+        return
+    rows = np.arange(min(len(run.data.images), WHITENING_SAMPLES))
+    descriptors = embed(run.model, run.data.images, device=run.context.device, rows=rows)
+    whitening = PCAWhitening(in_dim=descriptors.shape[1], out_dim=whitening_dim)
+    run.model.whitening = whitening.fit(descriptors).to(run.context.device)
+    LOGGER.info('fitted PCA-whitening %d -> %d on %d training descriptors',
+                descriptors.shape[1], whitening_dim, len(rows))

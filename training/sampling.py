@@ -1,0 +1,207 @@
+"""Ground truth, batch sampling and cached hard-negative mining on any PlaceDataset.
+
+Ground truth comes from positions when every image has one: a *positive* pair
+lies within ``positive_distance_m``, a *negative* pair beyond
+``negative_distance_m`` (pairs in between are neither, as in the NetVLAD
+protocol). Frame-aligned datasets without positions (Nordland, GardensPoint)
+use place labels instead: the same label is a positive, labels at least
+``negative_place_gap`` apart a negative.
+
+A batch is ``places_per_batch`` random anchors that are negatives of each other,
+each with ``views_per_place - 1`` random positives, so every anchor has a
+positive and the other places provide negatives for in-batch (batch-hard)
+mining. Partial hard-negative mining
+(Arandjelovic et al., NetVLAD, CVPR 2016) adds, per anchor, the negatives
+whose descriptors lie closest to the anchor's among a cache of training
+descriptors re-embedded every ``refresh_every_steps`` steps.
+"""
+
+import numpy as np
+from scipy.spatial import cKDTree
+import torch
+
+from vl_attention.engine.preprocess import preprocess_frames
+from vl_attention.training.augment import augment
+from vl_attention.training.datasets import Batch, poses_wxyz
+from vl_attention.training.sources.base import DatasetLayoutError
+
+
+class GroundTruth:
+    """Which rows of a dataset show the same place, and which surely another one."""
+
+    def __init__(self, dataset, sampling):
+        self.sampling = sampling
+        if dataset.has_positions:
+            self.kind, self.positions_m = 'positions', dataset.positions_m
+        elif len(dataset) and (dataset.place_ids >= 0).all():
+            self.kind, self.place_ids = 'place_ids', dataset.place_ids
+        else:
+            raise DatasetLayoutError(
+                f'{dataset.name}: training needs a position or a place label for every image; '
+                'this dataset has neither for some rows (use an adapter that provides them)')
+        self.size = len(dataset)
+
+    def pair_masks(self, rows_a, rows_b):
+        """Boolean ``(len(a), len(b))`` positive / negative masks (never a row with itself)."""
+        rows_a, rows_b = np.asarray(rows_a), np.asarray(rows_b)
+        if self.kind == 'positions':
+            gap = np.linalg.norm(self.positions_m[rows_a, None, :2]
+                                 - self.positions_m[None, rows_b, :2], axis=-1)
+            positive = gap <= self.sampling.positive_distance_m
+            negative = gap > self.sampling.negative_distance_m
+        else:
+            gap = np.abs(self.place_ids[rows_a, None] - self.place_ids[None, rows_b])
+            positive, negative = gap == 0, gap >= self.sampling.negative_place_gap
+        return positive & (rows_a[:, None] != rows_b[None, :]), negative
+
+    def positive_lists(self):
+        """For every row, the other rows that show the same place."""
+        if self.kind == 'positions':
+            tree = cKDTree(self.positions_m[:, :2])
+            neighbours = tree.query_ball_point(self.positions_m[:, :2],
+                                               r=self.sampling.positive_distance_m)
+        else:
+            groups = {}
+            for row, place in enumerate(self.place_ids):
+                groups.setdefault(place, []).append(row)
+            neighbours = [groups[place] for place in self.place_ids]
+        return [np.setdiff1d(np.asarray(rows, np.int64), [row])
+                for row, rows in enumerate(neighbours)]
+
+
+class ImageRows:
+    """Normalised image tensors of a dataset's rows, in memory or read per batch.
+
+    With ``augmentation`` (an AugmentationConfig) and ``augment_seeds`` (one
+    per row, 0 = the image as recorded), rows are photometrically augmented
+    copies (:mod:`.augment`).
+    """
+
+    def __init__(self, dataset, preprocessing, *, preload, augmentation=None,
+                 augment_seeds=None):
+        self.dataset, self.preprocessing = dataset, preprocessing
+        self.augmentation, self.augment_seeds = augmentation, augment_seeds
+        self.preloaded = self._read(np.arange(len(dataset))) if preload else None
+
+    def _frame(self, row):
+        image = self.dataset.load_image(int(row))
+        if self.augment_seeds is not None and self.augment_seeds[row]:
+            image = augment(image, self.augmentation, int(self.augment_seeds[row]))
+        return image
+
+    def _read(self, rows):
+        frames = [self._frame(row) for row in rows]
+        return torch.from_numpy(preprocess_frames(frames, self.preprocessing))
+
+    def __len__(self):
+        """Return the number of images."""
+        return len(self.dataset)
+
+    def __getitem__(self, rows):
+        """Return ``(B, 3, H, W)`` tensors of the given rows (an index array or a slice)."""
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        rows = rows.reshape(-1)
+        return self.preloaded[rows] if self.preloaded is not None else self._read(rows)
+
+    def chunks(self, rows, batch_size=32):
+        """Yield ``(rows, tensors)`` in chunks of ``batch_size``."""
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            yield chunk, self[chunk]
+
+
+class PlaceBatchSampler:
+    """Anchors with random positives (see the module docstring), seeded by a generator."""
+
+    def __init__(self, ground_truth, sampling):
+        self.ground_truth, self.sampling = ground_truth, sampling
+        self.positives = ground_truth.positive_lists()
+        self.anchors = np.flatnonzero([len(rows) > 0 for rows in self.positives])
+        if len(self.anchors) < sampling.places_per_batch:
+            raise DatasetLayoutError(
+                f'only {len(self.anchors)} training images have another view of their place '
+                f'(within {sampling.positive_distance_m} m or the same place label); a batch '
+                f'needs {sampling.places_per_batch}: record the route more than once or raise '
+                'positive_distance_m')
+
+    def sample(self, generator):
+        """Row indices of one batch: each anchor followed by its positives.
+
+        Anchors are drawn in random order, skipping any that is not a negative
+        of the anchors already chosen, so the batch shows distinct places.
+        """
+        order = self.anchors[torch.randperm(len(self.anchors), generator=generator).numpy()]
+        anchors = []
+        for candidate in order:
+            _, negative = self.ground_truth.pair_masks([candidate], anchors or [candidate])
+            if not anchors or negative.all():
+                anchors.append(candidate)
+            if len(anchors) == self.sampling.places_per_batch:
+                break
+        rows = []
+        for anchor in anchors:
+            candidates = self.positives[anchor]
+            draw = torch.randint(len(candidates), (self.sampling.views_per_place - 1,),
+                                 generator=generator).numpy()
+            rows.extend([anchor, *candidates[draw]])
+        return np.asarray(rows, np.int64)
+
+
+class HardNegativeCache:
+    """Descriptors of a random subset of training rows, for partial hard-negative mining."""
+
+    def __init__(self, ground_truth, sampling):
+        self.ground_truth, self.sampling = ground_truth, sampling
+        self.rows = np.zeros(0, np.int64)
+        self.descriptors = np.zeros((0, 0), np.float32)
+
+    def due(self, step):
+        """Whether the cache must be (re-)embedded before ``step``."""
+        return not len(self.rows) or step % self.sampling.refresh_every_steps == 0
+
+    def refresh(self, embed, generator):
+        """Re-embed a fresh random subset with ``embed(rows) -> (n, D) array``."""
+        order = torch.randperm(self.ground_truth.size, generator=generator).numpy()
+        self.rows = np.sort(order[:self.sampling.negative_cache_size])
+        self.descriptors = embed(self.rows)
+
+    def hardest_negatives(self, anchor_rows, anchor_descriptors):
+        """Per anchor, the cached negatives closest to it in descriptor space (unique rows)."""
+        _, negative = self.ground_truth.pair_masks(anchor_rows, self.rows)
+        similarity = np.where(negative, anchor_descriptors @ self.descriptors.T, -np.inf)
+        count = min(self.sampling.hard_negatives_per_place, len(self.rows))
+        best = np.argsort(-similarity, axis=1, kind='stable')[:, :count]
+        chosen = [self.rows[column] for row, columns in enumerate(best) for column in columns
+                  if np.isfinite(similarity[row, column])]
+        return np.unique(np.asarray(chosen, np.int64))
+
+    def state_dict(self):
+        """Cache contents, for exact resumption."""
+        return {'rows': self.rows.copy(), 'descriptors': self.descriptors.copy()}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`."""
+        self.rows, self.descriptors = state['rows'], state['descriptors']
+
+
+class BatchBuilder:
+    """Rows -> :class:`~vl_attention.training.datasets.Batch` with ground-truth masks."""
+
+    def __init__(self, dataset, ground_truth, images):
+        self.ground_truth, self.images = ground_truth, images
+        positions = np.nan_to_num(dataset.positions_m)
+        self.origin_m = positions.mean(axis=0) if len(positions) else np.zeros(3)
+        relative_m = positions - self.origin_m
+        quaternions = np.where(np.isfinite(dataset.quaternions_xyzw), dataset.quaternions_xyzw,
+                               [0.0, 0.0, 0.0, 1.0])
+        self.positions_m = torch.from_numpy(relative_m.astype(np.float32))
+        self.poses = torch.from_numpy(poses_wxyz(relative_m, quaternions))
+
+    def __call__(self, rows):
+        """Return the Batch of ``rows``."""
+        positive, negative = self.ground_truth.pair_masks(rows, rows)
+        indices = torch.from_numpy(np.asarray(rows, np.int64))
+        return Batch(indices=indices, images=self.images[rows],
+                     positions_m=self.positions_m[indices], poses=self.poses[indices],
+                     positive_mask=torch.from_numpy(positive),
+                     negative_mask=torch.from_numpy(negative))

@@ -1,0 +1,17 @@
+"""Dataset adapters behind one interface (:class:`.base.PlaceDataset`).
+
+Importing this package imports every module in it, so an adapter registers
+itself in :data:`.base.DATASETS` by being here.
+"""
+
+import importlib
+import pkgutil
+
+from vl_attention.training.sources.base import (
+    concatenate, DatasetLayoutError, DATASETS, load_dataset, make_dataset, PlaceDataset)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f'{__name__}.{_module.name}')
+
+__all__ = ['concatenate', 'DatasetLayoutError', 'DATASETS', 'load_dataset', 'make_dataset',
+           'PlaceDataset']

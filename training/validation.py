@@ -1,0 +1,93 @@
+"""Validation during training: Recall@N and PR-AUC of held-out queries, via the evaluation code.
+
+A held-out set is a dataset's ``database`` rows and its ``query`` rows. Query
+positives are the database images within ``positive_distance_m`` (positions),
+with the same place label, or the dataset's own per-query lists (revisited
+Oxford / Paris). Retrieval is an exact FAISS inner-product search
+(:func:`vl_attention.evaluation.evaluate_vpr.retrieve`) scored by
+:func:`vl_attention.evaluation.metrics.retrieval_metrics`, overall and per
+query condition (e.g. night, fog).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+import torch
+
+from vl_attention.evaluation.evaluate_vpr import retrieve
+from vl_attention.evaluation.metrics import retrieval_metrics
+from vl_attention.training.sampling import ImageRows
+from vl_attention.training.sources.base import DatasetLayoutError
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """Database and query images of a held-out set, and each query's positives."""
+
+    name: str
+    database: ImageRows
+    queries: ImageRows
+    positives: tuple            # per query: database indices
+    query_conditions: np.ndarray
+
+
+def _positives(dataset, database_rows, query_rows, positive_distance_m):
+    if dataset.positives is not None:
+        database_index = np.full(len(dataset), -1)
+        database_index[database_rows] = np.arange(len(database_rows))
+        mapped = [database_index[dataset.positives[q]] for q in query_rows]
+        return tuple(np.sort(rows[rows >= 0]) for rows in mapped)
+    if dataset.has_positions:
+        tree = cKDTree(dataset.positions_m[database_rows, :2])
+        found = tree.query_ball_point(dataset.positions_m[query_rows, :2], r=positive_distance_m)
+        return tuple(np.sort(np.asarray(rows, np.int64)) for rows in found)
+    if (dataset.place_ids >= 0).all():
+        database_ids = dataset.place_ids[database_rows]
+        return tuple(np.flatnonzero(database_ids == dataset.place_ids[q]) for q in query_rows)
+    raise DatasetLayoutError(f'{dataset.name}: validation needs positions, place labels or '
+                             'per-query positive lists')
+
+
+def retrieval_set(dataset, preprocessing, *, positive_distance_m, preload, name='validation'):
+    """Return the :class:`RetrievalSet` of a dataset's database and query rows (or None)."""
+    database_rows = np.flatnonzero(dataset.roles == 'database')
+    query_rows = np.flatnonzero(dataset.roles == 'query')
+    if not len(database_rows) or not len(query_rows):
+        return None
+    positives = _positives(dataset, database_rows, query_rows, positive_distance_m)
+    return RetrievalSet(
+        name=name, positives=positives, query_conditions=dataset.conditions[query_rows],
+        database=ImageRows(dataset.subset(database_rows), preprocessing, preload=preload),
+        queries=ImageRows(dataset.subset(query_rows), preprocessing, preload=preload))
+
+
+@torch.no_grad()
+def embed_rows(model, images, *, device, rows=None, batch_size=32):
+    """Descriptors ``(N, D)`` float32 of an :class:`ImageRows` (all or ``rows``), in eval mode."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [model.outputs(tensors.to(device)).descriptor.float().cpu()
+                  for _, tensors in images.chunks(rows, batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks).numpy().astype(np.float32)
+
+
+def evaluate_retrieval(model, held_out, *, n_values, device):
+    """Recall@N and PR-AUC overall and per query condition; JSON-ready."""
+    database = embed_rows(model, held_out.database, device=device)
+    queries = embed_rows(model, held_out.queries, device=device)
+    k = min(max(max(n_values), 2), len(database))
+    similarities, indices, _ = retrieve(database, queries, k)
+    result, _ = retrieval_metrics(similarities, indices, held_out.positives, n_values)
+    result['by_condition'] = {}
+    for condition in np.unique(held_out.query_conditions):
+        rows = np.flatnonzero(held_out.query_conditions == condition)
+        scores, _ = retrieval_metrics(similarities[rows], indices[rows],
+                                      [held_out.positives[row] for row in rows], n_values)
+        result['by_condition'][str(condition) or 'unlabelled'] = scores
+    result['queries'] = len(queries)
+    return result
