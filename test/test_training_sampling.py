@@ -126,3 +126,17 @@ def test_command_line_replaces_recipe_dataset_options_and_lengths():
     assert (cfg.epochs, cfg.model, cfg.optimizer.name) == (2, 'resnet18_crn', 'sgd')
     with pytest.raises(ConfigError, match='KEY=VALUE'):
         recipe_from_args(parser.parse_args(['--config', 'gem', '--dataset-option', 'x']))
+
+
+def test_augmented_copies_are_repeatable_photometric_changes_of_their_image():
+    from vl_attention.training.augment import augment, AugmentationConfig, copy_seeds
+    seeds = copy_seeds(3, 2, seed=0).reshape(3, 3)  # per image: original, then its copies
+    assert seeds[:, 0].tolist() == [0, 0, 0] and (seeds[:, 1:] > 0).all()
+    image = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (24, 1, 3))
+    config = AugmentationConfig(copies=2)
+    first, again = augment(image, config, 7), augment(image, config, 7)
+    assert np.array_equal(first, again) and first.shape == image.shape
+    assert first.dtype == np.uint8 and np.abs(first.astype(int) - image).mean() > 2
+    assert not np.array_equal(first, augment(image, config, 8))
+    with pytest.raises(ValueError, match='gamma'):
+        AugmentationConfig(gamma=(2.0, 1.0))

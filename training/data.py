@@ -60,7 +60,8 @@ def load_training_data(cfg, preprocessing):
     dataset = _load(cfg.dataset)
     train = _training_rows(dataset, cfg.dataset)
     copies = cfg.augmentation.copies
-    train = train.subset(np.repeat(np.arange(len(train)), copies + 1))
+    if copies:  # image i becomes rows i * (copies + 1) .. i * (copies + 1) + copies
+        train = train.subset(np.repeat(np.arange(len(train)), copies + 1))
     ground_truth = GroundTruth(train, cfg.sampling)
     in_memory = train.pixels is not None
     images = ImageRows(train, preprocessing, preload=in_memory,
