@@ -84,14 +84,29 @@ def _error_m(fix, columns, index, origin):
                                                 origin)[:2] - truth[:2]))
 
 
+def _publish_until_answered(client, rgb, stamp, *, first):
+    """Publish a frame and wait for its fix; the first frame is re-sent a few times.
+
+    Our side sees the node matched before the first frame, but on a loaded
+    machine the node's side of DDS discovery can still be completing, and a
+    frame sent then is lost (sensor streams tolerate that); later frames get
+    one send each.
+    """
+    for _ in range(4 if first else 1):
+        client.publish_frame(rgb, stamp, frame_id='camera_optical')
+        fix = client.wait_for_response(stamp, timeout_s=15.0)
+        if fix is not None:
+            return fix
+    return None
+
+
 def test_mapped_places_give_fix_and_pose_with_input_stamp(raw_client, tiny_world, tiny_map):
     manifest = read_manifest(tiny_map)
     origin = GeodeticOrigin(**vars(manifest.geodetic_origin))
     errors = []
     for rgb, columns, index in list(_frames(tiny_world, 'map_day'))[::3]:
         stamp = 5_000_000_000 + index * 1_000_003          # an odd stamp, echoed back exactly
-        raw_client.publish_frame(rgb, stamp, frame_id='camera_optical')
-        fix = raw_client.wait_for_response(stamp, timeout_s=15.0)
+        fix = _publish_until_answered(raw_client, rgb, stamp, first=not errors)
         assert fix is not None, f'no NavSatFix for frame {index}'
         assert fix.status.status == NavSatStatus.STATUS_FIX
         assert fix.position_covariance_type == fix.COVARIANCE_TYPE_KNOWN
