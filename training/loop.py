@@ -37,8 +37,8 @@ from vl_attention.training.losses import LOSSES
 from vl_attention.training.outputs import RunArtifacts
 from vl_attention.training.sampling import HardNegativeCache
 from vl_attention.training.trainer import (backbone_is_frozen, cache_backbone_features,
-                                           set_training_mode)
-from vl_attention.training.validation import embed_rows, evaluate_retrieval
+                                           make_optimizer, set_training_mode)
+from vl_attention.training.validation import evaluate_retrieval
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,18 +73,6 @@ def lr_factor(schedule, *, steps_per_epoch, total_steps):
     return factor
 
 
-def make_optimizer(config, parameters):
-    """Create the optimiser a :class:`OptimizerConfig` names, over ``parameters``."""
-    if not parameters:
-        raise ConfigError('nothing to train: every parameter of the model and the loss is '
-                          'frozen; unfreeze the head (or part of the backbone)')
-    if config.name == 'sgd':
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    optimizer = torch.optim.AdamW if config.name == 'adamw' else torch.optim.Adam
-    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay)
-
-
 @dataclass
 class Run:
     """Everything that changes while training, and what does not (one per process)."""
@@ -112,7 +100,12 @@ class Run:
     @property
     def amp(self):
         """Whether fp16 autocast and gradient scaling are on (CUDA only)."""
-        return self.cfg.mixed_precision and self.context.device.type == 'cuda'
+        return uses_amp(self.cfg, self.context)
+
+
+def uses_amp(cfg, context):
+    """Whether a run uses fp16 autocast and gradient scaling (asked for, and on CUDA)."""
+    return cfg.mixed_precision and context.device.type == 'cuda'
 
 
 def _build(cfg, context, artifacts):
@@ -130,8 +123,7 @@ def _build(cfg, context, artifacts):
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[context.local_rank] if context.device.type == 'cuda'
             else None, find_unused_parameters=cfg.find_unused_parameters)
-    parameters = [p for part in (model, loss) for p in part.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg.optimizer, parameters)
+    optimizer = make_optimizer(cfg.optimizer, model, loss)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
         cfg.schedule, steps_per_epoch=cfg.steps_per_epoch, total_steps=cfg.total_steps))
     generators = {'sampler': torch.Generator().manual_seed(cfg.seed * 1009 + context.rank)}
@@ -141,8 +133,7 @@ def _build(cfg, context, artifacts):
                  if cfg.sampling.hard_negatives_per_place else None)
     return Run(cfg=cfg, context=context, model=model, loss=loss, step_module=step_module,
                optimizer=optimizer, scheduler=scheduler,
-               scaler=torch.amp.GradScaler('cuda', enabled=cfg.mixed_precision
-                                           and context.device.type == 'cuda'),
+               scaler=torch.amp.GradScaler('cuda', enabled=uses_amp(cfg, context)),
                data=data, features=features, generators=generators, negatives=negatives,
                artifacts=artifacts, history=[], best={'recall_at_5': -1.0}, losses=[])
 
@@ -346,6 +337,6 @@ def fit(cfg, out_dir, *, resume=False):
         hashes = _replica_hashes(run)
         images = sum(run.context.gather(run.train_images))
         return artifacts.finish(run, replica_hashes=hashes, images_all_ranks=images,
-                                embed=embed_rows, resumed_from_step=resumed_from)
+                                resumed_from_step=resumed_from)
     finally:
         distributed.teardown(context)

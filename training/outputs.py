@@ -29,6 +29,7 @@ from vl_attention.engine.model_card import make_model_card
 from vl_attention.io import atomic_path, atomic_write_text, json_safe
 from vl_attention.models.whitening import PCAWhitening
 from vl_attention.training.config import model_config
+from vl_attention.training.validation import embed_rows
 
 LOGGER = logging.getLogger(__name__)
 WHITENING_SAMPLES = 4096
@@ -109,15 +110,16 @@ class RunArtifacts:
         """Keep the current weights as the best so far."""
         _save_state(self.best_weights, model.state_dict())
 
-    def finish(self, run, *, replica_hashes, images_all_ranks, embed, resumed_from_step=None):
+    def finish(self, run, *, replica_hashes, images_all_ranks, resumed_from_step=None):
         """Write final weights, preset, export and summary (main process); return the summary."""
         if not self.is_main:
             return None
         if self.best_weights.is_file() and run.history:
             run.model.load_state_dict(torch.load(self.best_weights, weights_only=True))
-        _fit_whitening(run, model_config(run.cfg).whitening_dim, embed)
+        config = model_config(run.cfg)
+        _fit_whitening(run, config.whitening_dim)
         _save_state(self.weights, run.model.state_dict())
-        config = replace(model_config(run.cfg), name=run.cfg.name, checkpoint=str(self.weights))
+        config = replace(config, name=run.cfg.name, checkpoint=str(self.weights))
         atomic_write_text(self.preset, yaml.safe_dump(to_dict(config), sort_keys=False))
         if run.cfg.export:
             card = make_model_card(config, run.model, weights_file=str(self.weights))
@@ -151,12 +153,12 @@ def _save_state(path, state):
         torch.save(state, temporary)
 
 
-def _fit_whitening(run, whitening_dim, embed):
+def _fit_whitening(run, whitening_dim):
     """Append PCA-whitening fitted on training descriptors when the preset asks for it."""
     if not whitening_dim:
         return
     rows = np.arange(min(len(run.data.images), WHITENING_SAMPLES))
-    descriptors = embed(run.model, run.data.images, device=run.context.device, rows=rows)
+    descriptors = embed_rows(run.model, run.data.images, device=run.context.device, rows=rows)
     whitening = PCAWhitening(in_dim=descriptors.shape[1], out_dim=whitening_dim)
     run.model.whitening = whitening.fit(descriptors).to(run.context.device)
     LOGGER.info('fitted PCA-whitening %d -> %d on %d training descriptors',

@@ -19,8 +19,10 @@ import logging
 import numpy as np
 import torch
 
+from vl_attention.config import ConfigError
 from vl_attention.evaluation.metrics import recall_at_n
 from vl_attention.models.pose_attention import pose_errors_from_poses
+from vl_attention.training.config import OptimizerConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,12 +75,17 @@ def cache_backbone_features(model, images, *, batch_size=32, device=None):
     return {tap: torch.cat([chunk[tap] for chunk in chunks]) for tap in model.taps}
 
 
-def _optimizer(model, loss, lr, weight_decay):
+def make_optimizer(config, model, loss):
+    """Create the optimiser an :class:`OptimizerConfig` names over what model and loss train."""
     parameters = [p for module in (model, loss) for p in module.parameters() if p.requires_grad]
     if not parameters:
-        raise ValueError('nothing to train: every parameter of the model and the loss is '
-                         'frozen; unfreeze the head (or the backbone)')
-    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+        raise ConfigError('nothing to train: every parameter of the model and the loss is '
+                          'frozen; unfreeze the head (or part of the backbone)')
+    if config.name == 'sgd':
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW if config.name == 'adamw' else torch.optim.Adam
+    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def train_steps(model, dataset, *, loss, steps, batch_size, lr, seed, weight_decay=0.0,
@@ -94,7 +101,7 @@ def train_steps(model, dataset, *, loss, steps, batch_size, lr, seed, weight_dec
         raise ValueError(f'steps={steps} must be >= 1')
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = _optimizer(model, loss, lr, weight_decay)
+    optimizer = make_optimizer(OptimizerConfig(lr=lr, weight_decay=weight_decay), model, loss)
     cache = None
     if cache_features and backbone_is_frozen(model):
         cache = cache_backbone_features(model, dataset.images)
