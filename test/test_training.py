@@ -246,6 +246,14 @@ def test_place_splits_hold_out_distant_places_with_exact_ground_truth(place_spli
     assert train.images.dtype == np.uint8 and train.images.shape[1:] == (120, 160, 3)
 
 
+def test_place_splits_without_held_out_places_train_on_every_view(training_cache):
+    config = PlaceSetConfig(num_places=6, held_out_places=0, conditions=('day',),
+                            width=WIDTH, height=HEIGHT)
+    splits = place_recognition_splits(load_place_views(config, training_cache), config)
+    assert len(splits.train) == 6 * config.passes_per_condition
+    assert len(splits.database) == len(splits.queries) == 0
+
+
 def test_training_set_batches_several_views_per_place(place_splits):
     model = _build('resnet18_gem', effnet_taps=('stride16',))
     train, _, _ = _sets(model, place_splits, views_per_place=4)

@@ -9,7 +9,7 @@ import torch
 from vl_attention.config import ConfigError
 from vl_attention.training.config import load_recipe, model_config, SamplingConfig, \
     ScheduleConfig
-from vl_attention.training.loop import lr_factor
+from vl_attention.training.loop import lr_factor, selection_key
 from vl_attention.training.sampling import GroundTruth, HardNegativeCache, PlaceBatchSampler
 from vl_attention.training.sources import DatasetLayoutError, make_dataset
 
@@ -21,7 +21,19 @@ def test_every_recipe_loads_with_a_model_its_registry_knows(name):
     cfg = load_recipe(name)
     config = model_config(cfg)
     assert cfg.name == name and config.backbone_options['freeze'] is True
-    assert 5 in cfg.recall_n
+    assert {1, 5} <= set(cfg.recall_n)
+
+
+def test_best_weights_rank_by_recall_at_5_then_recall_at_1_then_pr_auc():
+    def scores(r5, r1, pr_auc):
+        return {'recall_at_5': r5, 'recall_at_1': r1, 'pr_auc': pr_auc}
+    assert selection_key(scores(0.9, 0.1, 0.1)) > selection_key(scores(0.8, 0.9, 0.9))
+    assert selection_key(scores(0.9, 0.6, 0.1)) > selection_key(scores(0.9, 0.5, 0.9))
+    assert selection_key(scores(0.9, 0.6, 0.5)) > selection_key(scores(0.9, 0.6, 0.4))
+    # equal scores are not better: the earlier weights stay
+    assert not selection_key(scores(0.9, 0.6, 0.5)) > selection_key(scores(0.9, 0.6, 0.5))
+    with pytest.raises(ValueError, match='must include 1 and 5'):
+        replace(load_recipe('gem'), recall_n=(5, 10))
 
 
 def test_recipe_values_from_the_papers():

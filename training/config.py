@@ -147,9 +147,9 @@ class TrainConfig:
             raise ValueError('epochs, steps_per_epoch and checkpoint_every_steps must be >= 1')
         if self.device not in ('auto', 'cpu', 'cuda'):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if 5 not in self.recall_n:
-            raise ValueError(f'recall_n {list(self.recall_n)} must include 5: the best '
-                             'checkpoint is chosen by validation Recall@5')
+        if not {1, 5} <= set(self.recall_n):
+            raise ValueError(f'recall_n {list(self.recall_n)} must include 1 and 5: the best '
+                             'checkpoint is chosen by validation Recall@5, then Recall@1')
 
     @property
     def total_steps(self):

@@ -177,7 +177,9 @@ def place_recognition_splits(views, config):
     held_out = views.place_ids >= config.num_places - config.held_out_places
     held_out_xy = views.positions_m[held_out, :2]
     gap_m = np.linalg.norm(views.positions_m[:, None, :2] - held_out_xy[None], axis=-1)
-    train = ~held_out & (gap_m.min(axis=1) >= config.negative_distance_m)
+    train = ~held_out
+    if held_out.any():           # held_out_places = 0: every place trains
+        train &= gap_m.min(axis=1) >= config.negative_distance_m
     first = views.conditions == config.conditions[0]
     return PlaceRecognitionSplits(train=views.subset(train),
                                   database=views.subset(held_out & first),

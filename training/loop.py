@@ -9,8 +9,10 @@ mode; a frozen trunk's features are computed once and reused.
 
 Every ``checkpoint_every_steps`` steps and at each epoch end a checkpoint
 (:mod:`.checkpoint`) is written atomically, so ``resume=True`` after a kill
-replays the remaining steps exactly. Each epoch ends with validation Recall@N
-(:mod:`.validation`); the weights with the best Recall@5 are kept. At the end
+replays the remaining steps exactly. The starting weights and each epoch's
+are validated (Recall@N, :mod:`.validation`); the weights with the best
+Recall@5 are kept, ties going to the better Recall@1, then PR-AUC, then the
+earlier weights (so a run whose training never helps keeps its start). At the end
 the best weights (with PCA-whitening fitted on training descriptors when the
 model asks for it) are written as a model preset plus an ONNX export with its
 model card, ready for ``build-map`` and the node.
@@ -41,6 +43,9 @@ from vl_attention.training.trainer import (backbone_is_frozen, cache_backbone_fe
 from vl_attention.training.validation import evaluate_retrieval
 
 LOGGER = logging.getLogger(__name__)
+# the validation scores that rank checkpoints, most important first
+SELECTION = ('recall_at_5', 'recall_at_1', 'pr_auc')
+NO_BEST = {key: -1.0 for key in SELECTION}
 
 
 class TrainStep(nn.Module):
@@ -92,7 +97,7 @@ class Run:
     artifacts: object
     step: int = 0
     history: list = None          # validation results, one per epoch
-    best: dict = None             # {'recall_at_5', 'step', 'epoch'}
+    best: dict = None             # {'recall_at_5', 'recall_at_1', 'pr_auc', 'step', 'epoch'}
     losses: list = None
     train_seconds: float = 0.0
     train_images: int = 0
@@ -135,7 +140,7 @@ def _build(cfg, context, artifacts):
                optimizer=optimizer, scheduler=scheduler,
                scaler=torch.amp.GradScaler('cuda', enabled=uses_amp(cfg, context)),
                data=data, features=features, generators=generators, negatives=negatives,
-               artifacts=artifacts, history=[], best={'recall_at_5': -1.0}, losses=[])
+               artifacts=artifacts, history=[], best=dict(NO_BEST), losses=[])
 
 
 def _initialise_head(run):
@@ -282,17 +287,23 @@ def restore_run(run):
     LOGGER.info('resumed %s at step %d', run.artifacts.checkpoint, run.step)
 
 
-def _end_of_epoch(run, logger):
+def selection_key(scores):
+    """Return the sort key of "best": Recall@5, then Recall@1, then PR-AUC (higher is better)."""
+    return tuple(scores[key] for key in SELECTION)
+
+
+def _validate_and_keep_best(run, logger):
     result = validate(run)
     if result is None:
         return
     run.history.append(result)
     logger.validation(result)
-    recall_at_5 = result['recall_at_n']['5']
     LOGGER.info('epoch %d: validation Recall@N %s, PR-AUC %.3f', result['epoch'],
                 result['recall_at_n'], result['pr_auc'])
-    if recall_at_5 > run.best['recall_at_5']:
-        run.best = {'recall_at_5': recall_at_5, 'step': run.step, 'epoch': result['epoch']}
+    scores = {'recall_at_5': result['recall_at_n']['5'], 'recall_at_1': result['recall_at_n']['1'],
+              'pr_auc': result['pr_auc']}
+    if selection_key(scores) > selection_key(run.best):
+        run.best = {**scores, 'step': run.step, 'epoch': result['epoch']}
         run.artifacts.save_best_weights(run.model)
 
 
@@ -301,6 +312,8 @@ def train_loop(run, logger):
     cfg = run.cfg
     set_training_mode(run.model)
     run.loss.train()
+    if run.step == 0:         # the starting point (ImageNet trunk, initialised head)
+        _validate_and_keep_best(run, logger)
     progress = logger.progress(total=cfg.total_steps, initial=run.step)
     while run.step < cfg.total_steps:
         total, parts = train_step(run)
@@ -309,7 +322,7 @@ def train_loop(run, logger):
             logger.step(run, total, parts)
         epoch_end = run.step % cfg.steps_per_epoch == 0
         if epoch_end:
-            _end_of_epoch(run, logger)
+            _validate_and_keep_best(run, logger)
         if epoch_end or run.step % cfg.checkpoint_every_steps == 0:
             save_run(run)
     progress.close()
