@@ -2,13 +2,15 @@
 
 Usage: ``PYTHONPATH=. python benchmarks/train_synthetic.py [--families gem haf] [--steps N]``.
 
-Each family's recipe (``config/training/<family>.yaml``) trains on the
-training places of town 7 driven twice by day (positives are the other day
-drive within 10 m), validates its starting weights and each epoch on another
-town (world seed 11, 60 places; day database; dusk, rain and snow queries) to
-keep the best Recall@5 weights (ties: Recall@1, PR-AUC, earlier), and is
-tested on town 7's
-held-out places: the database is their two day drives, the queries their
+Each family's recipe (``config/training/<family>.yaml``) trains on day
+drives only: the training places of town 7 and every place of three more
+towns (``--towns``; recipe ``extra_datasets``, kept apart; not for pose
+attention, whose pose regression needs one frame), each driven twice
+(positives are the other drive within 10 m). It validates its starting
+weights and each epoch on another town (world seed 11, 60 places; day
+database; dusk, rain and snow queries) to keep the best Recall@5 weights
+(ties: Recall@1, PR-AUC, earlier), and is tested on town 7's held-out
+places: the database is their two day drives, the queries their
 night and fog drives, conditions never seen in training or validation. Each
 family trains twice: on the day images as recorded, and with ``--copies``
 photometrically augmented copies of each (``training/augment.py``: gamma,
@@ -64,6 +66,8 @@ PLACES = {'num_places': 72, 'held_out_places': 24, 'width': WIDTH, 'height': HEI
           'positive_distance_m': 10.0, 'negative_distance_m': 25.0}
 
 
+# more day drives to train on: every place of three other towns (separate areas)
+TRAINING_TOWNS = (13, 17, 19)
 # another town, and no night or fog: the test conditions stay unseen until the test. 60 of its
 # 72 places are held out (day database; dusk, rain and snow queries, 180 in all), so that the
 # choice of weights rests on several unseen conditions and Recall@5 does not saturate at once
@@ -71,7 +75,7 @@ VALIDATION = {**PLACES, 'world_seed': 11, 'held_out_places': 60,
               'conditions': ['day', 'dusk', 'rain', 'snow'], 'passes_per_condition': 1}
 
 
-def benchmark_recipe(family, cache_dir, *, steps, epochs, lr):
+def benchmark_recipe(family, cache_dir, *, steps, epochs, lr, towns=TRAINING_TOWNS):
     """Return the family's recipe with this benchmark's data, trunk and CPU budget."""
     recipe_name, overrides, _ = FAMILIES[family]
     cfg = load_recipe(recipe_name)
@@ -94,6 +98,10 @@ def benchmark_recipe(family, cache_dir, *, steps, epochs, lr):
         cfg, model=model, model_overrides=frozen_mapping(model_overrides),
         dataset=DatasetSpec(kind='synthetic', root=str(cache_dir), options=frozen_mapping(PLACES),
                             train_conditions=('day',)),
+        extra_datasets=tuple(
+            DatasetSpec(kind='synthetic', root=str(cache_dir), options=frozen_mapping(
+                {**PLACES, 'world_seed': town, 'held_out_places': 0, 'conditions': ['day']}))
+            for town in (towns if cfg.loss.name != 'pose' else ())),  # pose: one frame
         validation=DatasetSpec(kind='synthetic', root=str(cache_dir),
                                options=frozen_mapping(VALIDATION)),
         sampling=sampling, optimizer=replace(cfg.optimizer, name='adam', lr=lr),
@@ -142,9 +150,9 @@ def _train_and_test(cfg, run_dir, cache_dir):
             'test': test_scores(trained, cache_dir)}
 
 
-def run_family(family, cache_dir, work_dir, *, steps, epochs, lr, copies):
+def run_family(family, cache_dir, work_dir, *, steps, epochs, lr, copies, towns):
     """Train (as recorded, and augmented), test and time one family; return its row."""
-    cfg = benchmark_recipe(family, cache_dir, steps=steps, epochs=epochs, lr=lr)
+    cfg = benchmark_recipe(family, cache_dir, steps=steps, epochs=epochs, lr=lr, towns=towns)
     augmented = replace(cfg, augmentation=replace(cfg.augmentation, copies=copies))
     return {'family': family, 'model': cfg.model, 'loss': cfg.loss.name, 'lr': lr,
             'trained': _train_and_test(cfg, work_dir / family, cache_dir),
@@ -190,6 +198,8 @@ def main():
     parser.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate of the heads')
     parser.add_argument('--copies', type=int, default=4,
                         help='augmented copies per training image in the second run')
+    parser.add_argument('--towns', type=int, nargs='*', default=list(TRAINING_TOWNS),
+                        help='world seeds of the extra training towns (none: town 7 only)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--cache-dir', type=Path,
                         default=Path('~/.cache/vl_attention/training').expanduser())
@@ -202,14 +212,16 @@ def main():
         rows = []
         for family in args.families:
             rows.append(run_family(family, args.cache_dir, work_dir, steps=args.steps,
-                                   epochs=args.epochs, lr=args.lr, copies=args.copies))
+                                   epochs=args.epochs, lr=args.lr, copies=args.copies,
+                                   towns=args.towns))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     print_table(rows)
     report = {'hardware': hardware(probe_availability(), args.threads), 'places': PLACES,
               'validation': VALIDATION, 'steps': args.steps, 'epochs': args.epochs,
-              'lr': args.lr, 'augment_copies': args.copies, 'rows': rows}
+              'lr': args.lr, 'augment_copies': args.copies,
+              'training_towns': [7] + args.towns, 'rows': rows}
     atomic_write_text(args.out, json.dumps(report, indent=2))
     for kind in ('trained', 'augmented'):
         gains = [row[kind]['test'][c]['recall_at_1'] - row['baseline'][c]['recall_at_1']

@@ -140,6 +140,42 @@ def test_command_line_replaces_recipe_dataset_options_and_lengths():
         recipe_from_args(parser.parse_args(['--config', 'gem', '--dataset-option', 'x']))
 
 
+def test_extra_datasets_train_as_separate_areas(tmp_path):
+    import yaml
+    from vl_attention.config import to_dict
+    from vl_attention.models import build_model
+    from vl_attention.training.data import load_training_data
+    town = {'num_places': 6, 'held_out_places': 0, 'conditions': ['day'],
+            'passes_per_condition': 2, 'width': 64, 'height': 48}
+    recipe = tmp_path / 'towns.yaml'
+    recipe.write_text(yaml.safe_dump({
+        'dataset': {'kind': 'synthetic', 'root': str(tmp_path), 'options': town},
+        'extra_datasets': [{'kind': 'synthetic', 'root': str(tmp_path),
+                            'options': {**town, 'world_seed': 13}}]}))
+    cfg = load_recipe(str(recipe))
+    assert to_dict(cfg)['extra_datasets'] == [{'kind': 'synthetic', 'root': str(tmp_path),
+                                               'options': {**town, 'world_seed': 13},
+                                               'train_conditions': []}]
+    data = load_training_data(cfg, build_model(model_config(cfg)).preprocessing)
+    xs_m = data.dataset.positions_m[:, 0]
+    first, second = np.flatnonzero(xs_m < 1e7), np.flatnonzero(xs_m > 1e7)
+    assert len(first) == len(second) == 12          # 6 places x 2 day drives per town
+    # the same place of both drives pairs within a town, never across towns
+    positive, negative = data.ground_truth.pair_masks(first, second)
+    assert not positive.any() and negative.all()
+    assert data.ground_truth.pair_masks(first, first)[0].any()
+    with pytest.raises(ValueError, match='one coordinate frame'):
+        replace(load_recipe('pose_attention'), extra_datasets=cfg.extra_datasets)
+    with pytest.raises(ConfigError, match=r'extra_datasets\[0\].*unknown setting'):
+        load_recipe(str(_write(tmp_path / 'bad.yaml', {'extra_datasets': [{'knd': 'x'}]})))
+
+
+def _write(path, values):
+    import yaml
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
 def test_augmented_copies_are_repeatable_photometric_changes_of_their_image():
     from vl_attention.training.augment import augment, AugmentationConfig, copy_seeds
     seeds = copy_seeds(3, 2, seed=0).reshape(3, 3)  # per image: original, then its copies

@@ -113,15 +113,20 @@ class TrainConfig:
 
     ``model`` is a preset name or YAML path; ``model_overrides`` replaces
     preset fields (option mappings are merged key by key unless the backbone /
-    aggregator itself is replaced). ``validation``
-    names a held-out dataset; empty ``kind`` uses the training dataset's
-    ``val`` rows, or its ``test`` rows when it has no ``val`` split.
+    aggregator itself is replaced). ``extra_datasets`` add the training rows
+    of more datasets, each of another area: they are shifted apart
+    (:func:`~vl_attention.training.sources.base.shift_apart`) so that no image
+    of one becomes a positive or a mined negative of another's (several drives
+    of one area belong in one dataset, e.g. a rosbag2 list of bags).
+    ``validation`` names a held-out dataset; empty ``kind`` uses the training
+    dataset's ``val`` rows, or its ``test`` rows when it has no ``val`` split.
     """
 
     name: str = 'training'
     model: str = 'effnet_lite0_gem'
     model_overrides: typing.Mapping = field(default_factory=frozen_mapping)
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    extra_datasets: tuple[DatasetSpec, ...] = ()
     validation: DatasetSpec = field(default_factory=lambda: DatasetSpec(kind=''))
     loss: LossSpec = field(default_factory=LossSpec)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -147,6 +152,10 @@ class TrainConfig:
             raise ValueError('epochs, steps_per_epoch and checkpoint_every_steps must be >= 1')
         if self.device not in ('auto', 'cpu', 'cuda'):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.extra_datasets and self.loss.name == 'pose':
+            raise ValueError('extra_datasets are other areas, shifted apart, but pose '
+                             'regression needs one coordinate frame: train one pose model per '
+                             'area, or put drives of the same area into one dataset')
         if not {1, 5} <= set(self.recall_n):
             raise ValueError(f'recall_n {list(self.recall_n)} must include 1 and 5: the best '
                              'checkpoint is chosen by validation Recall@5, then Recall@1')

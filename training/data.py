@@ -10,7 +10,7 @@ from vl_attention.config import ConfigError
 from vl_attention.training.augment import copy_seeds
 from vl_attention.training.sampling import (BatchBuilder, GroundTruth, ImageRows,
                                             PlaceBatchSampler)
-from vl_attention.training.sources import load_dataset
+from vl_attention.training.sources import concatenate, load_dataset, shift_apart
 from vl_attention.training.validation import retrieval_set
 
 LOGGER = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ def load_training_data(cfg, preprocessing):
     """Load the recipe's dataset(s) and build sampler, images and the held-out set."""
     dataset = _load(cfg.dataset)
     train = _training_rows(dataset, cfg.dataset)
+    if cfg.extra_datasets:
+        train = concatenate(shift_apart(
+            [train] + [_training_rows(_load(spec), spec) for spec in cfg.extra_datasets]))
     copies = cfg.augmentation.copies
     if copies:  # image i becomes rows i * (copies + 1) .. i * (copies + 1) + copies
         train = train.subset(np.repeat(np.arange(len(train)), copies + 1))

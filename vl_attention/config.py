@@ -32,6 +32,10 @@ def _coerce(value, field_type, where):
         return from_dict(field_type, value, where=where)
     origin = typing.get_origin(field_type)
     if (field_type is tuple or origin is tuple) and isinstance(value, (list, tuple)):
+        items = typing.get_args(field_type)
+        if len(items) == 2 and items[1] is Ellipsis and dataclasses.is_dataclass(items[0]):
+            return tuple(_coerce(item, items[0], f'{where}[{index}]')
+                         for index, item in enumerate(value))
         return tuple(value)
     if field_type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -66,6 +70,8 @@ def from_dict(cls, values, *, where=None):
 def to_dict(config):
     """Plain-data (JSON/YAML-ready) view of a frozen config dataclass."""
     def plain(value):
+        if dataclasses.is_dataclass(value):
+            return to_dict(value)
         if isinstance(value, types.MappingProxyType):
             return {key: plain(item) for key, item in value.items()}
         if isinstance(value, (tuple, list)):
@@ -73,10 +79,7 @@ def to_dict(config):
         if isinstance(value, dict):
             return {key: plain(item) for key, item in value.items()}
         return value
-    return {field.name: plain(getattr(config, field.name))
-            if not dataclasses.is_dataclass(getattr(config, field.name))
-            else to_dict(getattr(config, field.name))
-            for field in dataclasses.fields(config)}
+    return {field.name: plain(getattr(config, field.name)) for field in dataclasses.fields(config)}
 
 
 def read_yaml(path):

@@ -8,10 +8,11 @@ import importlib
 import pkgutil
 
 from vl_attention.training.sources.base import (
-    concatenate, DatasetLayoutError, DATASETS, load_dataset, make_dataset, PlaceDataset)
+    concatenate, DatasetLayoutError, DATASETS, load_dataset, make_dataset, PlaceDataset,
+    shift_apart)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f'{__name__}.{_module.name}')
 
 __all__ = ['concatenate', 'DatasetLayoutError', 'DATASETS', 'load_dataset', 'make_dataset',
-           'PlaceDataset']
+           'PlaceDataset', 'shift_apart']

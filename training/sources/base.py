@@ -20,7 +20,7 @@ Layouts are adapters registered in :data:`DATASETS`; ``load_dataset(kind, root,
 **options)`` builds one and names unknown kinds and options.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,22 @@ def make_dataset(name, root, image_paths, **columns):
         values[key] = values[key].astype(str)
     paths = np.asarray([str(path) for path in image_paths], dtype=str).reshape(count)
     return PlaceDataset(name=name, root=str(root), image_paths=paths, **values, **columns)
+
+
+# beyond any UTM easting or map extent: areas this far apart never pair in mining
+AREA_SPACING_M = 1e8
+
+
+def shift_apart(datasets):
+    """Shift dataset ``k``'s positions by ``k x AREA_SPACING_M`` along x (separate areas)."""
+    shifted = []
+    for index, dataset in enumerate(datasets):
+        positions = dataset.positions_m.copy()
+        positions[:, 0] += index * AREA_SPACING_M
+        frame = dict(dataset.frame, area_offset_m=[index * AREA_SPACING_M, 0.0, 0.0]) \
+            if index else dataset.frame
+        shifted.append(replace(dataset, positions_m=positions, frame=frame))
+    return shifted
 
 
 def concatenate(datasets, *, name=None):

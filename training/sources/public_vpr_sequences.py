@@ -32,7 +32,7 @@ import numpy as np
 
 from vl_attention.data.images import IMAGE_SUFFIXES
 from vl_attention.training.sources.base import (
-    DatasetLayoutError, DATASETS, make_dataset, require_path)
+    AREA_SPACING_M, DatasetLayoutError, DATASETS, make_dataset, require_path)
 from vl_attention.training.sources.public_vpr import as_names, join_columns, read_csv_columns
 
 _LOG = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ NORDLAND_SEASONS = ('spring', 'summer', 'fall', 'winter')
 GARDENS_POINT_TRAVERSALS = {'day_left': 'day', 'day_right': 'day', 'night_right': 'night'}
 
 
-CITY_SPACING_M = 1e8  # beyond any UTM easting, so cities never come within mining distance
+CITY_SPACING_M = AREA_SPACING_M  # cities never come within mining distance
 
 
 @DATASETS.register('msls')
