@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from vl_attention.config import ConfigError
 from vl_attention.training.config import load_recipe, model_config, SamplingConfig, \
@@ -12,6 +13,7 @@ from vl_attention.training.config import load_recipe, model_config, SamplingConf
 from vl_attention.training.loop import lr_factor, selection_key
 from vl_attention.training.sampling import GroundTruth, HardNegativeCache, PlaceBatchSampler
 from vl_attention.training.sources import DatasetLayoutError, make_dataset
+from vl_attention.training.sources.base import AREA_SPACING_M
 
 RECIPES = ('crn', 'gem', 'haf', 'netvlad', 'pose_attention', 'regional_attention', 'saane')
 
@@ -141,24 +143,22 @@ def test_command_line_replaces_recipe_dataset_options_and_lengths():
 
 
 def test_extra_datasets_train_as_separate_areas(tmp_path):
-    import yaml
     from vl_attention.config import to_dict
     from vl_attention.models import build_model
     from vl_attention.training.data import load_training_data
     town = {'num_places': 6, 'held_out_places': 0, 'conditions': ['day'],
             'passes_per_condition': 2, 'width': 64, 'height': 48}
-    recipe = tmp_path / 'towns.yaml'
-    recipe.write_text(yaml.safe_dump({
+    cfg = load_recipe(str(_write(tmp_path / 'towns.yaml', {
         'dataset': {'kind': 'synthetic', 'root': str(tmp_path), 'options': town},
         'extra_datasets': [{'kind': 'synthetic', 'root': str(tmp_path),
-                            'options': {**town, 'world_seed': 13}}]}))
-    cfg = load_recipe(str(recipe))
+                            'options': {**town, 'world_seed': 13}}]})))
     assert to_dict(cfg)['extra_datasets'] == [{'kind': 'synthetic', 'root': str(tmp_path),
                                                'options': {**town, 'world_seed': 13},
                                                'train_conditions': []}]
     data = load_training_data(cfg, build_model(model_config(cfg)).preprocessing)
     xs_m = data.dataset.positions_m[:, 0]
-    first, second = np.flatnonzero(xs_m < 1e7), np.flatnonzero(xs_m > 1e7)
+    second_area = xs_m > AREA_SPACING_M / 2
+    first, second = np.flatnonzero(~second_area), np.flatnonzero(second_area)
     assert len(first) == len(second) == 12          # 6 places x 2 day drives per town
     # the same place of both drives pairs within a town, never across towns
     positive, negative = data.ground_truth.pair_masks(first, second)
@@ -171,7 +171,6 @@ def test_extra_datasets_train_as_separate_areas(tmp_path):
 
 
 def _write(path, values):
-    import yaml
     path.write_text(yaml.safe_dump(values))
     return path
 

@@ -42,9 +42,6 @@ NORDLAND_SEASONS = ('spring', 'summer', 'fall', 'winter')
 GARDENS_POINT_TRAVERSALS = {'day_left': 'day', 'day_right': 'day', 'night_right': 'night'}
 
 
-CITY_SPACING_M = AREA_SPACING_M  # cities never come within mining distance
-
-
 @DATASETS.register('msls')
 def load_msls(*, root, cities=None, val_cities=MSLS_VAL_CITIES, include_test=False,
               exclude_panoramas=True):
@@ -67,7 +64,7 @@ def load_msls(*, root, cities=None, val_cities=MSLS_VAL_CITIES, include_test=Fal
     Condition is ``night`` / ``day`` from the ``night`` column; ``sequences`` is
     ``<city>/<sequence_key>``. With ``exclude_panoramas`` the images raw.csv marks
     ``pano`` are dropped, as the official loader does. Positions are each city's own UTM
-    easting / northing, shifted by ``k x CITY_SPACING_M`` along x for the k-th chosen
+    easting / northing, shifted by ``k x AREA_SPACING_M`` along x for the k-th chosen
     city (``frame['city_offsets_m']``), so distance-based mining never pairs two cities
     whose UTM zones overlap numerically.
     """
@@ -83,7 +80,7 @@ def load_msls(*, root, cities=None, val_cities=MSLS_VAL_CITIES, include_test=Fal
     for index, city in enumerate(chosen):
         split = ('test' if found[city] == 'test' else
                  'val' if city in val_cities else 'train')
-        offsets[city] = index * CITY_SPACING_M
+        offsets[city] = index * AREA_SPACING_M
         for role in ('database', 'query'):
             part = _msls_side(root / found[city] / city / role, city, role, split,
                               exclude_panoramas)
