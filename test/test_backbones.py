@@ -101,6 +101,24 @@ def test_freeze_by_tap_freezes_exactly_the_stages_up_to_it(name):
     assert not any(p.requires_grad for p in whole.parameters())
 
 
+@pytest.mark.parametrize('name', NAMES)
+def test_the_trainable_stages_resume_from_the_frozen_stages_features(name):
+    second_tap = list(EXPECTED_TAPS[name])[1]
+    backbone = BACKBONES.create(name, weights='none', freeze=second_tap).eval()
+    assert backbone.frozen_tap == second_tap
+    with torch.no_grad():
+        frozen = backbone.frozen_features(_images())
+        assert list(frozen) == list(EXPECTED_TAPS[name])[:2]  # no later stage ran
+        resumed = backbone.forward_from_frozen(frozen)
+        whole = backbone(_images())
+    assert list(resumed) == list(whole)
+    for tap in whole:
+        torch.testing.assert_close(resumed[tap], whole[tap])
+    assert BACKBONES.create(name, weights='none').frozen_tap == ''
+    assert BACKBONES.create(name, weights='none', freeze=True).frozen_tap == \
+        list(EXPECTED_TAPS[name])[-1]
+
+
 def test_frozen_stages_keep_their_batchnorm_statistics():
     backbone = BACKBONES.create('resnet18', weights='none', freeze='layer1').train()
     frozen_before = backbone.layer1[0].bn1.running_mean.clone()

@@ -25,7 +25,9 @@ from vl_attention.training.datasets import (load_place_views, place_recognition_
                                             PlaceSetConfig, split_by_pass, TrainingSet)
 from vl_attention.training.losses import LOSSES, select_outputs
 from vl_attention.training.mining import ground_truth_masks, mine_triplets
-from vl_attention.training.trainer import evaluate_pose, evaluate_recall_at_1, train_steps
+from vl_attention.training.config import OptimizerConfig
+from vl_attention.training.trainer import (evaluate_pose, evaluate_recall_at_1, make_optimizer,
+                                           train_steps)
 
 HEIGHT, WIDTH = 96, 128
 PLACES = PlaceSetConfig()
@@ -278,6 +280,54 @@ def test_train_steps_is_repeatable_and_leaves_a_frozen_trunk_untouched(place_spl
         assert all(torch.equal(trunk[k], v) for k, v in model.backbone.state_dict().items())
     assert histories[0] == histories[1] and len(histories[0]) == 5
     assert torch.equal(heads[0], heads[1])
+
+
+def _partly_frozen_effnet(weights='imagenet'):
+    """EfficientNet-Lite0 GeM at stage5 with the stages up to stride16 frozen."""
+    return build_model(dataclasses.replace(
+        load_model_config('resnet18_gem'), input_height=HEIGHT, input_width=WIDTH,
+        backbone=EFFNET, taps=('stage5',), backbone_options={
+            'weights': weights, 'truncate_after': 'stage5', 'freeze': 'stride16'}))
+
+
+def test_a_partly_frozen_trunk_trains_the_same_on_cached_features(place_splits):
+    # freeze: stride16 -> training caches the stride-16 features and runs stage5 each step
+    runs = []
+    for cache_features in (True, False):
+        torch.manual_seed(0)
+        model = _partly_frozen_effnet()
+        assert model.backbone.frozen_tap == 'stride16'
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        train, _, _ = _sets(model, place_splits)
+        history = train_steps(model, train, loss=LOSSES.create('triplet'), steps=4,
+                              batch_size=16, lr=1e-3, seed=4, cache_features=cache_features)
+        runs.append((history.losses, model.state_dict()))
+    (cached_losses, cached), (losses, weights) = runs
+    np.testing.assert_allclose(cached_losses, losses, rtol=1e-4)
+    for key, value in weights.items():
+        torch.testing.assert_close(cached[key], value, rtol=1e-4, atol=1e-5)
+    stage5 = [key for key in weights if key.startswith('backbone.net.blocks.6')]
+    stride16 = [key for key in weights if key.startswith('backbone.net.blocks.4')]
+    assert stage5 and stride16
+    assert any(not torch.equal(weights[key], start[key]) for key in stage5)  # trained
+    assert all(torch.equal(weights[key], start[key]) for key in stride16)  # frozen
+
+
+def test_trainable_trunk_stages_learn_at_the_scaled_rate():
+    model = _partly_frozen_effnet(weights='none')
+    loss = LOSSES.create('triplet')
+    optimizer = make_optimizer(OptimizerConfig(lr=1e-3, backbone_lr_scale=0.1), model, loss)
+    head, trunk = optimizer.param_groups
+    assert (head['lr'], trunk['lr']) == (1e-3, pytest.approx(1e-4))
+    assert {id(p) for p in trunk['params']} == {
+        id(p) for p in model.backbone.parameters() if p.requires_grad}
+    assert {id(p) for p in head['params']} == {id(p) for p in model.aggregator.parameters()}
+    frozen = build_model(dataclasses.replace(load_model_config('resnet18_gem'),
+                                             backbone_options={'weights': 'none',
+                                                               'freeze': True}))
+    assert len(make_optimizer(OptimizerConfig(), frozen, loss).param_groups) == 1
+    with pytest.raises(ValueError, match='backbone_lr_scale > 0'):
+        OptimizerConfig(backbone_lr_scale=0)
 
 
 def test_train_steps_refuses_a_model_with_nothing_to_train(place_splits):

@@ -78,12 +78,13 @@ class OptimizerConfig:
     lr: float = 1e-4
     momentum: float = 0.9          # sgd only
     weight_decay: float = 0.0
+    backbone_lr_scale: float = 1.0  # trainable trunk stages learn at lr x this
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f'unknown optimizer {self.name!r}; known: {list(OPTIMIZERS)}')
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError('need lr > 0 and weight_decay >= 0')
+        if self.lr <= 0 or self.weight_decay < 0 or self.backbone_lr_scale <= 0:
+            raise ValueError('need lr > 0, weight_decay >= 0 and backbone_lr_scale > 0')
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_steps: int = 50
     recall_n: tuple = (1, 5, 10)
-    cache_backbone_features: bool = True   # frozen trunk: compute its features once
+    cache_backbone_features: bool = True   # frozen (first) stages: features once
     fit_netvlad_centroids: bool = True     # k-means init of NetVLAD/CRN heads before training
     find_unused_parameters: bool = False   # DistributedDataParallel option
     export: bool = True                    # ONNX + model card at the end

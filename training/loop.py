@@ -5,7 +5,8 @@ cached hard negatives, runs model and loss as one module (wrapped in
 DistributedDataParallel when several processes train), and takes an
 optimiser step with optional gradient clipping and, on CUDA, fp16 autocast
 with gradient scaling. Parts whose parameters are all frozen stay in eval
-mode; a frozen trunk's features are computed once and reused.
+mode; the features of a frozen trunk, or of its frozen first stages, are
+computed once and reused (only the stages after them run each step).
 
 Every ``checkpoint_every_steps`` steps and at each epoch end a checkpoint
 (:mod:`.checkpoint`) is written atomically, so ``resume=True`` after a kill
@@ -38,8 +39,9 @@ from vl_attention.training.data import load_training_data
 from vl_attention.training.losses import LOSSES
 from vl_attention.training.outputs import RunArtifacts
 from vl_attention.training.sampling import HardNegativeCache
-from vl_attention.training.trainer import (backbone_is_frozen, cache_backbone_features,
-                                           make_optimizer, set_training_mode)
+from vl_attention.training.trainer import (cache_backbone_features, has_frozen_stages,
+                                           make_optimizer, outputs_from_cache,
+                                           set_training_mode)
 from vl_attention.training.validation import evaluate_retrieval
 
 LOGGER = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class TrainStep(nn.Module):
         if features is None:
             output = self.model.outputs(images)
         else:
-            output = self.model.outputs_from_features(features, images)
+            output = outputs_from_cache(self.model, features, images)
         return self.loss(output, batch)
 
 
@@ -121,7 +123,7 @@ def _build(cfg, context, artifacts):
     data = load_training_data(cfg, model.preprocessing)
     loss = LOSSES.create(cfg.loss.name, **cfg.loss.options).to(context.device)
     features = None
-    if cfg.cache_backbone_features and backbone_is_frozen(model):
+    if cfg.cache_backbone_features and has_frozen_stages(model):
         features = cache_backbone_features(model, data.images, device=context.device)
     step_module = TrainStep(model, loss)
     if context.enabled:
@@ -143,15 +145,19 @@ def _build(cfg, context, artifacts):
                artifacts=artifacts, history=[], best=dict(NO_BEST), losses=[])
 
 
-def _initialise_head(run):
-    """Initialise NetVLAD-style centroids by k-means over local training features."""
-    aggregator = run.model.aggregator
-    if not (run.cfg.fit_netvlad_centroids and hasattr(aggregator, 'initialise_centroids')):
+def initialise_head(model, images, *, device):
+    """Initialise NetVLAD-style centroids by k-means over local features of training images.
+
+    Uses the first 1000 ``images`` (:class:`~.sampling.ImageRows`); other heads are left as
+    they are. This is how a run starts, before its epoch-0 validation.
+    """
+    aggregator = model.aggregator
+    if not hasattr(aggregator, 'initialise_centroids'):
         return
     from vl_attention.models.netvlad import sample_local_features
-    rows = np.arange(min(len(run.data.images), 1000))
-    batches = (tensors.to(run.context.device) for _, tensors in run.data.images.chunks(rows))
-    aggregator.initialise_centroids(sample_local_features(run.model, batches))
+    rows = np.arange(min(len(images), 1000))
+    batches = (tensors.to(device) for _, tensors in images.chunks(rows))
+    aggregator.initialise_centroids(sample_local_features(model, batches))
     LOGGER.info('initialised %s centroids by k-means on %d training images',
                 type(aggregator).__name__, len(rows))
 
@@ -169,8 +175,8 @@ def _embed_training_rows(run, rows):
                 output = model.outputs(images)
             else:
                 index = torch.from_numpy(chunk).to(run.context.device)
-                output = model.outputs_from_features(
-                    {tap: value[index] for tap, value in run.features.items()}, images)
+                output = outputs_from_cache(
+                    model, {tap: value[index] for tap, value in run.features.items()}, images)
             chunks.append(output.descriptor.float().cpu())
     set_training_mode(model)
     return torch.cat(chunks).numpy()
@@ -343,8 +349,8 @@ def fit(cfg, out_dir, *, resume=False):
         if resume:
             restore_run(run)
             resumed_from = run.step
-        else:
-            _initialise_head(run)
+        elif cfg.fit_netvlad_centroids:
+            initialise_head(run.model, run.data.images, device=context.device)
         with artifacts.logger(run) as logger:
             train_loop(run, logger)
         hashes = _replica_hashes(run)

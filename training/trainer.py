@@ -51,6 +51,11 @@ def backbone_is_frozen(model):
     return not any(parameter.requires_grad for parameter in model.backbone.parameters())
 
 
+def has_frozen_stages(model):
+    """Whether the backbone's first stages take no gradients (their features can be cached)."""
+    return bool(model.backbone.frozen_tap)
+
+
 def set_training_mode(model):
     """``model.train()``, but modules whose parameters are all frozen stay in eval mode."""
     model.train()
@@ -62,30 +67,48 @@ def set_training_mode(model):
 
 @torch.no_grad()
 def cache_backbone_features(model, images, *, batch_size=32, device=None):
-    """Feature maps ``{tap: (N, C, h, w)}`` of a frozen backbone (eval mode) for all images.
+    """Features ``{tap: (N, C, h, w)}`` of the backbone's frozen stages (eval mode), all images.
 
-    ``images`` is an ``(N, 3, H, W)`` tensor or anything sliceable like one
+    The model's taps among them, and the last frozen stage's output when later
+    stages train (:func:`outputs_from_cache` runs those). ``images`` is an
+    ``(N, 3, H, W)`` tensor or anything sliceable like one
     (:class:`~vl_attention.training.sampling.ImageRows`).
     """
-    was_training = model.backbone.training
-    model.backbone.eval()
-    chunks = [model.backbone(images[start:start + batch_size].to(device))
+    backbone = model.backbone
+    keep = set(model.taps) | ({backbone.frozen_tap} if not backbone_is_frozen(model) else set())
+    was_training = backbone.training
+    backbone.eval()
+    chunks = [backbone.frozen_features(images[start:start + batch_size].to(device))
               for start in range(0, len(images), batch_size)]
-    model.backbone.train(was_training)
-    return {tap: torch.cat([chunk[tap] for chunk in chunks]) for tap in model.taps}
+    backbone.train(was_training)
+    return {tap: torch.cat([chunk[tap] for chunk in chunks]) for tap in chunks[0] if tap in keep}
+
+
+def outputs_from_cache(model, features, images):
+    """Model outputs of ``images`` from their cached frozen-stage ``features``."""
+    return model.outputs_from_features(model.backbone.forward_from_frozen(features), images)
 
 
 def make_optimizer(config, model, loss):
-    """Create the optimiser an :class:`OptimizerConfig` names over what model and loss train."""
-    parameters = [p for module in (model, loss) for p in module.parameters() if p.requires_grad]
-    if not parameters:
+    """Create the optimiser an :class:`OptimizerConfig` names over what model and loss train.
+
+    Trainable backbone parameters form a second group at ``lr x backbone_lr_scale``.
+    """
+    trunk = [p for p in model.backbone.parameters() if p.requires_grad]
+    in_trunk = {id(p) for p in trunk}
+    head = [p for module in (model, loss) for p in module.parameters()
+            if p.requires_grad and id(p) not in in_trunk]
+    if not head and not trunk:
         raise ConfigError('nothing to train: every parameter of the model and the loss is '
                           'frozen; unfreeze the head (or part of the backbone)')
+    groups = [group for group in (
+        {'params': head}, {'params': trunk, 'lr': config.lr * config.backbone_lr_scale})
+        if group['params']]
     if config.name == 'sgd':
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     optimizer = torch.optim.AdamW if config.name == 'adamw' else torch.optim.Adam
-    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return optimizer(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def train_steps(model, dataset, *, loss, steps, batch_size, lr, seed, weight_decay=0.0,
@@ -103,7 +126,7 @@ def train_steps(model, dataset, *, loss, steps, batch_size, lr, seed, weight_dec
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(OptimizerConfig(lr=lr, weight_decay=weight_decay), model, loss)
     cache = None
-    if cache_features and backbone_is_frozen(model):
+    if cache_features and has_frozen_stages(model):
         cache = cache_backbone_features(model, dataset.images)
     set_training_mode(model)
     loss.train()
@@ -114,7 +137,7 @@ def train_steps(model, dataset, *, loss, steps, batch_size, lr, seed, weight_dec
             output = model.outputs(batch.images)
         else:
             rows = {tap: value[batch.indices] for tap, value in cache.items()}
-            output = model.outputs_from_features(rows, batch.images)
+            output = outputs_from_cache(model, rows, batch.images)
         total, parts = loss(output, batch)
         optimizer.zero_grad(set_to_none=True)
         total.backward()

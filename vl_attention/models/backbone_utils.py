@@ -107,15 +107,47 @@ class StagedBackbone(nn.Module):
             stage.module.eval()
         return self
 
+    def _untrained_prefix(self):
+        # The leading stages that take no gradients (by ``freeze`` or by requires_grad_), up to
+        # the last of them that ends at a tap.
+        count = 0
+        for stage in self._stages:
+            if any(parameter.requires_grad for parameter in stage.module.parameters()):
+                break
+            count += 1
+        while count and not self._stages[count - 1].tap:
+            count -= 1
+        return self._stages[:count]
+
+    @property
+    def frozen_tap(self):
+        """Tap ending the leading stages that take no gradients ('' if the first one trains)."""
+        prefix = self._untrained_prefix()
+        return prefix[-1].tap if prefix else ''
+
     def forward(self, images):
         """Return ``{tap: (B, C, H, W)}`` for every kept tap, from one pass."""
-        features = {}
-        x = images
-        for stage in self._stages:
-            x = stage.module(x)
-            if stage.tap:
-                features[stage.tap] = x
-        return features
+        return _run_stages(self._stages, images)
+
+    def frozen_features(self, images):
+        """Return ``{tap: tensor}`` of the stages up to :attr:`frozen_tap` (training caches it)."""
+        return _run_stages(self._untrained_prefix(), images)
+
+    def forward_from_frozen(self, frozen):
+        """Every tap from :meth:`frozen_features` of the same images: runs the later stages."""
+        trainable = self._stages[len(self._untrained_prefix()):]
+        if not trainable:
+            return dict(frozen)
+        return {**frozen, **_run_stages(trainable, frozen[self.frozen_tap])}
+
+
+def _run_stages(stages, x):
+    features = {}
+    for stage in stages:
+        x = stage.module(x)
+        if stage.tap:
+            features[stage.tap] = x
+    return features
 
 
 def torchvision_weight_file(weights_enum):
