@@ -86,7 +86,7 @@ VALIDATION = {**PLACES, 'world_seed': 11, 'held_out_places': 60,
 TEST_TOWNS = (23, 29, 31)
 
 
-def benchmark_recipe(family, cache_dir, *, steps, epochs, lr, towns=TRAINING_TOWNS):
+def benchmark_recipe(family, cache_dir, *, steps, epochs, lr, towns=TRAINING_TOWNS, seed=0):
     """Return the family's recipe with this benchmark's data, trunk and CPU budget."""
     recipe_name, overrides, _ = FAMILIES[family]
     cfg = load_recipe(recipe_name)
@@ -118,7 +118,7 @@ def benchmark_recipe(family, cache_dir, *, steps, epochs, lr, towns=TRAINING_TOW
         sampling=sampling, optimizer=replace(cfg.optimizer, name='adam', lr=lr),
         schedule=replace(cfg.schedule, name='cosine', warmup_steps=0),
         epochs=epochs, steps_per_epoch=max(steps // epochs, 1), checkpoint_every_steps=100,
-        export=False, device='cpu')
+        export=False, device='cpu', seed=seed)
 
 
 def baseline_model(tap):
@@ -183,9 +183,10 @@ def _train_and_test(cfg, run_dir, test):
             'test': test_scores(trained, test)}
 
 
-def run_family(family, cache_dir, work_dir, test, *, steps, epochs, lr, copies, towns):
+def run_family(family, cache_dir, work_dir, test, *, steps, epochs, lr, copies, towns, seed):
     """Train (as recorded, and augmented), test and time one family; return its row."""
-    cfg = benchmark_recipe(family, cache_dir, steps=steps, epochs=epochs, lr=lr, towns=towns)
+    cfg = benchmark_recipe(family, cache_dir, steps=steps, epochs=epochs, lr=lr, towns=towns,
+                           seed=seed)
     augmented = replace(cfg, augmentation=replace(cfg.augmentation, copies=copies))
     return {'family': family, 'model': cfg.model, 'loss': cfg.loss.name, 'lr': lr,
             'start': starting_scores(cfg, test),
@@ -237,6 +238,8 @@ def main():
                         help='world seeds of the extra training towns (none: town 7 only)')
     parser.add_argument('--test-towns', type=int, nargs='*', default=list(TEST_TOWNS),
                         help='world seeds of the test towns besides town 7')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='recipe seed: head initialisation, batches, mining, augmentation')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--cache-dir', type=Path,
                         default=Path('~/.cache/vl_attention/training').expanduser())
@@ -251,7 +254,7 @@ def main():
         for family in args.families:
             rows.append(run_family(family, args.cache_dir, work_dir, test, steps=args.steps,
                                    epochs=args.epochs, lr=args.lr, copies=args.copies,
-                                   towns=args.towns))
+                                   towns=args.towns, seed=args.seed))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -261,7 +264,7 @@ def main():
               'test_queries_per_condition': {
                   str(name): int(count) for name, count in zip(*np.unique(
                       test.conditions[test.roles == 'query'], return_counts=True))},
-              'steps': args.steps, 'epochs': args.epochs,
+              'steps': args.steps, 'epochs': args.epochs, 'seed': args.seed,
               'lr': args.lr, 'augment_copies': args.copies,
               'training_towns': [7] + args.towns, 'rows': rows}
     atomic_write_text(args.out, json.dumps(report, indent=2))
