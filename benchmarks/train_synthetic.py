@@ -45,9 +45,9 @@ from vl_attention.config import frozen_mapping
 from vl_attention.engine.availability import probe_availability
 from vl_attention.io import atomic_write_text
 from vl_attention.models import build_model, load_model_config
-from vl_attention.training.config import DatasetSpec, load_recipe, model_config
+from vl_attention.training.config import DatasetSpec, load_recipe
 from vl_attention.training.data import load_training_data
-from vl_attention.training.loop import fit, initialise_head
+from vl_attention.training.loop import fit, initial_model, initialise_head
 from vl_attention.training.sources import load_dataset
 from vl_attention.training.sources.base import concatenate, shift_apart
 from vl_attention.training.validation import evaluate_retrieval, retrieval_set
@@ -166,8 +166,7 @@ def starting_scores(cfg, test):
     NetVLAD-type heads start from k-means centroids, which alone can beat GeM;
     this column separates that from what training adds.
     """
-    torch.manual_seed(cfg.seed)
-    model = build_model(replace(model_config(cfg), whitening_dim=0))
+    model = initial_model(cfg, torch.device('cpu'))
     if cfg.fit_netvlad_centroids:
         images = load_training_data(cfg, model.preprocessing).images
         initialise_head(model, images, device=torch.device('cpu'))

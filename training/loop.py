@@ -115,11 +115,17 @@ def uses_amp(cfg, context):
     return cfg.mixed_precision and context.device.type == 'cuda'
 
 
-def _build(cfg, context, artifacts):
+def initial_model(cfg, device):
+    """Build the recipe's model as a run does, seeded, before :func:`initialise_head`.
+
+    PCA-whitening is left out: it is fitted after training, on the trained descriptors.
+    """
     torch.manual_seed(cfg.seed)
-    config = model_config(cfg)
-    # PCA-whitening is fitted after training, on the trained descriptors
-    model = build_model(replace(config, whitening_dim=0)).to(context.device)
+    return build_model(replace(model_config(cfg), whitening_dim=0)).to(device)
+
+
+def _build(cfg, context, artifacts):
+    model = initial_model(cfg, context.device)
     data = load_training_data(cfg, model.preprocessing)
     loss = LOSSES.create(cfg.loss.name, **cfg.loss.options).to(context.device)
     features = None

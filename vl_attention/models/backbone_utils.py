@@ -135,10 +135,11 @@ class StagedBackbone(nn.Module):
 
     def forward_from_frozen(self, frozen):
         """Every tap from :meth:`frozen_features` of the same images: runs the later stages."""
-        trainable = self._stages[len(self._untrained_prefix()):]
+        prefix = self._untrained_prefix()
+        trainable = self._stages[len(prefix):]
         if not trainable:
             return dict(frozen)
-        return {**frozen, **_run_stages(trainable, frozen[self.frozen_tap])}
+        return {**frozen, **_run_stages(trainable, frozen[prefix[-1].tap])}
 
 
 def _run_stages(stages, x):
