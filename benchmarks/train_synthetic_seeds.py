@@ -37,7 +37,7 @@ def rows_by_seed(paths):
     """
     if not paths:
         raise ValueError('no result files given')
-    runs = [json.loads(Path(path).read_text()) for path in paths]
+    runs = [_read_result(path) for path in paths]
     by_seed = {}
     for path, run in zip(paths, runs):
         changed = [key for key in SETUP_KEYS if run.get(key) != runs[0].get(key)]
@@ -53,6 +53,16 @@ def rows_by_seed(paths):
     return dict(sorted(by_seed.items()))
 
 
+def _read_result(path):
+    try:
+        run = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f'cannot read benchmark result {path}: {error}') from None
+    if not isinstance(run, dict) or not isinstance(run.get('rows'), list):
+        raise ValueError(f'{path} is not a result of benchmarks/train_synthetic.py (no rows)')
+    return run
+
+
 def seed_spread(by_seed):
     """Per family of every seed: baseline, and per kind mean / min / max Recall@1."""
     seeds = list(by_seed.values())
@@ -60,6 +70,9 @@ def seed_spread(by_seed):
     summary = {}
     for family in families:
         rows = [rows[family] for rows in seeds]
+        if any(row['baseline'] != rows[0]['baseline'] for row in rows):
+            raise ValueError(f'{family}: the untrained baseline differs between seeds, so the '
+                             f'runs measured different code or data; rerun them together')
         summary[family] = {}
         for condition in CONDITIONS:
             baseline = rows[0]['baseline'][condition]['recall_at_1']
@@ -97,9 +110,12 @@ def main():
         *sorted(RESULTS.glob('train_synthetic_seed[0-9]*.json'))])
     parser.add_argument('--out', type=Path, default=RESULTS / 'train_synthetic_seeds.json')
     args = parser.parse_args()
-    by_seed = rows_by_seed(args.results)
+    try:
+        by_seed = rows_by_seed(args.results)
+        summary = seed_spread(by_seed)
+    except ValueError as error:
+        parser.error(str(error))
     seeds = list(by_seed)
-    summary = seed_spread(by_seed)
     print_table(summary, seeds)
     atomic_write_text(args.out, json.dumps(
         {'seeds': seeds, 'files': [path.name for path in args.results], 'families': summary},

@@ -70,3 +70,17 @@ def test_seed_spread_refuses_another_setup_and_a_family_measured_twice(tmp_path,
         seeds_module.rows_by_seed([first, again])
     with pytest.raises(ValueError, match='no result files'):
         seeds_module.rows_by_seed([])
+    (tmp_path / 'broken.json').write_text('{"rows": [')
+    with pytest.raises(ValueError, match='cannot read benchmark result .*broken.json'):
+        seeds_module.rows_by_seed([first, tmp_path / 'broken.json'])
+    (tmp_path / 'other.json').write_text('{"seed": 3}')
+    with pytest.raises(ValueError, match='not a result of benchmarks/train_synthetic.py'):
+        seeds_module.rows_by_seed([tmp_path / 'other.json'])
+
+
+def test_seed_spread_refuses_seeds_whose_untrained_baseline_differs(tmp_path, seeds_module):
+    files = [_write(tmp_path / 'a.json', [_row('crn', (0.5, 0.9), (0.4, 0.8))]),
+             _write(tmp_path / 'b.json', [_row('crn', (0.5, 0.9), (0.4, 0.8), (0.2, 0.5))],
+                    seed=1)]
+    with pytest.raises(ValueError, match='crn: the untrained baseline differs'):
+        seeds_module.seed_spread(seeds_module.rows_by_seed(files))
