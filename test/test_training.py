@@ -313,6 +313,27 @@ def test_a_partly_frozen_trunk_trains_the_same_on_cached_features(place_splits):
     assert all(torch.equal(weights[key], start[key]) for key in stride16)  # frozen
 
 
+def test_evaluation_passes_give_every_module_its_own_mode_back():
+    # model.train(was_training) after an evaluation pass would put a trunk frozen from outside
+    # (requires_grad_(False)) back into training mode: its BatchNorm would normalise with batch
+    # statistics and update its running ones
+    from vl_attention.models.modes import evaluating
+    from vl_attention.models.netvlad import sample_local_features
+    from vl_attention.training.trainer import cache_backbone_features, predict, set_training_mode
+    model = _build('resnet18_gem', effnet_taps=('stride16',))
+    set_training_mode(model)
+    modes = {name: module.training for name, module in model.named_modules()}
+    assert not modes['backbone'] and modes['aggregator']
+    images = torch.randn(2, 3, HEIGHT, WIDTH)
+    with evaluating(model):
+        assert not any(module.training for module in model.modules())
+    predict(model, images)
+    cache_backbone_features(model, images)
+    sample_local_features(model, [images])
+    model.head_descriptor_dim()
+    assert {name: module.training for name, module in model.named_modules()} == modes
+
+
 def test_trainable_trunk_stages_learn_at_the_scaled_rate():
     model = _partly_frozen_effnet(weights='none')
     loss = LOSSES.create('triplet')

@@ -21,6 +21,7 @@ import torch
 
 from vl_attention.config import ConfigError
 from vl_attention.evaluation.metrics import recall_at_n
+from vl_attention.models.modes import evaluating
 from vl_attention.models.pose_attention import pose_errors_from_poses
 from vl_attention.training.config import OptimizerConfig
 
@@ -76,11 +77,9 @@ def cache_backbone_features(model, images, *, batch_size=32, device=None):
     """
     backbone = model.backbone
     keep = set(model.taps) | ({backbone.frozen_tap} if not backbone_is_frozen(model) else set())
-    was_training = backbone.training
-    backbone.eval()
-    chunks = [backbone.frozen_features(images[start:start + batch_size].to(device))
-              for start in range(0, len(images), batch_size)]
-    backbone.train(was_training)
+    with evaluating(backbone):
+        chunks = [backbone.frozen_features(images[start:start + batch_size].to(device))
+                  for start in range(0, len(images), batch_size)]
     return {tap: torch.cat([chunk[tap] for chunk in chunks]) for tap in chunks[0] if tap in keep}
 
 
@@ -155,13 +154,9 @@ def train_steps(model, dataset, *, loss, steps, batch_size, lr, seed, weight_dec
 @torch.no_grad()
 def predict(model, images, *, batch_size=32):
     """Return descriptors and poses (or None) of all images as arrays, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         outputs = [model.outputs(images[start:start + batch_size])
                    for start in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
     descriptors = torch.cat([output.descriptor for output in outputs]).numpy()
     poses = None
     if outputs and outputs[0].pose is not None:

@@ -17,6 +17,7 @@ import torch
 
 from vl_attention.evaluation.evaluate_vpr import retrieve
 from vl_attention.evaluation.metrics import retrieval_metrics
+from vl_attention.models.modes import evaluating
 from vl_attention.training.sampling import ImageRows
 from vl_attention.training.sources.base import DatasetLayoutError
 
@@ -66,13 +67,9 @@ def retrieval_set(dataset, preprocessing, *, positive_distance_m, preload, name=
 def embed_rows(model, images, *, device, rows=None, batch_size=32):
     """Descriptors ``(N, D)`` float32 of an :class:`ImageRows` (all or ``rows``), in eval mode."""
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         chunks = [model.outputs(tensors.to(device)).descriptor.float().cpu()
                   for _, tensors in images.chunks(rows, batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(chunks).numpy().astype(np.float32)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from vl_attention.config import ConfigError, config_search_dirs, find_config_file, \
     frozen_mapping, load_config
 from vl_attention.engine.preprocess import Preprocessing
+from vl_attention.models.modes import evaluating
 from vl_attention.models.outputs import as_model_output
 from vl_attention.models.registry import AGGREGATORS, BACKBONES
 from vl_attention.models.weights import read_state_dict, WeightsError
@@ -101,12 +102,8 @@ class DescriptorModel(nn.Module):
         """Length of the head's descriptor before any whitening, by a pass at the input size."""
         prep = self.preprocessing
         probe = torch.zeros(1, 3, prep.input_height, prep.input_width)
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return int(self._head_output(self.backbone(probe), probe, {}).descriptor.shape[-1])
-        finally:
-            self.train(was_training)
 
     def descriptor_dim(self):
         """Length D of the descriptor (the whitened size when PCA-whitening is set)."""

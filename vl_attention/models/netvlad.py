@@ -25,6 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from vl_attention.models.modes import evaluating
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
 
@@ -178,10 +179,8 @@ def sample_local_features(model, image_batches, *, per_image=64, max_features=50
     in all; the result feeds :meth:`NetVLAD.initialise_centroids`.
     """
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
     samples, count = [], 0
-    try:
+    with evaluating(model):
         for images in image_batches:
             tap = model.backbone(images)[model.taps[0]]
             for local in tap.flatten(2).transpose(1, 2):          # (H*W, C) per image
@@ -190,8 +189,6 @@ def sample_local_features(model, image_batches, *, per_image=64, max_features=50
                 count += len(rows)
             if count >= max_features:
                 break
-    finally:
-        model.train(was_training)
     if not samples:
         raise ValueError('no images to sample local features from')
     return torch.cat(samples)[:max_features].numpy().astype(np.float32)
