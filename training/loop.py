@@ -31,6 +31,7 @@ from torch import nn
 from vl_attention.config import ConfigError, to_dict
 from vl_attention.engine.model_card import weights_sha256
 from vl_attention.models import build_model
+from vl_attention.models.modes import evaluating
 from vl_attention.training import distributed
 from vl_attention.training.checkpoint import (load_checkpoint, restore_rng_state, rng_state,
                                               save_checkpoint)
@@ -171,8 +172,7 @@ def initialise_head(model, images, *, device):
 def _embed_training_rows(run, rows):
     """Descriptors of training rows with the current weights (eval mode, no gradients)."""
     model = run.model
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         chunks = []
         for start in range(0, len(rows), 64):
             chunk = rows[start:start + 64]
@@ -184,7 +184,6 @@ def _embed_training_rows(run, rows):
                 output = outputs_from_cache(
                     model, {tap: value[index] for tap, value in run.features.items()}, images)
             chunks.append(output.descriptor.float().cpu())
-    set_training_mode(model)
     return torch.cat(chunks).numpy()
 
 
@@ -238,7 +237,6 @@ def validate(run):
         return None
     result = evaluate_retrieval(run.model, run.data.held_out, n_values=run.cfg.recall_n,
                                 device=run.context.device)
-    set_training_mode(run.model)
     return dict(result, step=run.step, epoch=run.step // run.cfg.steps_per_epoch)
 
 
