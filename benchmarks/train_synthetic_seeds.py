@@ -37,7 +37,7 @@ def rows_by_seed(paths):
     """
     if not paths:
         raise ValueError('no result files given')
-    runs = [_read_result(path) for path in paths]
+    runs = [read_result(path) for path in paths]
     by_seed = {}
     for path, run in zip(paths, runs):
         changed = [key for key in SETUP_KEYS if run.get(key) != runs[0].get(key)]
@@ -53,7 +53,28 @@ def rows_by_seed(paths):
     return dict(sorted(by_seed.items()))
 
 
-def _read_result(path):
+def replace_rows(previous, report):
+    """``previous`` result with ``report``'s family rows in place of its own (others kept).
+
+    Both must come from one setup and seed: ``train_synthetic.py --update``
+    re-measures some families (e.g. after a change to their head) into an
+    existing result file. The families re-measured are appended to ``updated``.
+    """
+    changed = [key for key in (*SETUP_KEYS, 'seed')
+               if previous.get(key, 0 if key == 'seed' else None)
+               != report.get(key, 0 if key == 'seed' else None)]
+    if changed:
+        raise ValueError(f'the existing result was measured with another setup or seed '
+                         f'(differs in {changed}); write to a new --out instead of --update')
+    new_rows = {row['family']: row for row in report['rows']}
+    rows = [new_rows.pop(row['family'], row) for row in previous['rows']]
+    return {**previous, 'rows': rows + list(new_rows.values()),
+            'updated': [*previous.get('updated', []), sorted(row['family']
+                                                             for row in report['rows'])]}
+
+
+def read_result(path):
+    """One result file of ``benchmarks/train_synthetic.py``; a clear error if it is not one."""
     try:
         run = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:

@@ -84,3 +84,24 @@ def test_seed_spread_refuses_seeds_whose_untrained_baseline_differs(tmp_path, se
                     seed=1)]
     with pytest.raises(ValueError, match='crn: the untrained baseline differs'):
         seeds_module.seed_spread(seeds_module.rows_by_seed(files))
+
+
+def test_update_replaces_the_remeasured_families_and_refuses_another_setup(seeds_module):
+    previous = {**SETUP, 'seed': 1, 'rows': [_row('netvlad', (0.5, 0.9), (0.4, 0.8)),
+                                             _row('haf', (0.1, 0.3), (0.1, 0.4))]}
+    report = {**SETUP, 'seed': 1, 'rows': [_row('haf', (0.3, 0.9), (0.2, 0.8)),
+                                           _row('crn', (0.4, 0.9), (0.4, 0.9))]}
+    merged = seeds_module.replace_rows(previous, report)
+    assert [row['family'] for row in merged['rows']] == ['netvlad', 'haf', 'crn']
+    assert merged['rows'][0] == previous['rows'][0]
+    assert merged['rows'][1] == report['rows'][0]
+    assert merged['updated'] == [['crn', 'haf']]
+    assert seeds_module.replace_rows(merged, report)['updated'] == [['crn', 'haf']] * 2
+    with pytest.raises(ValueError, match=r"differs in \['seed'\].*new --out"):
+        seeds_module.replace_rows(previous, {**report, 'seed': 2})
+    with pytest.raises(ValueError, match=r"differs in \['steps'\]"):
+        seeds_module.replace_rows(previous, {**report, 'steps': 300})
+    # a result without 'seed' is seed 0
+    assert seeds_module.replace_rows({**previous, 'seed': 0}, {
+        key: value for key, value in report.items() if key != 'seed'})['rows'][1] == \
+        report['rows'][0]

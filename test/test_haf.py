@@ -1,12 +1,22 @@
 """Hierarchical attention fusion (Yan et al., ICASSP 2021): levels, detector and HAFLoss."""
 
+import csv
+import dataclasses
+import io
+
+import cv2
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vl_attention.models import load_model_config, ModelOutput
+from vl_attention.models import build_model, load_model_config, ModelOutput
 from vl_attention.models.haf import HAFLoss, HierarchicalAttentionFusion, LEVELS, \
     weighted_local_distance
+from vl_attention.training.loop import initialise_head
+from vl_attention.training.sampling import ImageRows
+from vl_attention.training.sources import load_dataset
 
 CHANNELS = {'conv3': 8, 'conv4': 12, 'conv5': 16}
 SIZES = {'conv3': (16, 20), 'conv4': (8, 10), 'conv5': (4, 5)}
@@ -130,3 +140,125 @@ def test_haf_loss_trains_the_head_and_names_bad_input():
 def test_presets_use_the_papers_levels():
     assert load_model_config('haf_vgg16').taps == ('conv3_2', 'conv4_3', 'conv5_3')
     assert load_model_config('haf_resnet18').taps == ('layer2', 'layer3', 'layer4')
+
+
+def test_netvlad_level_pooling_weights_each_soft_assignment_by_the_spatial_attention():
+    model = head(level_pooling='netvlad', clusters=3).eval()
+    features = level_features()
+    with torch.no_grad():
+        output = model(features)
+    assert output.descriptor.shape == (2, 3 * 3 * 6)
+    torch.testing.assert_close(output.descriptor.norm(dim=-1), torch.ones(2))
+    for tap, level, level_head in zip(CHANNELS, LEVELS, model.levels):
+        local = output.extras[f'local_descriptors_{level}'].flatten(2)          # (B, D, N)
+        attention = output.attention[f'spatial_{tap}'].flatten(1)               # (B, N)
+        vlad = level_head.vlad
+        logits = torch.einsum('kd,bdn->bkn', vlad.assignment.weight[:, :, 0, 0], local)
+        assignment = (logits + vlad.assignment.bias[None, :, None]).softmax(dim=1)
+        weights = assignment * attention[:, None]                               # (B, K, N)
+        residuals = torch.stack([
+            torch.einsum('bn,bdn->bd', weights[:, k], local - vlad.centroids[k][None, :, None])
+            for k in range(3)], dim=1)                                          # (B, K, D)
+        expected = F.normalize(F.normalize(residuals, dim=-1).flatten(1), dim=-1)
+        torch.testing.assert_close(output.extras[f'global_{level}'], expected,
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_netvlad_levels_start_from_kmeans_of_their_projected_local_descriptors():
+    model = head(level_pooling='netvlad', clusters=3)
+    generator = torch.Generator().manual_seed(1)
+    # per tap: 3 tight groups of raw features; projected and normalised they stay 3 groups
+    means = {tap: 3.0 * torch.randn(3, channels, generator=generator)
+             for tap, channels in CHANNELS.items()}
+    samples = {tap: (means[tap].repeat(40, 1)
+                     + 0.01 * torch.randn(120, CHANNELS[tap], generator=generator)).numpy()
+               for tap in CHANNELS}
+    centroids = model.initialise_centroids(samples)
+    for tap, level_head in zip(CHANNELS, model.levels):
+        with torch.no_grad():
+            group_means = F.normalize(level_head.projection(means[tap][:, :, None, None])
+                                      [:, :, 0, 0], dim=-1)
+        distances = torch.cdist(torch.as_tensor(centroids[tap]), group_means)
+        assert sorted(distances.argmin(dim=1).tolist()) == [0, 1, 2]
+        assert distances.min(dim=1).values.max() < 0.05
+        torch.testing.assert_close(level_head.vlad.centroids, torch.as_tensor(centroids[tap]))
+
+
+def test_netvlad_level_pooling_names_bad_options_and_missing_taps():
+    with pytest.raises(ValueError, match='level_pooling must be one of'):
+        head(level_pooling='max')
+    with pytest.raises(ValueError, match='clusters must be >= 1'):
+        head(level_pooling='netvlad', clusters=0)
+    with pytest.raises(ValueError, match='only level_pooling: netvlad has centroids'):
+        head().initialise_centroids({})
+    with pytest.raises(ValueError, match=r"missing \['conv5'\]"):
+        head(level_pooling='netvlad').initialise_centroids(
+            {tap: np.zeros((8, CHANNELS[tap]), np.float32) for tap in ('conv3', 'conv4')})
+
+
+def _noise_images(root, count=24, height=64, width=80):
+    """Write a folder + CSV dataset of random images 5 m apart; return it loaded."""
+    (root / 'images').mkdir()
+    generator = np.random.default_rng(0)
+    with (root / 'poses.csv').open('w', newline='') as stream:
+        writer = csv.writer(stream)
+        writer.writerow(['image', 'stamp_ns', 'x_m', 'y_m', 'z_m'])
+        for index in range(count):
+            name = f'{index:03d}.png'
+            cv2.imwrite(str(root / 'images' / name),
+                        generator.integers(0, 256, (height, width, 3), dtype=np.uint8))
+            writer.writerow([name, index, 5.0 * index, 0.0, 0.0])
+    return load_dataset('folder_csv', root=root)
+
+
+def _small_haf(level_pooling='netvlad', height=64, width=80):
+    """haf_resnet18, small, random weights; NetVLAD levels have K = 4."""
+    config = dataclasses.replace(
+        load_model_config('haf_resnet18'), input_height=height, input_width=width,
+        aggregator_options={'local_dim': 8, 'attention_hidden': 4,
+                            'level_pooling': level_pooling, 'clusters': 4})
+    torch.manual_seed(0)
+    return build_model(config)
+
+
+def test_netvlad_level_pooling_trains_the_attention_and_exports_to_onnx():
+    model = _small_haf()
+    assert model.descriptor_dim() == 3 * 4 * 8
+    images = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    model.outputs(images).descriptor[:, :5].sum().backward()
+    for name, parameter in model.aggregator.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        expected = model(images).numpy()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (images[:1],), buffer, dynamo=False, opset_version=17,
+                      input_names=['images'], output_names=['descriptors'],
+                      dynamic_axes={'images': {0: 'batch'}, 'descriptors': {0: 'batch'}})
+    session = onnxruntime.InferenceSession(buffer.getvalue(),
+                                           providers=['CPUExecutionProvider'])
+    actual = session.run(None, {'images': images.numpy()})[0]
+    assert actual.shape == expected.shape == (2, 96)
+    assert np.abs(actual - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize('level_pooling', ['attention', 'netvlad'])
+def test_a_run_starts_netvlad_levels_from_kmeans_and_leaves_the_mean_form_alone(
+        tmp_path, level_pooling):
+    model = _small_haf(level_pooling)
+    images = ImageRows(_noise_images(tmp_path), model.preprocessing, preload=True)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    initialise_head(model, images, device=torch.device('cpu'))
+    changed = {name for name, value in model.state_dict().items()
+               if not torch.equal(value, before[name])}
+    if level_pooling == 'attention':
+        assert changed == set()
+        return
+    levels = model.aggregator.levels
+    assert changed == {f'aggregator.levels.{index}.vlad.{name}' for index in range(3)
+                       for name in ('centroids', 'assignment.weight', 'assignment.bias')}
+    for level in levels:
+        # k-means centroids are means of unit local descriptors (the random start is not)
+        assert level.vlad.centroids.norm(dim=1).max() <= 1.0 + 1e-5
+        torch.testing.assert_close(level.vlad.assignment.weight[:, :, 0, 0],
+                                   2.0 * level.vlad.alpha * level.vlad.centroids)

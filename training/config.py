@@ -143,7 +143,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 50
     recall_n: tuple = (1, 5, 10)
     cache_backbone_features: bool = True   # frozen (first) stages: features once
-    fit_netvlad_centroids: bool = True     # k-means init of NetVLAD/CRN heads before training
+    fit_netvlad_centroids: bool = True     # k-means init of NetVLAD/CRN (HAF netvlad) centroids
     find_unused_parameters: bool = False   # DistributedDataParallel option
     export: bool = True                    # ONNX + model card at the end
     log_every_steps: int = 10

@@ -155,16 +155,19 @@ def _build(cfg, context, artifacts):
 def initialise_head(model, images, *, device):
     """Initialise NetVLAD-style centroids by k-means over local features of training images.
 
-    Uses the first 1000 ``images`` (:class:`~.sampling.ImageRows`); other heads are left as
-    they are. This is how a run starts, before its epoch-0 validation.
+    Uses the first 1000 ``images`` (:class:`~.sampling.ImageRows`); heads without centroids
+    are left as they are (HAF has them with ``level_pooling: netvlad``). This is how a run
+    starts, before its epoch-0 validation.
     """
     aggregator = model.aggregator
-    if not hasattr(aggregator, 'initialise_centroids'):
+    if not getattr(aggregator, 'uses_centroids', False):
         return
-    from vl_attention.models.netvlad import sample_local_features
+    from vl_attention.models.netvlad import sample_local_features, sample_tap_features
     rows = np.arange(min(len(images), 1000))
     batches = (tensors.to(device) for _, tensors in images.chunks(rows))
-    aggregator.initialise_centroids(sample_local_features(model, batches))
+    sample = sample_tap_features if getattr(aggregator, 'multi_level', False) \
+        else sample_local_features
+    aggregator.initialise_centroids(sample(model, batches))
     LOGGER.info('initialised %s centroids by k-means on %d training images',
                 type(aggregator).__name__, len(rows))
 

@@ -10,7 +10,16 @@ conv5_3) with features ``X_l``:
   ``s_ij = sum_c ReLU(P_ij^c)``, normalised per image so ``sum_ij s_ij = 1``;
 * spatial attention over regions: a small conv net gives a positive map
   ``a_ij = softplus(f(X_l)_ij)``, normalised over space (``sum_ij a_ij = 1``);
-* level descriptor ``g_l = L2(sum_ij a_ij d_ij)``.
+* level descriptor, by ``level_pooling``: ``'attention'`` (default)
+  ``g_l = L2(sum_ij a_ij d_ij)``, the attention-weighted mean; or
+  ``'netvlad'``: NetVLAD over the local descriptors with each position's soft
+  assignment weighted by ``a_ij`` (as CRN reweights NetVLAD),
+  ``g_l = NetVLAD(d; a)``, ``K * D`` values. Its centroids start from k-means
+  over projected local descriptors (:meth:`HierarchicalAttentionFusion.
+  initialise_centroids`). The brief we follow does not fix the level
+  aggregation; on a frozen trunk trained on day images only, the mean loses to
+  plain GeM under night and fog while the NetVLAD form beats it (README,
+  Training).
 
 Fusion (our choice among the paper's options): ``g = L2([w_low g_low;
 w_mid g_mid; w_high g_high])`` with learnable positive level weights
@@ -31,10 +40,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from vl_attention.models.netvlad import NetVLAD
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
 
 LEVELS = ('low', 'mid', 'high')
+LEVEL_POOLINGS = ('attention', 'netvlad')
 # softplus(SOFTPLUS_ONE) == 1: the level weights start equal.
 SOFTPLUS_ONE = math.log(math.e - 1.0)
 
@@ -46,52 +57,77 @@ def normalise_over_space(maps, eps=1e-6):
 
 
 class LevelHead(nn.Module):
-    """One level: coupled local descriptor / detector and spatial attention over regions."""
+    """One level: coupled local descriptor / detector and spatial attention over regions.
 
-    def __init__(self, *, in_channels, local_dim, attention_hidden):
+    ``vlad`` is the level's NetVLAD when it pools with ``'netvlad'``, else None.
+    """
+
+    def __init__(self, *, in_channels, local_dim, attention_hidden, pooling, clusters):
         super().__init__()
         self.projection = nn.Conv2d(in_channels, local_dim, 1)
         self.spatial_attention = nn.Sequential(
             nn.Conv2d(in_channels, attention_hidden, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(attention_hidden, 1, 1))
+        self.vlad = NetVLAD(in_channels=local_dim, clusters=clusters) \
+            if pooling == 'netvlad' else None
 
     def forward(self, features):
-        """Return ``(global (B, D), local (B, D, h, w), detection (B, h, w), attention)``."""
+        """Return ``(global, local (B, D, h, w), detection (B, h, w), attention (B, h, w))``."""
         projected = self.projection(features)
         local = F.normalize(projected, p=2, dim=1)
         detection = normalise_over_space(F.relu(projected).sum(dim=1))
         attention = normalise_over_space(F.softplus(self.spatial_attention(features))[:, 0])
-        pooled = (local * attention[:, None]).sum(dim=(-2, -1))
-        return F.normalize(pooled, p=2, dim=-1), local, detection, attention
+        if self.vlad is None:
+            pooled = F.normalize((local * attention[:, None]).sum(dim=(-2, -1)), p=2, dim=-1)
+        else:
+            pooled = self.vlad.aggregate(local, self.vlad.soft_assignment(local)
+                                         * attention[:, None])
+        return pooled, local, detection, attention
+
+    @torch.no_grad()
+    def local_descriptors(self, features):
+        """Projected local descriptors ``(N, D)`` of raw tap features ``(N, C)``."""
+        projection = self.projection.weight
+        features = torch.as_tensor(features, dtype=projection.dtype, device=projection.device)
+        return self.projection(features[:, :, None, None])[:, :, 0, 0].cpu().numpy()
 
 
 @AGGREGATORS.register('haf')
 class HierarchicalAttentionFusion(nn.Module):
     """HAF head (Yan et al., ICASSP 2021) over three taps ordered shallow -> deep; see module doc.
 
-    Options: ``local_dim`` (local descriptor size per level; the descriptor
-    has ``3 * local_dim`` values) and ``attention_hidden`` (width of the
-    spatial-attention conv).
+    Options: ``local_dim`` (local descriptor size D per level),
+    ``attention_hidden`` (width of the spatial-attention conv),
+    ``level_pooling`` (``'attention'``: the descriptor has ``3 * D`` values;
+    ``'netvlad'``: ``3 * clusters * D``) and ``clusters`` (K of each level's
+    NetVLAD).
     """
 
     multi_level = True
 
-    def __init__(self, *, in_channels, local_dim=128, attention_hidden=64):
+    def __init__(self, *, in_channels, local_dim=128, attention_hidden=64,
+                 level_pooling='attention', clusters=16):
         super().__init__()
         if len(in_channels) != len(LEVELS):
             raise ValueError(f'haf fuses exactly three levels (taps ordered low, mid, high); '
                              f'the preset gives taps {list(in_channels)}')
-        if local_dim < 1 or attention_hidden < 1:
-            raise ValueError(f'local_dim and attention_hidden must be >= 1, got {local_dim}, '
-                             f'{attention_hidden}')
+        if local_dim < 1 or attention_hidden < 1 or clusters < 1:
+            raise ValueError(f'local_dim, attention_hidden and clusters must be >= 1, got '
+                             f'{local_dim}, {attention_hidden}, {clusters}')
+        if level_pooling not in LEVEL_POOLINGS:
+            raise ValueError(f'haf level_pooling must be one of {list(LEVEL_POOLINGS)}, got '
+                             f'{level_pooling!r}')
         self.taps = tuple(in_channels)
         self.levels = nn.ModuleList(
             LevelHead(in_channels=channels, local_dim=local_dim,
-                      attention_hidden=attention_hidden) for channels in in_channels.values())
+                      attention_hidden=attention_hidden, pooling=level_pooling,
+                      clusters=clusters) for channels in in_channels.values())
         self.level_weights = nn.Parameter(torch.full((len(LEVELS),), SOFTPLUS_ONE))
+        # k-means starts the levels' NetVLAD centroids (training.loop.initialise_head)
+        self.uses_centroids = level_pooling == 'netvlad'
 
     def forward(self, features):
-        """Fuse ``{tap: (B, C_l, h_l, w_l)}`` into a unit-norm ``(B, 3 local_dim)`` descriptor."""
+        """Fuse ``{tap: (B, C_l, h_l, w_l)}`` into a unit-norm descriptor (see the options)."""
         weights = F.softplus(self.level_weights)
         parts, attention, extras = [], {}, {}
         for index, (tap, level, head) in enumerate(zip(self.taps, LEVELS, self.levels)):
@@ -104,6 +140,24 @@ class HierarchicalAttentionFusion(nn.Module):
             extras[f'global_{level}'] = level_global
         descriptor = F.normalize(torch.cat(parts, dim=-1), p=2, dim=-1)
         return ModelOutput(descriptor=descriptor, attention=attention, extras=extras)
+
+    def initialise_centroids(self, tap_features, **kmeans_options):
+        """Set each level's NetVLAD centroids by k-means over its projected local descriptors.
+
+        ``tap_features``: raw features ``{tap: (N, C_tap)}`` of every tap (e.g.
+        from :func:`~vl_attention.models.netvlad.sample_tap_features`);
+        ``kmeans_options`` go to :meth:`NetVLAD.initialise_centroids`. Returns
+        ``{tap: (K, D) centroids}``.
+        """
+        if not self.uses_centroids:
+            raise ValueError('haf: only level_pooling: netvlad has centroids to initialise')
+        missing = sorted(set(self.taps) - set(tap_features))
+        if missing:
+            raise ValueError(f'haf: k-means needs local features of every tap; missing '
+                             f'{missing}')
+        return {tap: head.vlad.initialise_centroids(head.local_descriptors(tap_features[tap]),
+                                                    **kmeans_options)
+                for tap, head in zip(self.taps, self.levels)}
 
 
 def weighted_local_distance(local_x, detection_x, local_y, detection_y, eps=1e-12):

@@ -42,6 +42,8 @@ class NetVLAD(nn.Module):
     as ``attention['assignment']`` ``(B, K, H, W)``.
     """
 
+    uses_centroids = True   # k-means starts them (training.loop.initialise_head)
+
     def __init__(self, *, in_channels, clusters=64, alpha=100.0, normalize_input=True):
         super().__init__()
         if clusters < 1 or alpha <= 0:
@@ -169,26 +171,42 @@ class ContextualReweighting(nn.Module):
 
 
 @torch.no_grad()
+def sample_tap_features(model, image_batches, *, per_image=64, max_features=50_000,
+                        seed=1234):
+    """Sample raw local features ``{tap: (N, C_tap)}`` from every tap of a model over batches.
+
+    ``model`` is a :class:`~vl_attention.models.descriptor.DescriptorModel`;
+    ``image_batches`` yields normalised ``(B, 3, H, W)`` tensors. Up to
+    ``per_image`` positions are drawn from each image and tap, at most
+    ``max_features`` per tap (sampling stops once the first tap has them). The
+    result feeds ``initialise_centroids`` of NetVLAD-type heads.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    samples = {tap: [] for tap in model.taps}
+    count = 0
+    with evaluating(model):
+        for images in image_batches:
+            features = model.backbone(images)
+            for tap in model.taps:
+                for local in features[tap].flatten(2).transpose(1, 2):   # (H*W, C) per image
+                    rows = torch.randperm(len(local), generator=generator)[:per_image]
+                    samples[tap].append(local[rows])
+            count = sum(len(local) for local in samples[model.taps[0]])
+            if count >= max_features:
+                break
+    if not count:
+        raise ValueError('no images to sample local features from')
+    return {tap: torch.cat(local)[:max_features].cpu().numpy().astype(np.float32)
+            for tap, local in samples.items()}
+
+
+@torch.no_grad()
 def sample_local_features(model, image_batches, *, per_image=64, max_features=50_000,
                           seed=1234):
     """Sample raw local features ``(N, C)`` from a model's head tap over image batches.
 
-    ``model`` is a :class:`~vl_attention.models.descriptor.DescriptorModel`;
-    ``image_batches`` yields normalised ``(B, 3, H, W)`` tensors. Up to
-    ``per_image`` positions are drawn from each image, at most ``max_features``
-    in all; the result feeds :meth:`NetVLAD.initialise_centroids`.
+    The first tap of :func:`sample_tap_features`; the result feeds
+    :meth:`NetVLAD.initialise_centroids`.
     """
-    generator = torch.Generator().manual_seed(seed)
-    samples, count = [], 0
-    with evaluating(model):
-        for images in image_batches:
-            tap = model.backbone(images)[model.taps[0]]
-            for local in tap.flatten(2).transpose(1, 2):          # (H*W, C) per image
-                rows = torch.randperm(len(local), generator=generator)[:per_image]
-                samples.append(local[rows])
-                count += len(rows)
-            if count >= max_features:
-                break
-    if not samples:
-        raise ValueError('no images to sample local features from')
-    return torch.cat(samples)[:max_features].numpy().astype(np.float32)
+    return sample_tap_features(model, image_batches, per_image=per_image,
+                               max_features=max_features, seed=seed)[model.taps[0]]
