@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from benchmarks.embed_latency import hardware
-from benchmarks.train_synthetic_seeds import read_result, replace_rows
+from benchmarks.train_synthetic_seeds import check_replaceable, read_result, replace_rows
 from vl_attention.config import frozen_mapping
 from vl_attention.engine.availability import probe_availability
 from vl_attention.io import atomic_write_text
@@ -269,7 +269,7 @@ def main():
     try:  # refuse another setup before training, not after
         previous = read_result(args.out) if args.update and args.out.exists() else None
         if previous is not None:
-            replace_rows(previous, report)
+            check_replaceable(previous, report)
     except ValueError as error:
         parser.error(str(error))
     work_dir = Path(tempfile.mkdtemp(prefix='train_synthetic_'))

@@ -40,32 +40,48 @@ def rows_by_seed(paths):
     runs = [read_result(path) for path in paths]
     by_seed = {}
     for path, run in zip(paths, runs):
-        changed = [key for key in SETUP_KEYS if run.get(key) != runs[0].get(key)]
+        changed = setup_differences(run, runs[0])
         if changed:
             raise ValueError(f'{path} was measured with another setup than {paths[0]} '
                              f'(differs in {changed}); rerun it with the same options')
-        rows = by_seed.setdefault(run.get('seed', 0), {})
+        rows = by_seed.setdefault(result_seed(run), {})
         for row in run['rows']:
             if row['family'] in rows:
-                raise ValueError(f'{path}: {row["family"]} seed {run.get("seed", 0)} is in '
+                raise ValueError(f'{path}: {row["family"]} seed {result_seed(run)} is in '
                                  f'two files; give each family and seed once')
             rows[row['family']] = row
     return dict(sorted(by_seed.items()))
 
 
-def replace_rows(previous, report):
-    """``previous`` result with ``report``'s family rows in place of its own (others kept).
+def setup_differences(run, other):
+    """Return the :data:`SETUP_KEYS` whose values differ between two results."""
+    return [key for key in SETUP_KEYS if run.get(key) != other.get(key)]
 
-    Both must come from one setup and seed: ``train_synthetic.py --update``
-    re-measures some families (e.g. after a change to their head) into an
-    existing result file. The families re-measured are appended to ``updated``.
-    """
-    changed = [key for key in (*SETUP_KEYS, 'seed')
-               if previous.get(key, 0 if key == 'seed' else None)
-               != report.get(key, 0 if key == 'seed' else None)]
+
+def result_seed(run):
+    """Return the recipe seed of a result (results older than ``--seed`` are seed 0)."""
+    return run.get('seed', 0)
+
+
+def check_replaceable(previous, report):
+    """Refuse to put ``report``'s rows into ``previous`` unless setup and seed are the same."""
+    changed = setup_differences(previous, report)
+    if result_seed(previous) != result_seed(report):
+        changed.append('seed')
     if changed:
         raise ValueError(f'the existing result was measured with another setup or seed '
                          f'(differs in {changed}); write to a new --out instead of --update')
+
+
+def replace_rows(previous, report):
+    """``previous`` result with ``report``'s family rows in place of its own (others kept).
+
+    Both must come from one setup and seed (:func:`check_replaceable`):
+    ``train_synthetic.py --update`` re-measures some families (e.g. after a
+    change to their head) into an existing result file. The families
+    re-measured are appended to ``updated``.
+    """
+    check_replaceable(previous, report)
     new_rows = {row['family']: row for row in report['rows']}
     rows = [new_rows.pop(row['family'], row) for row in previous['rows']]
     return {**previous, 'rows': rows + list(new_rows.values()),

@@ -123,8 +123,11 @@ class HierarchicalAttentionFusion(nn.Module):
                       attention_hidden=attention_hidden, pooling=level_pooling,
                       clusters=clusters) for channels in in_channels.values())
         self.level_weights = nn.Parameter(torch.full((len(LEVELS),), SOFTPLUS_ONE))
-        # k-means starts the levels' NetVLAD centroids (training.loop.initialise_head)
-        self.uses_centroids = level_pooling == 'netvlad'
+
+    @property
+    def uses_centroids(self):
+        """Whether the levels pool by NetVLAD, whose centroids k-means starts (initialise_head)."""
+        return self.levels[0].vlad is not None
 
     def forward(self, features):
         """Fuse ``{tap: (B, C_l, h_l, w_l)}`` into a unit-norm descriptor (see the options)."""

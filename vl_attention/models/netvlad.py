@@ -200,7 +200,6 @@ def sample_tap_features(model, image_batches, *, per_image=64, max_features=50_0
             for tap, local in samples.items()}
 
 
-@torch.no_grad()
 def sample_local_features(model, image_batches, *, per_image=64, max_features=50_000,
                           seed=1234):
     """Sample raw local features ``(N, C)`` from a model's head tap over image batches.
