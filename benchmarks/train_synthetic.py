@@ -70,6 +70,8 @@ FAMILIES = {
     'haf': ('haf', {**EFFNET, 'taps': list(MULTI_LEVEL)}, 'stage5'),
     'pose_attention': ('pose_attention', {**EFFNET, 'taps': list(MULTI_LEVEL)}, 'stage5'),
 }
+# losses that rank descriptors, so that mined hard negatives serve them
+RANKING_LOSSES = ('triplet', 'haf')
 # Adam learning rates that differ from --lr, chosen by validation (see the module doc)
 FAMILY_LR = {'haf': 1e-4}
 PLACES = {'num_places': 72, 'held_out_places': 24, 'width': WIDTH, 'height': HEIGHT,
@@ -104,11 +106,11 @@ def benchmark_recipe(family, cache_dir, *, steps, epochs, lr, towns=TRAINING_TOW
                        'input_width': WIDTH,
                        'backbone_options': {**cfg.model_overrides.get('backbone_options', {}),
                                             **trunk}}
-    if model != cfg.model:
+    if load_model_config(model).aggregator != load_model_config(cfg.model).aggregator:
         model_overrides = {key: value for key, value in model_overrides.items()
                            if key not in ('aggregator_options',)}
     sampling = replace(cfg.sampling, places_per_batch=8, views_per_place=2,
-                       hard_negatives_per_place=2 if cfg.loss.name != 'pose' else 0,
+                       hard_negatives_per_place=2 if cfg.loss.name in RANKING_LOSSES else 0,
                        negative_cache_size=300, refresh_every_steps=50)
     return replace(
         cfg, model=model, model_overrides=frozen_mapping(model_overrides),

@@ -257,3 +257,35 @@ def test_mobilenet_v2_offline_weights_recognise_places_better_than_random():
     trained = _recall_at_1(_mobilenet('imagenet'), root)
     random = _recall_at_1(_mobilenet('none'), root)
     assert trained > 0.4 and trained > random + 0.15, (trained, random)
+
+
+def test_imagenet_classifier_of_efficientnet_matches_the_whole_net():
+    # the classifier over the pooled head reproduces the published net's logits
+    from vl_attention.models.backbones import efficientnet_lite0_classifier
+    backbone = BACKBONES.create('efficientnet_lite0').eval()
+    classifier = backbone.imagenet_classifier()
+    images = _images(2)
+    with torch.no_grad():
+        logits = classifier(backbone(images)['head'].mean(dim=(-2, -1)))
+        expected = efficientnet_lite0_classifier()(images)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert not any(parameter.requires_grad for parameter in classifier.parameters())
+    with pytest.raises(ValueError, match='weights: imagenet'):
+        BACKBONES.create('efficientnet_lite0', weights='none').imagenet_classifier()
+
+
+def test_imagenet_classifier_of_resnet_is_its_fc(tmp_path):
+    torch.manual_seed(3)
+    source = _source_state_dict('resnet18')
+    whole = tmp_path / 'resnet18.pth'
+    torch.save(source, whole)
+    classifier = BACKBONES.create('resnet18', weights=str(whole)).imagenet_classifier()
+    assert torch.equal(classifier.weight, source['fc.weight'])
+    assert torch.equal(classifier.bias, source['fc.bias'])
+    trunk_only = tmp_path / 'trunk.pth'
+    torch.save({key: value for key, value in source.items() if not key.startswith('fc.')},
+               trunk_only)
+    with pytest.raises(WeightsError, match='no ImageNet classifier'):
+        BACKBONES.create('resnet18', weights=str(trunk_only)).imagenet_classifier()
+    with pytest.raises(ValueError, match='has no ImageNet classifier'):
+        BACKBONES.create('googlenet', weights='none').imagenet_classifier()

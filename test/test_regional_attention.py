@@ -1,16 +1,23 @@
 """Context-aware regional attention over R-MAC regions and query expansion (issue 4, item 2)."""
 
+from dataclasses import replace
+
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
 
+from vl_attention.config import frozen_mapping
 from vl_attention.mapping.index import MapIndex
 from vl_attention.mapping.query_expansion import expand_queries, QueryExpansion, \
     search_expanded
 from vl_attention.models import build_model, load_model_config
 from vl_attention.models.regional_attention import RegionalAttention, rmac_regions
+from vl_attention.models.weights import WeightsError
+from vl_attention.training.config import LossSpec
+from vl_attention.training.loop import make_loss
+from vl_attention.training.losses import LOSSES
 
 
 def _softplus(values):
@@ -173,3 +180,83 @@ def test_global_feature_is_the_context():
     contexts = F.normalize(torch.rand(2, 4), dim=-1)
     weights = head.region_weights(region, contexts).detach()
     assert float((weights[0] - weights[1]).abs()) > 1e-4
+
+
+def test_mean_context_feeds_average_pools_and_extras_carry_the_classifier_input():
+    # the authors' code: Phi sees the raw average-pooled region and map; the weighted regions
+    # stay max-pooled; extras = the weighted mean of raw region MACs and the map's average
+    torch.manual_seed(4)
+    head = RegionalAttention(in_channels=3, hidden_dim=5, context_pooling='mean')
+    features = torch.rand(2, 3, 4, 6)
+    output = head(features)
+    boxes = head.region_boxes(4, 6).tolist()
+    means = torch.stack([features[:, :, t:b, l:r].mean(dim=(-2, -1)) for t, l, b, r in boxes], 1)
+    macs = torch.stack([features[:, :, t:b, l:r].amax(dim=(-2, -1)) for t, l, b, r in boxes], 1)
+    expected_weights = head.region_weights(means, features.mean(dim=(-2, -1)))
+    weights = output.attention['region_weights']
+    torch.testing.assert_close(weights, expected_weights)
+    max_weights = head.region_weights(F.normalize(macs, dim=-1),
+                                      F.normalize(features.amax(dim=(-2, -1)), dim=-1))
+    assert float((weights - max_weights).detach().abs().max()) > 1e-4
+    regions = F.normalize(macs, dim=-1)
+    descriptor = F.normalize((weights[..., None] * regions).sum(1), dim=-1)
+    torch.testing.assert_close(output.descriptor, descriptor)
+    torch.testing.assert_close(output.extras['weighted_region_mac'],
+                               (weights[..., None] * macs).mean(dim=1))
+    torch.testing.assert_close(output.extras['global_average'], features.mean(dim=(-2, -1)))
+    with pytest.raises(ValueError, match='context_pooling must be one of'):
+        RegionalAttention(in_channels=3, context_pooling='sum')
+
+
+def _effnet_model(**options):
+    # on the frozen trunk, as the regional-attention recipe trains it
+    config = load_model_config('effnet_lite0_regional_attention')
+    trunk = frozen_mapping({**config.backbone_options, 'freeze': True})
+    return build_model(replace(config, input_height=96, input_width=128, backbone_options=trunk,
+                               aggregator_options=frozen_mapping(options)))
+
+
+def _with_extras(output, **extras):
+    return replace(output, extras={**output.extras, **extras})
+
+
+def test_imagenet_distillation_is_the_cross_entropy_against_the_trunks_own_prediction():
+    torch.manual_seed(5)
+    model = _effnet_model(scales=5, context_pooling='mean').eval()
+    loss = make_loss(LossSpec(name='imagenet_distillation'), model)
+    assert not loss.state_dict() and not list(loss.parameters())
+    images = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    output = model.outputs(images)
+    total, parts = loss(output, None)
+    classifier = model.backbone.imagenet_classifier()
+    with torch.no_grad():
+        target = F.softmax(classifier(output.extras['global_average']), -1)
+        predicted = F.log_softmax(classifier(output.extras['weighted_region_mac']), -1)
+    torch.testing.assert_close(total.detach(), -(target * predicted).sum(-1).mean())
+    assert 0.0 <= float(parts['top1_agreement']) <= 1.0
+    # predicting the target exactly costs its entropy, the least a cross-entropy can be
+    exact = _with_extras(output, weighted_region_mac=output.extras['global_average'])
+    entropy = -(target * target.log()).sum(-1).mean()
+    torch.testing.assert_close(loss(exact, None)[0].detach(), entropy)
+    assert float(total.detach()) > float(entropy)
+    # the gradient reaches the attention network and nothing else (the trunk is frozen)
+    model.zero_grad()
+    total.backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in model.aggregator.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_imagenet_distillation_bad_inputs_are_clear_errors():
+    model = _effnet_model()
+    loss = LOSSES.create('imagenet_distillation', model=model)
+    output = model.outputs(torch.zeros(1, 3, 96, 128))
+    with pytest.raises(ValueError, match=r'extras .*regional_attention.*missing'):
+        loss(replace(output, extras={}), None)
+    with pytest.raises(ValueError, match='classifier takes 1280 channels but the head pools 8'):
+        loss(_with_extras(output, weighted_region_mac=torch.zeros(1, 8)), None)
+    with pytest.raises(ValueError, match='temperature must be > 0'):
+        LOSSES.create('imagenet_distillation', model=model, temperature=0)
+    random_trunk = build_model(load_model_config('resnet101_regional_attention'))
+    with pytest.raises(WeightsError, match='no ImageNet classifier'):
+        LOSSES.create('imagenet_distillation', model=random_trunk)

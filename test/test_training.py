@@ -23,9 +23,10 @@ from vl_attention.models import build_model, load_model_config, ModelOutput
 
 from vl_attention.training.datasets import (load_place_views, place_recognition_splits,
                                             PlaceSetConfig, split_by_pass, TrainingSet)
+from vl_attention.training.loop import make_loss
 from vl_attention.training.losses import LOSSES, select_outputs
 from vl_attention.training.mining import ground_truth_masks, mine_triplets
-from vl_attention.training.config import OptimizerConfig
+from vl_attention.training.config import LossSpec, OptimizerConfig
 from vl_attention.training.trainer import (evaluate_pose, evaluate_recall_at_1, make_optimizer,
                                            train_steps)
 
@@ -141,7 +142,7 @@ def test_short_training_lowers_loss_and_raises_recall(name, place_splits):
     if family.initialise is not None:
         family.initialise(model, train)
     before = evaluate_recall_at_1(model, database, queries)
-    loss = LOSSES.create(family.loss, **(family.loss_options or {}))
+    loss = make_loss(LossSpec(name=family.loss, options=family.loss_options or {}), model)
     history = train_steps(model, train, loss=loss, steps=family.steps,
                           batch_size=family.batch_size, lr=family.lr, seed=0)
     after = evaluate_recall_at_1(model, database, queries)

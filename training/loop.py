@@ -125,10 +125,18 @@ def initial_model(cfg, device):
     return build_model(replace(model_config(cfg), whitening_dim=0)).to(device)
 
 
+def make_loss(config, model):
+    """Build the :data:`LOSSES` entry a :class:`LossSpec` names, given ``model`` if it needs it."""
+    options = dict(config.options)
+    if getattr(LOSSES.get(config.name), 'needs_model', False):
+        options['model'] = model
+    return LOSSES.create(config.name, **options)
+
+
 def _build(cfg, context, artifacts):
     model = initial_model(cfg, context.device)
     data = load_training_data(cfg, model.preprocessing)
-    loss = LOSSES.create(cfg.loss.name, **cfg.loss.options).to(context.device)
+    loss = make_loss(cfg.loss, model).to(context.device)
     features = None
     if cfg.cache_backbone_features and has_frozen_stages(model):
         features = cache_backbone_features(model, data.images, device=context.device)

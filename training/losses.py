@@ -13,7 +13,12 @@ expose them as parameters, which the trainer optimises with the model.
 * ``haf``: the hierarchical-attention-fusion loss (``models.haf.HAFLoss``) on
   mined (anchor, positive, negative) outputs;
 * ``pose``: the learnable-weight pose loss (``models.pose_attention.PoseLoss``)
-  of the predicted ``(B, 7)`` pose against the batch's ground-truth pose.
+  of the predicted ``(B, 7)`` pose against the batch's ground-truth pose;
+* ``imagenet_distillation``: the objective of Kim & Yoon's released code for
+  regional attention, ImageNet classification through the frozen trunk's own
+  classifier, with the trunk's own predictions as the labels (see the class).
+
+Losses that need the model (``needs_model = True``) are built with it.
 
 The model-specific losses are imported when an adapter is built, so this
 module imports without them.
@@ -131,3 +136,54 @@ class PoseRegressionLoss(nn.Module):
         # the learned log-variances make the total negative once fitted: log the L1 terms too
         return total, {'pose': total.detach(), 'position_l1': position_l1,
                        'rotation_l1': rotation_l1}
+
+
+@LOSSES.register('imagenet_distillation')
+class ImageNetDistillationLoss(nn.Module):
+    """Cross-entropy of the regions' class prediction against the whole image's.
+
+    Kim & Yoon train the regional attention alone, on a frozen ImageNet trunk,
+    by classifying ImageNet images: the attention-weighted mean of the raw
+    region MACs goes through the trunk's own (frozen) ImageNet classifier.
+    ImageNet's labels are not in a robot's data, so the target here is the
+    trunk's own prediction for the image, its classifier over the average-pooled
+    map (soft labels at ``temperature``). Any images train it; positions are
+    not used. The head must return ``extras['weighted_region_mac']`` and
+    ``extras['global_average']`` (regional attention does); the classifier is
+    ``model.backbone.imagenet_classifier()``, held as buffers (derived from the trunk's
+    weights, so not checkpointed), never trained.
+    """
+
+    needs_model = True
+    EXTRAS = ('weighted_region_mac', 'global_average')
+
+    def __init__(self, *, model, temperature=1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f'imagenet_distillation temperature must be > 0, got {temperature}')
+        classifier = model.backbone.imagenet_classifier()
+        self.register_buffer('weight', classifier.weight.detach().clone(), persistent=False)
+        self.register_buffer('bias', classifier.bias.detach().clone(), persistent=False)
+        self.temperature = float(temperature)
+
+    def forward(self, output, batch):
+        """Mean cross-entropy over the batch, and how often the two top classes agree."""
+        missing = [name for name in self.EXTRAS if name not in output.extras]
+        if missing:
+            raise ValueError(f'the imagenet_distillation loss needs a head that returns extras '
+                             f'{list(self.EXTRAS)} (regional_attention); missing {missing}')
+        regions = output.extras['weighted_region_mac']
+        if regions.shape[-1] != self.weight.shape[1]:
+            raise ValueError(f'the ImageNet classifier takes {self.weight.shape[1]} channels but '
+                             f'the head pools {regions.shape[-1]}: put the head on the last '
+                             'feature map of the trunk (the one its classifier pools)')
+        with torch.no_grad():
+            target = F.softmax(self.logits(output.extras['global_average']), dim=-1)
+        log_predicted = F.log_softmax(self.logits(regions), dim=-1)
+        total = -(target * log_predicted).sum(dim=-1).mean()
+        agreement = (log_predicted.argmax(dim=-1) == target.argmax(dim=-1)).float().mean()
+        return total, {'cross_entropy': total.detach(), 'top1_agreement': agreement}
+
+    def logits(self, pooled):
+        """Class logits of ``(B, C)`` pooled features, divided by the temperature."""
+        return F.linear(pooled, self.weight, self.bias) / self.temperature

@@ -92,6 +92,15 @@ class StagedBackbone(nn.Module):
         self.default_tap = list(self.out_channels)[-1]
         self.train(self.training)
 
+    def imagenet_classifier(self):
+        """Return the trunk's own ImageNet classifier, a frozen ``nn.Linear`` over its pooled head.
+
+        Backbones whose weights include one override this; the others say so.
+        """
+        raise ValueError(f'{type(self).__name__} has no ImageNet classifier; a loss that '
+                         'classifies through it needs an EfficientNet-Lite0 or ResNet trunk '
+                         'with ImageNet weights')
+
     def stage_modules(self):
         """Return ``{stage name: module}`` of the kept stages, shallow -> deep."""
         return {stage.name: stage.module for stage in self._stages}
@@ -174,6 +183,15 @@ def torchvision_state_dict(weights, *, arch, weights_enum, label):
                 f'weights=\'{weights_enum}\')", or use weights: none or a .pth path')
         weights = path
     return read_state_dict(weights)
+
+
+def frozen_linear(weight, bias):
+    """Return a frozen ``nn.Linear`` holding copies of ``weight`` ``(out, in)`` and ``bias``."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer.requires_grad_(False).eval()
 
 
 def load_torchvision_weights(net, weights, *, arch, weights_enum, label, unused_prefixes=()):

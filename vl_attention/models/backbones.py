@@ -11,7 +11,8 @@ from torch import nn
 import torchvision
 
 from vl_attention.engine.preprocess import Normalization
-from vl_attention.models.backbone_utils import IMAGENET_NORMALIZATION, Stage, StagedBackbone
+from vl_attention.models.backbone_utils import frozen_linear, IMAGENET_NORMALIZATION, Stage, \
+    StagedBackbone
 from vl_attention.models.registry import BACKBONES
 from vl_attention.models.weights import load_by_order, offline_weight_file, \
     packaged_weight_file, read_state_dict, WeightsError
@@ -48,10 +49,19 @@ class EfficientNetLite0(StagedBackbone):
         super().__init__()
         self.net = timm.create_model('tf_efficientnet_lite0', pretrained=False)
         _load_efficientnet_lite0_weights(self.net, weights)
+        self._weights = weights
         self.net.reset_classifier(0)
         self._use_stages(_efficientnet_stages(self.net), truncate_after=truncate_after,
                          freeze=freeze, register=False)
         _drop_unbuilt_effnet_parts(self.net, self.default_tap)
+
+    def imagenet_classifier(self):
+        """Return the ImageNet classifier (1280 -> 1000, pooled head) of these weights, frozen."""
+        if self._weights == 'none':
+            raise ValueError('EfficientNet-Lite0 with weights: none has no ImageNet classifier; '
+                             'use weights: imagenet or a .pth path of the whole net')
+        head = efficientnet_lite0_classifier(weights=self._weights).classifier
+        return frozen_linear(head.weight, head.bias)
 
 
 def _efficientnet_stages(net):

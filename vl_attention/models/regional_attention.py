@@ -11,6 +11,16 @@ Phi-weighted mean of the f_r, L2-normalised. With all weights equal it is
 sum-pooled R-MAC. Learned PCA-whitening of the result is the preset's
 ``whitening_dim`` (:class:`~vl_attention.models.whitening.PCAWhitening`).
 
+``context_pooling='mean'`` feeds the attention what the authors' released
+code feeds it: the average-pooled region and the average-pooled map, not
+normalised (the weighted regions stay max-pooled). Their code also uses
+five scales, and trains Phi alone, on a frozen ImageNet trunk, by ImageNet
+classification: the Phi-weighted mean of the raw region MACs goes through
+the trunk's own ImageNet classifier. The output's ``extras`` carry what that
+loss needs (``imagenet_distillation`` in ``vl_attention.training.losses``):
+``weighted_region_mac`` (that mean) and ``global_average`` (the map's
+average pool, the classifier's usual input).
+
 The region grid depends on the feature-map size and is computed in Python, so
 a traced ONNX export bakes in the grid of its input size: the head sets
 ``fixed_input_size = True`` and must be exported at a fixed size.
@@ -26,6 +36,8 @@ import torch.nn.functional as F
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
 
+# What the attention sees: the brief's L2-normalised MACs, or the authors' code's raw means.
+CONTEXT_POOLING = ('max', 'mean')
 # Candidate region counts along the long side of the map (Tolias et al.).
 _LONG_SIDE_COUNTS = np.arange(2, 8)
 
@@ -70,19 +82,25 @@ class RegionalAttention(nn.Module):
     """R-MAC regions weighted by a context-aware attention MLP, ``(B, C)`` descriptors.
 
     ``scales`` S (3), ``overlap`` of the grid (0.4), ``hidden_dim`` the width
-    of ``W_r`` (64, as the authors' released code). Returns
+    of ``W_r`` (64, as the authors' released code), ``context_pooling`` what
+    ``k_r`` is made of (``max``: L2-normalised MACs; ``mean``: raw average pools). Returns
     ``attention['region_weights']`` ``(B, R)``; :meth:`region_boxes` gives the
     matching boxes. ``fixed_input_size``: export at a fixed input size only.
     """
 
     fixed_input_size = True
 
-    def __init__(self, *, in_channels, scales=3, overlap=0.4, hidden_dim=64, eps=1e-12):
+    def __init__(self, *, in_channels, scales=3, overlap=0.4, hidden_dim=64,
+                 context_pooling='max', eps=1e-12):
         super().__init__()
         if hidden_dim < 1 or not 0 < overlap < 1:
             raise ValueError(f'regional attention needs hidden_dim >= 1 and 0 < overlap < 1, '
                              f'got hidden_dim={hidden_dim}, overlap={overlap}')
+        if context_pooling not in CONTEXT_POOLING:
+            raise ValueError(f'regional attention context_pooling must be one of '
+                             f'{CONTEXT_POOLING}, got {context_pooling!r}')
         self.in_channels, self.scales, self.overlap, self.eps = in_channels, scales, overlap, eps
+        self.context_pooling = context_pooling
         self.region_attention = nn.Sequential(
             nn.Linear(2 * in_channels, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 1),
             nn.Softplus())
@@ -97,12 +115,27 @@ class RegionalAttention(nn.Module):
         return np.array([(top, left, top + size, left + size) for top, left, size in regions],
                         dtype=np.int64).reshape(-1, 4)
 
-    def region_features(self, features):
-        """Max-pooled, L2-normalised region features ``(B, R, C)``."""
+    def pooled_regions(self, features, pooling='max'):
+        """Region features ``(B, R, C)``, max- or average-pooled, not normalised."""
         height, width = (int(size) for size in features.shape[-2:])
-        pooled = [features[:, :, top:bottom, left:right].amax(dim=(-2, -1))
-                  for top, left, bottom, right in self.region_boxes(height, width).tolist()]
-        return F.normalize(torch.stack(pooled, dim=1), p=2, dim=-1, eps=self.eps)
+        boxes = self.region_boxes(height, width).tolist()
+        if pooling == 'max':
+            pooled = [features[:, :, top:bottom, left:right].amax(dim=(-2, -1))
+                      for top, left, bottom, right in boxes]
+        else:
+            pooled = [features[:, :, top:bottom, left:right].mean(dim=(-2, -1))
+                      for top, left, bottom, right in boxes]
+        return torch.stack(pooled, dim=1)
+
+    def attention_input(self, features, regions):
+        """Return the attention's ``(B, R, C)`` region and ``(B, C)`` context inputs.
+
+        ``regions`` are the normalised MACs, the input of ``context_pooling='max'``.
+        """
+        if self.context_pooling == 'mean':
+            return self.pooled_regions(features, 'mean'), features.mean(dim=(-2, -1))
+        global_feature = F.normalize(features.amax(dim=(-2, -1)), p=2, dim=-1, eps=self.eps)
+        return regions, global_feature
 
     def region_weights(self, region_features, global_feature):
         """Phi(k_r) for ``(B, R, C)`` regions and the ``(B, C)`` global feature: ``(B, R)``."""
@@ -111,10 +144,13 @@ class RegionalAttention(nn.Module):
 
     def forward(self, features):
         """Pool ``(B, C, H, W)`` features into unit-norm ``(B, C)`` descriptors."""
-        regions = self.region_features(features)
-        global_feature = F.normalize(features.amax(dim=(-2, -1)), p=2, dim=-1, eps=self.eps)
-        weights = self.region_weights(regions, global_feature)
+        macs = self.pooled_regions(features)
+        regions = F.normalize(macs, p=2, dim=-1, eps=self.eps)
+        weights = self.region_weights(*self.attention_input(features, regions))
         weighted_mean = (weights[..., None] * regions).sum(dim=1) / \
             weights.sum(dim=1, keepdim=True).clamp(min=self.eps)
         descriptor = F.normalize(weighted_mean, p=2, dim=-1, eps=self.eps)
-        return ModelOutput(descriptor=descriptor, attention={'region_weights': weights})
+        extras = {'weighted_region_mac': (weights[..., None] * macs).mean(dim=1),
+                  'global_average': features.mean(dim=(-2, -1))}
+        return ModelOutput(descriptor=descriptor, attention={'region_weights': weights},
+                           extras=extras)

@@ -10,9 +10,11 @@ ResNet-18 truncated before its last block) is ``truncate_after: layer3``.
 from torch import nn
 import torchvision
 
-from vl_attention.models.backbone_utils import IMAGENET_NORMALIZATION, \
-    load_torchvision_weights, Stage, StagedBackbone, torchvision_weight_file
+from vl_attention.models.backbone_utils import frozen_linear, IMAGENET_NORMALIZATION, \
+    load_torchvision_weights, Stage, StagedBackbone, torchvision_state_dict, \
+    torchvision_weight_file
 from vl_attention.models.registry import BACKBONES
+from vl_attention.models.weights import WeightsError
 
 TAPS = ('layer1', 'layer2', 'layer3', 'layer4')
 
@@ -38,11 +40,22 @@ class ResNetTrunk(StagedBackbone):
         net = getattr(torchvision.models, self.arch)(weights=None)
         load_torchvision_weights(net, weights, arch=self.arch, weights_enum=self.weights_enum,
                                  label=self.label(), unused_prefixes=('fc.',))
+        self._weights = weights
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         stages = [Stage('stem', stem)] + [
             Stage(tap, getattr(net, tap), tap, channels)
             for tap, channels in zip(TAPS, self.channels)]
         self._use_stages(stages, truncate_after=truncate_after, freeze=freeze)
+
+    def imagenet_classifier(self):
+        """Return the ImageNet ``fc`` of these weights (over the pooled ``layer4``), frozen."""
+        state = torchvision_state_dict(self._weights, arch=self.arch,
+                                       weights_enum=self.weights_enum, label=self.label())
+        if state is None or 'fc.weight' not in state or 'fc.bias' not in state:
+            raise WeightsError(f'{self.label()} weights {self._weights!r} have no ImageNet '
+                               'classifier (fc.weight, fc.bias); use weights: imagenet or a '
+                               '.pth of the whole torchvision net')
+        return frozen_linear(state['fc.weight'], state['fc.bias'])
 
     @classmethod
     def label(cls):
