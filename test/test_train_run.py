@@ -176,3 +176,46 @@ def test_two_process_gloo_ddp_trains_identical_replicas(tmp_path, place_cache):
     last = torch.load(tmp_path / 'ddp' / 'checkpoints' / 'last.pt', weights_only=False)
     assert summary['loss_last_10'] < summary['loss_first_10']
     assert abs(float(last['model']['aggregator.p']) - 3.0) > 1e-4
+
+
+def _node_command(recipe, out, port, node_rank, *options):
+    # one single-process node of two, meeting at a static rendezvous on this host
+    return [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2',
+            '--node_rank', str(node_rank), '--nproc_per_node', '1', '--master_addr', '127.0.0.1',
+            '--master_port', str(port), '-m', 'vl_attention.training.train',
+            '--config', str(recipe), '--out', str(out), '--device', 'cpu', *options]
+
+
+def _run_together(commands, timeout=600):
+    processes = [subprocess.Popen(command, env=_environment(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for command in commands]
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [(process.returncode, stderr) for process, (_, stderr) in zip(processes, outputs)]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_identical_replicas_and_refuse_a_resume_one_node_cannot_see(
+        tmp_path, place_cache):
+    # each node has its own --out, as machines without a shared filesystem would
+    recipe = _write_recipe(tmp_path / 'tiny.yaml', _recipe(place_cache))
+    outs = [tmp_path / 'node0', tmp_path / 'node1']
+    port = _free_port()
+    results = _run_together([_node_command(recipe, out, port, rank)
+                             for rank, out in enumerate(outs)])
+    assert all(code == 0 for code, _ in results), [stderr[-3000:] for _, stderr in results]
+    summary = json.loads((outs[0] / 'summary.json').read_text())
+    hashes = summary['replica_weights_sha256']
+    assert summary['world_size'] == 2 and summary['steps'] == 12 and hashes[0] == hashes[1]
+    assert not outs[1].exists()  # the main process (global rank 0) alone writes
+    # a resume needs the checkpoint on every node: node 1 has none, so both stop with the same
+    # message (before, node 0 died in a collective with gloo's "Connection closed by peer")
+    port = _free_port()
+    results = _run_together([_node_command(recipe, out, port, rank, '--resume', '--epochs', '3')
+                             for rank, out in enumerate(outs)], timeout=300)
+    for code, stderr in results:
+        assert code != 0 and 'process 1 of 2: nothing to resume' in stderr, stderr[-3000:]
+        assert 'a filesystem they all share' in stderr

@@ -349,6 +349,29 @@ def train_loop(run, logger):
     progress.close()
 
 
+RESUME_NEEDS_SHARED_OUT = ('the processes see --out differently: to resume, every node must '
+                           'see the same --out (a filesystem they all share)')
+
+
+def check_every_process(context, problem, *, uneven_hint=None):
+    """Raise the first process's ``problem`` (str or None) in every process.
+
+    Each process checks its own view (of ``--out``, say); were only one to stop,
+    the others would fail in their next collective with the backend's error
+    (gloo: "Connection closed by peer") or wait there until the timeout.
+    ``uneven_hint`` is added when some processes found no problem.
+    """
+    reported = [(rank, text) for rank, text in enumerate(context.gather(problem)) if text]
+    if not reported:
+        return
+    rank, text = reported[0]
+    if context.enabled:
+        text = f'process {rank} of {context.world_size}: {text}'
+        if uneven_hint and len(reported) < context.world_size:
+            text = f'{text}; {uneven_hint}'
+    raise ConfigError(text)
+
+
 def fit(cfg, out_dir, *, resume=False):
     """Train the recipe ``cfg`` into ``out_dir``; return the run summary (a dict).
 
@@ -358,7 +381,10 @@ def fit(cfg, out_dir, *, resume=False):
     context = distributed.setup(cfg.device)
     try:
         artifacts = RunArtifacts(out_dir, is_main=context.is_main)
-        artifacts.prepare(cfg, resume=resume)
+        check_every_process(context, artifacts.problem(resume=resume),
+                            uneven_hint=RESUME_NEEDS_SHARED_OUT if resume else None)
+        if not resume:
+            artifacts.write_recipe(cfg)
         run = _build(cfg, context, artifacts)
         resumed_from = None
         if resume:

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 import yaml
 
-from vl_attention.config import ConfigError, to_dict
+from vl_attention.config import to_dict
 from vl_attention.engine.export import export_onnx
 from vl_attention.engine.model_card import make_model_card
 from vl_attention.io import atomic_path, atomic_write_text, json_safe
@@ -81,15 +81,19 @@ class RunArtifacts:
         self.export_dir = self.root / 'export'
         self.summary = self.root / 'summary.json'
 
-    def prepare(self, cfg, *, resume):
-        """Check the directory fits a fresh run or a resume; write the recipe."""
+    def problem(self, *, resume):
+        """Why the directory does not fit a fresh run (or a resume), or None if it does."""
         if resume and not self.checkpoint.is_file():
-            raise ConfigError(f'nothing to resume: {self.checkpoint} does not exist; start the '
-                              'run without --resume')
+            return (f'nothing to resume: {self.checkpoint} does not exist; start the run '
+                    'without --resume')
         if not resume and self.checkpoint.exists():
-            raise ConfigError(f'{self.root} already holds a run ({self.checkpoint}); continue it '
-                              'with --resume or choose another --out')
-        if self.is_main and not resume:
+            return (f'{self.root} already holds a run ({self.checkpoint}); continue it with '
+                    '--resume or choose another --out')
+        return None
+
+    def write_recipe(self, cfg):
+        """Write the recipe of a fresh run (main process)."""
+        if self.is_main:
             atomic_write_text(self.recipe, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     @contextlib.contextmanager
