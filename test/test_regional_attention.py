@@ -16,8 +16,7 @@ from vl_attention.models import build_model, load_model_config
 from vl_attention.models.regional_attention import RegionalAttention, rmac_regions
 from vl_attention.models.weights import WeightsError
 from vl_attention.training.config import LossSpec
-from vl_attention.training.loop import make_loss
-from vl_attention.training.losses import LOSSES
+from vl_attention.training.losses import LOSSES, make_loss
 
 
 def _softplus(values):

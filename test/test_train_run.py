@@ -157,13 +157,17 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+def _torchrun_command(launch, port, recipe, out, *options):
+    # torchrun with the ``launch`` options, meeting at a static rendezvous on this host
+    return [sys.executable, '-m', 'torch.distributed.run', *launch, '--master_addr', '127.0.0.1',
+            '--master_port', str(port), '-m', 'vl_attention.training.train',
+            '--config', str(recipe), '--out', str(out), '--device', 'cpu', *options]
+
+
 @pytest.mark.slow
 def test_two_process_gloo_ddp_trains_identical_replicas(tmp_path, place_cache):
     recipe = _write_recipe(tmp_path / 'tiny.yaml', _recipe(place_cache))
-    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-               '--master_addr', '127.0.0.1', '--master_port', str(_free_port()),
-               '-m', 'vl_attention.training.train', '--config', str(recipe),
-               '--out', str(tmp_path / 'ddp'), '--device', 'cpu']
+    command = _torchrun_command(['--nproc_per_node', '2'], _free_port(), recipe, tmp_path / 'ddp')
     result = subprocess.run(command, env=_environment(), capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -179,11 +183,9 @@ def test_two_process_gloo_ddp_trains_identical_replicas(tmp_path, place_cache):
 
 
 def _node_command(recipe, out, port, node_rank, *options):
-    # one single-process node of two, meeting at a static rendezvous on this host
-    return [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2',
-            '--node_rank', str(node_rank), '--nproc_per_node', '1', '--master_addr', '127.0.0.1',
-            '--master_port', str(port), '-m', 'vl_attention.training.train',
-            '--config', str(recipe), '--out', str(out), '--device', 'cpu', *options]
+    # one single-process node of two
+    launch = ['--nnodes', '2', '--node_rank', str(node_rank), '--nproc_per_node', '1']
+    return _torchrun_command(launch, port, recipe, out, *options)
 
 
 def _run_together(commands, timeout=600):

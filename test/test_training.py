@@ -23,8 +23,7 @@ from vl_attention.models import build_model, load_model_config, ModelOutput
 
 from vl_attention.training.datasets import (load_place_views, place_recognition_splits,
                                             PlaceSetConfig, split_by_pass, TrainingSet)
-from vl_attention.training.loop import make_loss
-from vl_attention.training.losses import LOSSES, select_outputs
+from vl_attention.training.losses import LOSSES, make_loss, select_outputs
 from vl_attention.training.mining import ground_truth_masks, mine_triplets
 from vl_attention.training.config import LossSpec, OptimizerConfig
 from vl_attention.training.trainer import (evaluate_pose, evaluate_recall_at_1, make_optimizer,

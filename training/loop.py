@@ -37,7 +37,7 @@ from vl_attention.training.checkpoint import (load_checkpoint, restore_rng_state
                                               save_checkpoint)
 from vl_attention.training.config import model_config
 from vl_attention.training.data import load_training_data
-from vl_attention.training.losses import LOSSES
+from vl_attention.training.losses import make_loss
 from vl_attention.training.outputs import RunArtifacts
 from vl_attention.training.sampling import HardNegativeCache
 from vl_attention.training.trainer import (cache_backbone_features, has_frozen_stages,
@@ -123,14 +123,6 @@ def initial_model(cfg, device):
     """
     torch.manual_seed(cfg.seed)
     return build_model(replace(model_config(cfg), whitening_dim=0)).to(device)
-
-
-def make_loss(config, model):
-    """Build the :data:`LOSSES` entry a :class:`LossSpec` names, given ``model`` if it needs it."""
-    options = dict(config.options)
-    if getattr(LOSSES.get(config.name), 'needs_model', False):
-        options['model'] = model
-    return LOSSES.create(config.name, **options)
 
 
 def _build(cfg, context, artifacts):

@@ -37,6 +37,14 @@ from vl_attention.training.mining import descriptor_distances, mine_triplets, ST
 LOSSES = Registry('loss function')
 
 
+def make_loss(spec, model):
+    """Build the :data:`LOSSES` entry a ``LossSpec`` names, given ``model`` if it needs it."""
+    options = dict(spec.options)
+    if getattr(LOSSES.get(spec.name), 'needs_model', False):
+        options['model'] = model
+    return LOSSES.create(spec.name, **options)
+
+
 def select_rows(value, rows):
     """Index the batch dimension of a tensor, or of every tensor in a dict / list / tuple."""
     if isinstance(value, torch.Tensor):

@@ -38,6 +38,7 @@ from vl_attention.models.registry import AGGREGATORS
 
 # What the attention sees: the brief's L2-normalised MACs, or the authors' code's raw means.
 CONTEXT_POOLING = ('max', 'mean')
+_POOL = {'max': torch.amax, 'mean': torch.mean}
 # Candidate region counts along the long side of the map (Tolias et al.).
 _LONG_SIDE_COUNTS = np.arange(2, 8)
 
@@ -118,13 +119,9 @@ class RegionalAttention(nn.Module):
     def pooled_regions(self, features, pooling='max'):
         """Region features ``(B, R, C)``, max- or average-pooled, not normalised."""
         height, width = (int(size) for size in features.shape[-2:])
-        boxes = self.region_boxes(height, width).tolist()
-        if pooling == 'max':
-            pooled = [features[:, :, top:bottom, left:right].amax(dim=(-2, -1))
-                      for top, left, bottom, right in boxes]
-        else:
-            pooled = [features[:, :, top:bottom, left:right].mean(dim=(-2, -1))
-                      for top, left, bottom, right in boxes]
+        pool = _POOL[pooling]
+        pooled = [pool(features[:, :, top:bottom, left:right], dim=(-2, -1))
+                  for top, left, bottom, right in self.region_boxes(height, width).tolist()]
         return torch.stack(pooled, dim=1)
 
     def attention_input(self, features, regions):
