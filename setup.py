@@ -9,10 +9,11 @@ PACKAGE = 'vl_attention'
 setup(
     name=PACKAGE,
     version='0.1.0',
-    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']) + [
-        f'{PACKAGE}.training', f'{PACKAGE}.training.sources'],
-    package_dir={f'{PACKAGE}.training': 'training',
-                 f'{PACKAGE}.training.sources': 'training/sources'},
+    # the top-level training/ folder is the vl_attention.training package (package_dir maps it;
+    # subpackages follow their parent's directory)
+    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']) + [f'{PACKAGE}.training'] + [
+        f'{PACKAGE}.training.{name}' for name in find_packages('training')],
+    package_dir={f'{PACKAGE}.training': 'training'},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
@@ -20,6 +21,7 @@ setup(
         (f'share/{PACKAGE}/config', glob('config/*.yaml')),
         (f'share/{PACKAGE}/config/models', glob('config/models/*.yaml')),
         (f'share/{PACKAGE}/config/training', glob('config/training/*.yaml')),
+        (f'share/{PACKAGE}/config/dds', glob('config/dds/*.xml')),
     ],
     install_requires=['setuptools'],
     zip_safe=False,

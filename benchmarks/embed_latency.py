@@ -1,6 +1,6 @@
 """Per-frame embedding latency of every available backend at the node's resolution.
 
-Usage: ``PYTHONPATH=. python benchmarks/embed_latency.py [--threads N] [--compile]``.
+Usage: ``python -m benchmarks.embed_latency [--threads N] [--compile]``.
 
 For each model (the default and a heavy one) and batch size (1, 8) all
 available backend variants are timed round-robin on the same real frames

@@ -1,6 +1,6 @@
 """Map search at scale: build time, memory, latency, throughput and recall per index type.
 
-Usage: ``PYTHONPATH=. python benchmarks/map_search.py [--sizes 100000 1000000] [--threads 2]``.
+Usage: ``python -m benchmarks.map_search [--sizes 100000 1000000] [--threads 2]``.
 
 Database descriptors (256-D, unit norm) imitate a city drive: streets are random
 walks in a descriptor space whose PCA spectrum falls off as a power law (like

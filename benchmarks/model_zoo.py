@@ -1,6 +1,6 @@
 """The model zoo table: parameters, descriptor size, FLOPs and embed time of every preset.
 
-Usage: ``PYTHONPATH=. python benchmarks/model_zoo.py [--models a b] [--threads N]``.
+Usage: ``python -m benchmarks.model_zoo [--models a b] [--threads N]``.
 
 Every preset is built at 480x640 (H x W) with random weights (timing and
 FLOPs do not depend on the values). FLOPs are counted by

@@ -1,6 +1,6 @@
 """Train every model family on the synthetic town's day drives; score night and fog queries.
 
-Usage: ``PYTHONPATH=. python benchmarks/train_synthetic.py [--families gem haf] [--steps N]``
+Usage: ``python -m benchmarks.train_synthetic [--families gem haf] [--steps N]``
 (``--update``: re-measure those families into an existing ``--out``, keeping the others).
 
 Each family's recipe (``config/training/<family>.yaml``) trains on day

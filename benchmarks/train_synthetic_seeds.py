@@ -1,6 +1,6 @@
 """Mean and spread over seeds of ``benchmarks/train_synthetic.py`` results.
 
-Usage: ``PYTHONPATH=. python benchmarks/train_synthetic_seeds.py [RESULT.json ...]``
+Usage: ``python -m benchmarks.train_synthetic_seeds [RESULT.json ...]``
 (default: ``train_synthetic.json`` and every ``train_synthetic_seed*.json`` in
 ``benchmarks/results``).
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_node_parameter_is_in_the_params_file_with_its_default():
     values = yaml.safe_load((ROOT / 'config' / 'localize.yaml').read_text())
-    params = values['localize_node']['ros__parameters']
+    params = values['/**']['ros__parameters']
     assert set(params) == {param.name for param in NODE_PARAMS}
     for param in NODE_PARAMS:
         assert params[param.name] == param.default, param.name

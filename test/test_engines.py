@@ -13,9 +13,11 @@ from vl_attention.config import ConfigError
 from vl_attention.engine import tensorrt_backend as trt_backend
 from vl_attention.engine.availability import (Availability, parse_backend_name, plan_auto,
                                               probe_availability, resolve_device)
+from vl_attention.engine.backend_base import descriptor_output_name, named_outputs
 from vl_attention.engine.backends import BackendUnavailable, create_backend
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.engine.export import CARD_FILE, ONNX_FILE, read_export
+from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
 from vl_attention.models.registry import BACKBONES
 from vl_attention.models.weights import WeightsError
@@ -154,12 +156,18 @@ def test_export_rejects_a_checkpoint_of_another_model(tmp_path):
     assert code == 2 and not (tmp_path / 'out' / CARD_FILE).exists()
 
 
-def test_torch_cannot_be_rebuilt_from_an_export_of_random_weights(tmp_path):
+def test_torch_is_rebuilt_from_an_export_of_seeded_random_weights_but_not_changed_ones(
+        tmp_path):
+    # random parts are seeded from the preset (issue 23): the same weights in every process
     code = cli.main(['export', '--model', 'resnet50_gem', '--out', str(tmp_path / 'r50'),
                      '--height', '64', '--width', '64'])
     assert code == 0
+    config = EmbedderConfig(export_dir=str(tmp_path / 'r50'), backend='torch')
+    assert create_embedder(config).fingerprint == read_export(tmp_path / 'r50').fingerprint
+    card = read_export(tmp_path / 'r50')
+    dataclasses.replace(card, weights_sha256='0' * 64).save(tmp_path / 'r50' / CARD_FILE)
     with pytest.raises(BackendUnavailable, match='cannot be rebuilt'):
-        create_embedder(EmbedderConfig(export_dir=str(tmp_path / 'r50'), backend='torch'))
+        create_embedder(config)
 
 
 def test_resnet50_weights_are_explained(tmp_path, monkeypatch):
@@ -344,3 +352,37 @@ def test_torch_compile_matches_eager(photos, export_cache):
     frames = list(photos.values())[:2]
     assert 'compiled' in compiled.backend_description
     assert np.min(np.sum(compiled.embed(frames) * eager.embed(frames), axis=1)) > 0.999
+
+
+# ---- named outputs (descriptors, and the pose of pose_attention models) ----------------------
+
+def test_descriptor_output_is_found_by_name_or_as_the_only_output():
+    assert descriptor_output_name(['position_m', 'descriptors', 'orientation_xyzw']) \
+        == 'descriptors'
+    assert descriptor_output_name(['embedding']) == 'embedding'   # exports of other tools
+    with pytest.raises(BackendUnavailable, match="none is named 'descriptors'; export it again"):
+        descriptor_output_name(['a', 'b'])
+    outputs = named_outputs(['descriptors', 'position_m'],
+                            [np.ones((2, 4), np.float64), np.zeros((2, 3), np.float16)])
+    assert list(outputs) == ['descriptors', 'position_m']
+    assert all(array.dtype == np.float32 for array in outputs.values())
+    with pytest.raises(ValueError, match='1 output arrays for the 2 names'):
+        named_outputs(['descriptors', 'position_m'], [np.ones((2, 4))])
+
+
+def test_tensorrt_io_names_keep_every_output_in_engine_order():
+    names = ['images', 'descriptors', 'position_m', 'orientation_xyzw']
+    image, outputs = trt_backend.split_io_names(names, lambda name: name == 'images')
+    assert image == 'images' and outputs == ('descriptors', 'position_m', 'orientation_xyzw')
+    with pytest.raises(BackendUnavailable, match='expected one image input'):
+        trt_backend.split_io_names(['images'], lambda name: True)
+
+
+def test_descriptor_only_models_run_outputs_is_the_descriptors(embedder, photos):
+    assert embedder.card.outputs == ('descriptors',) and not embedder.card.has_pose
+    batch = preprocess_frames(list(photos.values())[:2], embedder.card.preprocessing)
+    outputs = embedder.backend.run_outputs(batch)
+    assert list(outputs) == ['descriptors']
+    np.testing.assert_array_equal(outputs['descriptors'], embedder.backend.run(batch))
+    with pytest.raises(ConfigError, match=f'model {DEFAULT_MODEL} has no pose output'):
+        embedder.embed_with_pose(list(photos.values())[:1])

@@ -109,7 +109,7 @@ def test_every_index_type_round_trips_memory_mapped(tmp_path, database, queries,
     parts = _map_parts(database, index_type, params)
     save_map(tmp_path / 'map', *parts)
     manifest = json.loads((tmp_path / 'map' / 'manifest.json').read_text())
-    assert manifest['format_version'] == 2 and manifest['index_type'] == index_type
+    assert manifest['format_version'] == 3 and manifest['index_type'] == index_type
     assert manifest['index_params']['nprobe'] == 8
     assert 'pickle' not in (tmp_path / 'map' / 'descriptors.npy').read_bytes()[:128].decode(
         'latin-1')

@@ -1,12 +1,16 @@
 """Metrics against hand-computed cases: ties, queries without positives, the ratio-test PR."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from vl_attention.evaluation.metrics import (average_precision, covariance_honesty,
                                              latency_summary, pose_error_summary, pose_errors,
-                                             precision_recall_curve, ratio_test_scores,
-                                             recall_at_full_precision, recall_at_n)
+                                             positives, precision_recall_curve,
+                                             ratio_test_scores, recall_at_full_precision,
+                                             recall_at_n, retrieval_metrics,
+                                             within_radius_mask)
 from vl_attention.geo import quaternion_from_yaw_pitch_roll
 
 
@@ -18,10 +22,71 @@ def test_recall_at_n_leaves_out_queries_without_positives():
     assert without == 1
 
 
-def test_ratio_test_scores():
+def test_positives_hand_case_is_inclusive_sorted_int64():
+    database = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0], [1.0, 0.0], [0.0, -5.0001]])
+    queries = np.array([[0.0, 0.0], [10.0, 1.0], [100.0, 100.0]])
+    found = positives(queries, database, 5.0)
+    # query 0: itself (0 m), row 3 (1 m), row 1 at exactly 5 m (inclusive); row 4 is 5.0001 m
+    assert [rows.tolist() for rows in found] == [[0, 1, 3], [2], []]
+    assert all(rows.dtype == np.int64 for rows in found)
+    np.testing.assert_array_equal(within_radius_mask(queries, database, 5.0),
+                                  [[1, 1, 0, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]])
+    assert positives(np.zeros((0, 2)), database, 5.0) == ()
+    assert [rows.tolist() for rows in positives(queries[:1], np.zeros((0, 2)), 5.0)] == [[]]
+
+
+def test_positives_errors_name_the_problem():
+    with pytest.raises(ValueError, match='same columns'):
+        positives(np.zeros((1, 2)), np.zeros((1, 3)), 1.0)
+    with pytest.raises(ValueError, match='finite'):
+        positives(np.array([[np.nan, 0.0]]), np.zeros((1, 2)), 1.0)
+    with pytest.raises(ValueError, match='radius_m=-1'):
+        positives(np.zeros((1, 2)), np.zeros((1, 2)), -1.0)
+
+
+def test_positives_of_100k_database_points_never_allocate_a_dense_matrix():
+    rng = np.random.default_rng(0)
+    database = rng.uniform(0.0, 10_000.0, size=(100_000, 2))
+    queries = rng.uniform(0.0, 10_000.0, size=(2_000, 2))
+    tracemalloc.start()
+    found = positives(queries, database, 25.0)
+    _, peak_bytes = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    dense_bytes = len(queries) * len(database) * 8       # one float64 distance matrix
+    assert peak_bytes < dense_bytes / 20, (peak_bytes, dense_bytes)
+    # the same answer as brute force on a sample of queries (about 2 positives each here)
+    for query in range(0, len(queries), 97):
+        distances = np.linalg.norm(database - queries[query], axis=1)
+        np.testing.assert_array_equal(found[query], np.flatnonzero(distances <= 25.0))
+    assert 1.0 < np.mean([len(rows) for rows in found]) < 5.0
+
+
+def test_ratio_test_scores_without_positions_is_the_plain_ratio_test():
     similarities = np.array([[1.0, 0.5], [0.5, 0.5], [1.0, 1.0], [0.9, 0.6]])
+    indices = np.array([[0, 1], [2, 3], [4, 5], [6, 7]])
     d1, d2 = np.sqrt(2 - 2 * 0.9), np.sqrt(2 - 2 * 0.6)
-    np.testing.assert_allclose(ratio_test_scores(similarities), [1.0, 0.0, 0.0, 1 - d1 / d2])
+    np.testing.assert_allclose(ratio_test_scores(similarities, indices),
+                               [1.0, 0.0, 0.0, 1 - d1 / d2])
+
+
+def test_ratio_test_scores_exclude_the_best_matchs_own_place():
+    similarities = np.array([[0.9, 0.89, 0.6], [0.9, 0.89, 0.6]])
+    indices = np.array([[0, 1, 2], [0, 3, 2]])
+    positions_m = np.array([[0.0, 0.0], [3.0, 0.0], [100.0, 0.0], [60.0, 0.0]])
+    d = np.sqrt(2 - 2 * similarities[0])
+    # query 0: row 1 lies 3 m from the best, so the runner-up is row 2; query 1: row 3 (60 m)
+    np.testing.assert_allclose(ratio_test_scores(similarities, indices, positions_m, 25.0),
+                               [1 - d[0] / d[2], 1 - d[0] / d[1]])
+    # index-only: the exclusion counts frames (row 1 is 1 frame from row 0, row 2 is 2 frames)
+    np.testing.assert_allclose(ratio_test_scores(similarities, indices, None, 1),
+                               [1 - d[0] / d[2], 1 - d[0] / d[1]])
+    # given scores rank the queries: query 0 is right, query 1 (positive 5) is wrong
+    positives_ = [np.array([0]), np.array([5])]
+    for scores, expected_auc in (([0.7, 0.2], 0.5), ([0.2, 0.7], 0.25)):
+        result, curve = retrieval_metrics(similarities, indices, positives_, n_values=(1,),
+                                          scores=np.array(scores))
+        np.testing.assert_array_equal(curve['scores'], scores)
+        assert result['pr_auc'] == pytest.approx(expected_auc)
 
 
 def test_precision_recall_with_ties_and_query_without_positives():

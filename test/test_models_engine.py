@@ -140,7 +140,7 @@ def test_preprocessing_rejects_bad_frames(embedder):
     with pytest.raises(FrameError, match='empty'):
         preprocess_frames([np.zeros((0, 10, 3), np.uint8)], prep)
     with pytest.raises(FrameError, match='RGB'):
-        preprocess_frames([np.zeros((10, 10), np.uint8)], prep)
+        preprocess_frames([np.zeros((10, 10, 4), np.uint8)], prep)   # RGBA; mono is fine
     batch = preprocess_frames([np.full((60, 80, 3), 255, np.uint8)], prep)
     assert batch.shape == (1, 3, 240, 320)
     np.testing.assert_allclose(batch, 1.0, atol=1e-6)   # (1 - 0.5) / 0.5

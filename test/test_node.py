@@ -12,8 +12,8 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatStatus
 from vl_attention.data.images import encode_compressed
 from vl_attention.geo import geodetic_to_enu, GeodeticOrigin
 from vl_attention.mapping import read_manifest, read_poses_csv
-from vl_attention.ros.process import (isolated_ros_environment, start_localize_node,
-                                      stop_process)
+from vl_attention.ros.process import (isolated_ros_environment, ROS_ENVIRONMENT_KEYS,
+                                      start_localize_node, stop_process)
 from vl_attention.ros.replay import ReplayClient
 
 pytestmark = pytest.mark.ros
@@ -23,7 +23,7 @@ NAMESPACE = 'cam2'
 @pytest.fixture(scope='module')
 def ros_env():
     env = isolated_ros_environment(domain_id=random.randint(101, 200))
-    keys = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
+    keys = ROS_ENVIRONMENT_KEYS
     saved = {key: os.environ.get(key) for key in keys}
     os.environ.update({key: env[key] for key in saved})
     rclpy.init()
@@ -40,7 +40,8 @@ def ros_env():
 def nodes(ros_env, tiny_map, export_cache, tmp_path_factory):
     """Two nodes on one map: raw images, and compressed images in a namespace."""
     logs = tmp_path_factory.mktemp('node_logs')
-    common = {'map_dir': str(tiny_map), 'cache_dir': str(export_cache), 'backend': 'auto'}
+    common = {'map_dir': str(tiny_map), 'cache_dir': str(export_cache), 'backend': 'auto',
+              'use_filter': False, 'refine': False}  # single-frame behaviour under test
     raw = start_localize_node(common, env=ros_env, log_path=logs / 'raw.log',
                               remappings=[('image', '/camera/image_raw')])
     compressed = start_localize_node(
@@ -145,7 +146,7 @@ def _bad_raw_images(rgb):
             setattr(msg, name, value)
         return msg
     return {
-        'unknown encoding': image(encoding='yuv422_yuy2'),
+        'unknown encoding': image(encoding='nv21'),
         'empty data': image(data=b''),
         'step/size mismatch': image(step=rgb.shape[1] * 3 + 7),
         '0x0': image(height=0, width=0, step=0, data=b''),

@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import json
 import math
 
 import numpy as np
@@ -10,9 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vl_attention.config import ConfigError
+from vl_attention.engine.backends import create_backend
+from vl_attention.engine.embedder import Embedder
+from vl_attention.engine.export import CARD_FILE, export_onnx, ONNX_FILE, read_export
+from vl_attention.engine.model_card import make_model_card, ModelCard
 from vl_attention.models import AGGREGATORS, build_model, load_model_config
 from vl_attention.models.pose_attention import adaptive_average_pool, pose_errors_from_poses, \
-    pose_loss_terms, PoseAttention, PoseLoss
+    pose_loss_terms, pose_origin_m, PoseAttention, PoseLoss, PoseOutputs, set_pose_origin
 
 CHANNELS = {'shallow': 16, 'middle': 24, 'deep': 32}
 # strides 8/16/32 of a 96x128 image, and of an odd size (ceil-mode pooling)
@@ -263,3 +269,142 @@ def test_preset_descriptor_onnx_parity():
     (descriptors,) = _onnx_outputs(model, [images], ['descriptors'])
     assert descriptors.shape == (1, 256)
     assert np.abs(expected.numpy() - descriptors).max() < 1e-4
+
+
+# ---- the pose as an exported output -----------------------------------------------------------
+
+ORIGIN_M = (100.0, -50.0, 7.0)
+
+
+def _pose_model_with_known_pose():
+    """Build a 96x128 ResNet-18 pose preset whose head outputs one hand-set pose.
+
+    The position layer outputs its bias (1, 2, 3); the orientation layer its
+    bias (w, x, y, z) = (-1, 2, 0, 2), i.e. (-1, 2, 0, 2) / 3, flipped to w >= 0.
+    """
+    model = _preset_model('pose_attention_resnet18').eval()
+    head = model.aggregator
+    with torch.no_grad():
+        head.position.weight.zero_()
+        head.position.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        head.orientation.weight.zero_()
+        head.orientation.bias.copy_(torch.tensor([-1.0, 2.0, 0.0, 2.0]))
+    return set_pose_origin(model, ORIGIN_M)
+
+
+EXPECTED_XYZW = np.array([-2.0, 0.0, -2.0, 1.0]) / 3.0
+
+
+@pytest.fixture(scope='module')
+def pose_export(tmp_path_factory):
+    model = _pose_model_with_known_pose()
+    config = dataclasses.replace(load_model_config('pose_attention_resnet18'),
+                                 input_height=96, input_width=128)
+    card = make_model_card(config, model)
+    out = export_onnx(model, card, tmp_path_factory.mktemp('pose_export'))
+    return model, out
+
+
+def test_pose_outputs_are_the_head_pose_reordered_to_xyzw():
+    model = _pose_model_with_known_pose()
+    images = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        descriptors, position_m, orientation_xyzw = PoseOutputs(model)(images)
+        output = model.outputs(images)
+    torch.testing.assert_close(descriptors, output.descriptor)
+    np.testing.assert_allclose(position_m.numpy(), [[1.0, 2.0, 3.0]] * 2, atol=1e-6)
+    np.testing.assert_allclose(orientation_xyzw.numpy(), [EXPECTED_XYZW] * 2, atol=1e-6)
+    np.testing.assert_array_equal(pose_origin_m(model), ORIGIN_M)
+
+
+def test_export_has_pose_outputs_matching_torch_and_a_card_entry(pose_export):
+    model, export_dir = pose_export
+    card = read_export(export_dir)
+    assert card.outputs == ('descriptors', 'position_m', 'orientation_xyzw') and card.has_pose
+    assert card.pose_origin_m == ORIGIN_M
+    assert 'map frame of the training data' in card.pose_frame
+    session = onnxruntime.InferenceSession(str(export_dir / ONNX_FILE),
+                                           providers=['CPUExecutionProvider'])
+    assert [output.name for output in session.get_outputs()] == list(card.outputs)
+    # the descriptors depend on the image; the hand-set pose does not (next test: one that does)
+    images = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = [array.numpy() for array in PoseOutputs(model)(images)]
+    results = session.run(None, {'images': images.numpy()})
+    for name, reference, result in zip(card.outputs, expected, results):
+        assert result.shape == reference.shape, name
+        assert np.abs(reference - result).max() < 1e-4, name
+    np.testing.assert_allclose(results[2], [EXPECTED_XYZW] * 3, atol=1e-5)
+
+
+def test_trained_like_pose_head_parity_on_every_cpu_backend(tmp_path):
+    # a head with non-zero weights: the pose depends on the image, on both backends alike
+    model = set_pose_origin(_preset_model('pose_attention_resnet18'), ORIGIN_M).eval()
+    config = dataclasses.replace(load_model_config('pose_attention_resnet18'),
+                                 input_height=96, input_width=128)
+    card = make_model_card(config, model)
+    export_onnx(model, card, tmp_path)
+    batch = torch.randn(4, 3, 96, 128, generator=torch.Generator().manual_seed(9)).numpy()
+    ort = create_backend('onnxruntime-cpu', model=model, onnx_path=tmp_path / ONNX_FILE)
+    eager = create_backend('torch-cpu', model=model, onnx_path=None)
+    ort_outputs, torch_outputs = ort.run_outputs(batch), eager.run_outputs(batch)
+    assert list(ort_outputs) == list(torch_outputs) == list(card.outputs)
+    for name in card.outputs:
+        assert np.abs(ort_outputs[name] - torch_outputs[name]).max() < 1e-4, name
+    assert np.ptp(torch_outputs['position_m'], axis=0).max() > 1e-4   # image-dependent
+    quaternions = torch_outputs['orientation_xyzw']
+    np.testing.assert_allclose(np.linalg.norm(quaternions, axis=1), 1.0, atol=1e-5)
+    assert (quaternions[:, 3] >= 0).all()
+    np.testing.assert_array_equal(ort.run(batch), ort_outputs['descriptors'])
+
+
+def test_embed_with_pose_returns_the_map_frame_pose(pose_export):
+    model, export_dir = pose_export
+    card = read_export(export_dir)
+    frames = [np.full((120, 160, 3), value, np.uint8) for value in (30, 200)]
+    for backend in (create_backend('onnxruntime-cpu', model=None,
+                                   onnx_path=export_dir / ONNX_FILE),
+                    create_backend('torch-cpu', model=model, onnx_path=None)):
+        embedder = Embedder(backend, card)
+        descriptors, position_m, orientation_xyzw = embedder.embed_with_pose(frames)
+        # hand-computed: head bias (1, 2, 3) + origin (100, -50, 7)
+        np.testing.assert_allclose(position_m, [[101.0, -48.0, 10.0]] * 2, atol=1e-5)
+        np.testing.assert_allclose(orientation_xyzw, [EXPECTED_XYZW] * 2, atol=1e-5)
+        np.testing.assert_allclose(descriptors, embedder.embed(frames), atol=1e-5)
+        assert descriptors.dtype == np.float32 and position_m.dtype == np.float64
+        empty = embedder.embed_with_pose([])
+        assert [array.shape for array in empty] == [(0, 256), (0, 3), (0, 4)]
+
+
+def test_models_without_a_pose_head_say_so(tmp_path):
+    config = dataclasses.replace(load_model_config('resnet18_gem'), input_height=64,
+                                 input_width=64)
+    model = build_model(config)
+    card = make_model_card(config, model)
+    assert card.outputs == ('descriptors',) and not card.has_pose and card.pose_frame == ''
+    export_onnx(model, card, tmp_path)
+    backend = create_backend('onnxruntime-cpu', model=None, onnx_path=tmp_path / ONNX_FILE)
+    batch = np.zeros((1, 3, 64, 64), np.float32)
+    assert list(backend.run_outputs(batch)) == ['descriptors']
+    embedder = Embedder(backend, read_export(tmp_path))
+    with pytest.raises(ConfigError, match='model resnet18_gem has no pose output; pose_source '
+                                          'regression needs a pose_attention preset'):
+        embedder.embed_with_pose([np.zeros((64, 64, 3), np.uint8)])
+    with pytest.raises(ValueError, match='has no pose_attention head'):
+        set_pose_origin(model, ORIGIN_M)
+
+
+def test_cards_and_weights_from_before_the_pose_outputs_still_load(pose_export):
+    _, export_dir = pose_export
+    values = json.loads((export_dir / CARD_FILE).read_text())
+    for key in ('outputs', 'pose_frame', 'pose_origin_m'):
+        del values[key]
+    old = ModelCard.from_json(json.dumps(values))
+    assert old.outputs == ('descriptors',) and not old.has_pose and old.pose_origin_m == ()
+    model = _preset_model('pose_attention_resnet18')
+    state = {key: value for key, value in set_pose_origin(model, ORIGIN_M).state_dict().items()
+             if not key.endswith('pose_origin_m')}
+    model.load_state_dict(state)     # strict: the missing origin defaults to zero
+    np.testing.assert_array_equal(pose_origin_m(model), [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match='3 finite metres'):
+        set_pose_origin(model, [1.0, float('nan'), 0.0])

@@ -1,4 +1,4 @@
-"""Context-aware regional attention over R-MAC regions and query expansion (issue 4, item 2)."""
+"""Context-aware regional attention over R-MAC regions (issue 4, item 2)."""
 
 from dataclasses import replace
 
@@ -9,9 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from vl_attention.config import frozen_mapping
-from vl_attention.mapping.index import MapIndex
-from vl_attention.mapping.query_expansion import expand_queries, QueryExpansion, \
-    search_expanded
 from vl_attention.models import build_model, load_model_config
 from vl_attention.models.regional_attention import RegionalAttention, rmac_regions
 from vl_attention.models.weights import WeightsError
@@ -118,57 +115,6 @@ def test_regional_preset_exports_at_a_fixed_size(preset, tmp_path):
         expected = model(images).numpy()
     assert expected.shape == (1, model.backbone.out_channels[model.taps[0]])
     assert float(np.abs(exported - expected).max()) < 1e-4
-
-
-def _unit(*rows):
-    rows = np.array(rows, dtype=np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
-# The query's true match (row 1) sits in a tight group of views (rows 1-3) but a
-# distractor (row 0) is slightly closer to the query itself.
-QUERY = _unit([1.0, 0.0, 0.0])
-DATABASE = _unit([0.9, -0.436, 0.0], [0.85, 0.527, 0.0], [0.82, 0.57, 0.05], [0.8, 0.6, 0.0],
-                 [0.0, 0.0, 1.0])
-TRUE_MATCH = 1
-
-
-def test_query_expansion_promotes_the_true_match():
-    _, before = MapIndex.build(DATABASE, 'flat_ip').search(QUERY, 2)
-    assert list(before[0]) == [0, TRUE_MATCH]
-    for expansion in (QueryExpansion(top_n=3), QueryExpansion(top_n=3, alpha=3.0)):
-        _, after = search_expanded(QUERY, DATABASE, 1, expansion)
-        assert int(after[0, 0]) == TRUE_MATCH
-
-
-def test_average_qe_is_mean_of_query_and_neighbours():
-    expanded = expand_queries(QUERY, DATABASE, QueryExpansion(top_n=3))
-    by_hand = QUERY[0] + DATABASE[[0, 1, 2]].sum(axis=0)
-    np.testing.assert_allclose(expanded[0], by_hand / np.linalg.norm(by_hand), atol=1e-6)
-    alpha_zero = expand_queries(QUERY, DATABASE, QueryExpansion(top_n=3, alpha=0.0))
-    np.testing.assert_array_equal(alpha_zero, expanded)
-
-
-def test_alpha_qe_weights_neighbours_by_similarity_power():
-    expanded = expand_queries(QUERY, DATABASE, QueryExpansion(top_n=3, alpha=3.0))
-    neighbours = DATABASE[[0, 1, 2]]
-    by_hand = QUERY[0] + ((neighbours @ QUERY[0]) ** 3) @ neighbours
-    np.testing.assert_allclose(expanded[0], by_hand / np.linalg.norm(by_hand), atol=1e-6)
-    average = expand_queries(QUERY, DATABASE, QueryExpansion(top_n=3))
-    assert float(np.abs(expanded - average).max()) > 1e-3
-
-
-def test_query_expansion_on_a_map_index_and_bad_inputs():
-    index = MapIndex.build(DATABASE, 'flat_ip')
-    np.testing.assert_array_equal(search_expanded(QUERY, index, 3)[1],
-                                  search_expanded(QUERY, DATABASE, 3)[1])
-    index.descriptors = None
-    with pytest.raises(ValueError, match='float descriptors'):
-        expand_queries(QUERY, index)
-    with pytest.raises(ValueError, match='do not fit 3-D'):
-        expand_queries(np.ones((1, 4)), DATABASE)
-    with pytest.raises(ValueError, match='top_n >= 1'):
-        QueryExpansion(top_n=0)
 
 
 def test_global_feature_is_the_context():

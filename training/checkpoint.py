@@ -5,17 +5,31 @@ states, the step, the validation history, and every random-number state of
 every process (torch, numpy, Python, CUDA, the batch sampler's and the
 mining's generators) plus each process's hard-negative cache. Resuming from it
 replays the remaining steps bit for bit on the same hardware and process
-count. Checkpoints are pickles written by this code: load only your own.
+count.
+
+Checkpoints are read with ``torch.load(weights_only=True)``, which builds only
+tensors and plain containers, so code written into a checkpoint never runs. The
+numpy parts of the state (numpy's random state, the negative cache) are stored
+as tagged tensors of the same dtype and turned back into arrays on load.
 """
 
+import pickle
 import random
+import re
 
 import numpy as np
 import torch
 
 from vl_attention.io import atomic_path
 
-CHECKPOINT_VERSION = 1
+# 2: numpy arrays stored as tagged tensors, read with weights_only=True
+CHECKPOINT_VERSION = 2
+_NUMPY_ARRAY = '__numpy_ndarray__'
+_NUMPY_SCALAR = '__numpy_scalar__'
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint needs more than tensors and containers to load; nothing in it ran."""
 
 
 def rng_state(generators):
@@ -42,14 +56,56 @@ def restore_rng_state(state, generators):
 def save_checkpoint(path, payload):
     """Write ``payload`` (a dict) to ``path`` atomically: a kill never leaves half a file."""
     with atomic_path(path) as temporary:
-        torch.save(dict(payload, version=CHECKPOINT_VERSION), temporary)
+        torch.save(dict(to_weights_only(payload), version=CHECKPOINT_VERSION), temporary)
 
 
 def load_checkpoint(path):
-    """Read a checkpoint written by :func:`save_checkpoint` (trusted: it is a pickle)."""
-    payload = torch.load(path, map_location='cpu', weights_only=False)
-    if payload.get('version') != CHECKPOINT_VERSION:
-        raise ValueError(f'{path} is a version {payload.get("version")} checkpoint; this code '
+    """Read a checkpoint written by :func:`save_checkpoint`; no code in the file runs."""
+    try:
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f'{path} asks to run {_refused_global(error)} on load, which a version '
+            f'{CHECKPOINT_VERSION} checkpoint never does; refused without running it. Resume '
+            'only from run folders you wrote (older checkpoints: with the release that wrote '
+            'them), or start a fresh run without --resume') from None
+    if not isinstance(payload, dict) or payload.get('version') != CHECKPOINT_VERSION:
+        version = payload.get('version') if isinstance(payload, dict) else None
+        raise ValueError(f'{path} is a version {version} checkpoint; this code '
                          f'reads version {CHECKPOINT_VERSION}: resume with the release that '
                          'wrote it')
-    return payload
+    return from_weights_only(payload)
+
+
+def _refused_global(error):
+    """Name the global that torch's weights-only unpickler refused, or say what it refused."""
+    found = re.search(r'GLOBAL ([\w.]+)', str(error))
+    return found.group(1) if found else 'objects other than tensors and containers'
+
+
+def to_weights_only(value):
+    """``value`` with every numpy array and scalar replaced by a tagged tensor (recursive)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError('a checkpoint cannot hold numpy object arrays')
+        return {_NUMPY_ARRAY: torch.from_numpy(np.array(value, copy=True))}
+    if isinstance(value, np.generic):
+        return {_NUMPY_SCALAR: torch.from_numpy(np.array(value))}
+    if isinstance(value, dict):
+        return {key: to_weights_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_weights_only(item) for item in value)
+    return value
+
+
+def from_weights_only(value):
+    """Invert :func:`to_weights_only`: tagged tensors become numpy arrays and scalars again."""
+    if isinstance(value, dict):
+        if set(value) == {_NUMPY_ARRAY}:
+            return value[_NUMPY_ARRAY].numpy()
+        if set(value) == {_NUMPY_SCALAR}:
+            return value[_NUMPY_SCALAR].numpy()[()]
+        return {key: from_weights_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(from_weights_only(item) for item in value)
+    return value

@@ -8,12 +8,16 @@ ones (:func:`vl_attention.config.from_dict`).
 """
 
 from dataclasses import dataclass, field, replace
+import logging
 import typing
 
 from vl_attention.config import (ConfigError, find_config_file, frozen_mapping, from_dict,
                                  read_yaml)
 from vl_attention.models import load_model_config, ModelConfig
+from vl_attention.models.descriptor import backbone_weights
 from vl_attention.training.augment import AugmentationConfig
+
+LOG = logging.getLogger(__name__)
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'step', 'cosine')
@@ -191,4 +195,22 @@ def model_config(cfg):
             overrides[key] = frozen_mapping({**getattr(config, key), **overrides[key]})
     if 'taps' in overrides:
         overrides['taps'] = tuple(overrides['taps'])
-    return replace(config, **overrides)
+    config = replace(config, **overrides)
+    warn_frozen_random_trunk(cfg.name, config)
+    return config
+
+
+def warn_frozen_random_trunk(recipe_name, config):
+    """Warn when a recipe freezes (part of) a trunk that has no weights: it never learns.
+
+    A warning, not an error: pose regression of one scene does learn on a frozen
+    random trunk (test_training), and the shipped recipes name paper trunks whose
+    ImageNet weights are not offline here.
+    """
+    freeze = config.backbone_options.get('freeze', False)
+    if freeze in (False, None) or str(backbone_weights(config)) != 'none':
+        return
+    LOG.warning('recipe %r freezes the trunk of model %r (freeze: %s) but the trunk has '
+                'weights: none, so its random features never train; give the trunk weights '
+                '(model_overrides: {backbone_options: {weights: imagenet or a .pth path}}) or '
+                'set backbone_options: {freeze: false}', recipe_name, config.name, freeze)

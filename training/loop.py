@@ -31,6 +31,7 @@ from torch import nn
 from vl_attention.config import ConfigError, to_dict
 from vl_attention.engine.model_card import weights_sha256
 from vl_attention.models import build_model
+from vl_attention.models.initialisation import preset_seed
 from vl_attention.models.modes import evaluating
 from vl_attention.training import distributed
 from vl_attention.training.checkpoint import (load_checkpoint, restore_rng_state, rng_state,
@@ -122,7 +123,9 @@ def initial_model(cfg, device):
     PCA-whitening is left out: it is fitted after training, on the trained descriptors.
     """
     torch.manual_seed(cfg.seed)
-    return build_model(replace(model_config(cfg), whitening_dim=0)).to(device)
+    config = replace(model_config(cfg), whitening_dim=0)
+    # build_model seeds random parts from the preset; the recipe seed varies that start (0: as is)
+    return build_model(config, init_seed=preset_seed(config) ^ cfg.seed).to(device)
 
 
 def _build(cfg, context, artifacts):

@@ -15,7 +15,10 @@ mining collapses a model (all descriptors alike) or overfits to label noise.
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from vl_attention.evaluation.metrics import within_radius_mask
 
 STRATEGIES = ('hard', 'random')
 
@@ -40,10 +43,17 @@ def descriptor_distances(descriptors):
 
 
 def ground_truth_masks(positions_m, *, positive_distance_m, negative_distance_m):
-    """Boolean ``(B, B)`` masks of positive pairs (never the image itself) and negative pairs."""
-    distance_m = torch.cdist(positions_m.double(), positions_m.double())
-    itself = torch.eye(len(positions_m), dtype=torch.bool, device=positions_m.device)
-    return (distance_m <= positive_distance_m) & ~itself, distance_m > negative_distance_m
+    """Boolean ``(B, B)`` masks of positive pairs (never the image itself) and negative pairs.
+
+    Distances are planar (x, y), as everywhere ground truth is computed
+    (:func:`vl_attention.evaluation.metrics.positives`).
+    """
+    xy_m = positions_m.detach().cpu().double().numpy()[:, :2]
+    itself = np.eye(len(xy_m), dtype=bool)
+    positive = within_radius_mask(xy_m, xy_m, positive_distance_m) & ~itself
+    negative = ~within_radius_mask(xy_m, xy_m, negative_distance_m)
+    device = positions_m.device
+    return torch.from_numpy(positive).to(device), torch.from_numpy(negative).to(device)
 
 
 def mine_triplets(descriptors, positive, negative, *, strategy='hard', generator=None):

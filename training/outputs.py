@@ -27,6 +27,7 @@ from vl_attention.config import to_dict
 from vl_attention.engine.export import export_onnx
 from vl_attention.engine.model_card import make_model_card
 from vl_attention.io import atomic_path, atomic_write_text, json_safe
+from vl_attention.models.pose_attention import pose_head, set_pose_origin
 from vl_attention.models.whitening import PCAWhitening
 from vl_attention.training.config import model_config
 from vl_attention.training.validation import embed_rows
@@ -122,6 +123,8 @@ class RunArtifacts:
             run.model.load_state_dict(torch.load(self.best_weights, weights_only=True))
         config = model_config(run.cfg)
         _fit_whitening(run, config.whitening_dim)
+        if pose_head(run.model) is not None:  # its positions are relative to the training mean
+            set_pose_origin(run.model, run.data.builder.origin_m)
         _save_state(self.weights, run.model.state_dict())
         config = replace(config, name=run.cfg.name, checkpoint=str(self.weights))
         atomic_write_text(self.preset, yaml.safe_dump(to_dict(config), sort_keys=False))

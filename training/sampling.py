@@ -17,10 +17,10 @@ descriptors re-embedded every ``refresh_every_steps`` steps.
 """
 
 import numpy as np
-from scipy.spatial import cKDTree
 import torch
 
 from vl_attention.engine.preprocess import preprocess_frames
+from vl_attention.evaluation.metrics import positives, within_radius_mask
 from vl_attention.training.augment import augment
 from vl_attention.training.datasets import Batch, poses_wxyz
 from vl_attention.training.sources.base import DatasetLayoutError
@@ -45,10 +45,9 @@ class GroundTruth:
         """Boolean ``(len(a), len(b))`` positive / negative masks (never a row with itself)."""
         rows_a, rows_b = np.asarray(rows_a), np.asarray(rows_b)
         if self.kind == 'positions':
-            gap = np.linalg.norm(self.positions_m[rows_a, None, :2]
-                                 - self.positions_m[None, rows_b, :2], axis=-1)
-            positive = gap <= self.sampling.positive_distance_m
-            negative = gap > self.sampling.negative_distance_m
+            xy_a, xy_b = self.positions_m[rows_a, :2], self.positions_m[rows_b, :2]
+            positive = within_radius_mask(xy_a, xy_b, self.sampling.positive_distance_m)
+            negative = ~within_radius_mask(xy_a, xy_b, self.sampling.negative_distance_m)
         else:
             gap = np.abs(self.place_ids[rows_a, None] - self.place_ids[None, rows_b])
             positive, negative = gap == 0, gap >= self.sampling.negative_place_gap
@@ -57,9 +56,8 @@ class GroundTruth:
     def positive_lists(self):
         """For every row, the other rows that show the same place."""
         if self.kind == 'positions':
-            tree = cKDTree(self.positions_m[:, :2])
-            neighbours = tree.query_ball_point(self.positions_m[:, :2],
-                                               r=self.sampling.positive_distance_m)
+            xy_m = self.positions_m[:, :2]
+            neighbours = positives(xy_m, xy_m, self.sampling.positive_distance_m)
         else:
             groups = {}
             for row, place in enumerate(self.place_ids):

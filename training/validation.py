@@ -12,11 +12,10 @@ query condition (e.g. night, fog).
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 import torch
 
 from vl_attention.evaluation.evaluate_vpr import retrieve
-from vl_attention.evaluation.metrics import retrieval_metrics
+from vl_attention.evaluation.metrics import positives, retrieval_metrics
 from vl_attention.models.modes import evaluating
 from vl_attention.training.sampling import ImageRows
 from vl_attention.training.sources.base import DatasetLayoutError
@@ -40,9 +39,8 @@ def _positives(dataset, database_rows, query_rows, positive_distance_m):
         mapped = [database_index[dataset.positives[q]] for q in query_rows]
         return tuple(np.sort(rows[rows >= 0]) for rows in mapped)
     if dataset.has_positions:
-        tree = cKDTree(dataset.positions_m[database_rows, :2])
-        found = tree.query_ball_point(dataset.positions_m[query_rows, :2], r=positive_distance_m)
-        return tuple(np.sort(np.asarray(rows, np.int64)) for rows in found)
+        return positives(dataset.positions_m[query_rows, :2],
+                         dataset.positions_m[database_rows, :2], positive_distance_m)
     if (dataset.place_ids >= 0).all():
         database_ids = dataset.place_ids[database_rows]
         return tuple(np.flatnonzero(database_ids == dataset.place_ids[q]) for q in query_rows)

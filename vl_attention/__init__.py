@@ -1,31 +1,8 @@
-"""vl_attention: long-term visual localization with attention-based global descriptors."""
+"""vl_attention: long-term visual localization with attention-based global descriptors.
 
-import importlib.util
-from pathlib import Path
-import sys
+``vl_attention.training`` lives in the top-level ``training/`` folder and is mapped into this
+package by ``package_dir`` in setup.py; from a source checkout it resolves through the editable
+install that ``scripts/setup_env.sh`` makes into ``.venv`` (``pip install -e . --no-deps``).
+"""
 
 __version__ = '0.1.0'
-
-
-def _source_training_package():
-    """Make ``vl_attention.training`` importable from a source checkout.
-
-    The training code lives in the top-level ``training/`` directory, which
-    setup.py installs as ``vl_attention.training``; running from the source
-    tree (tests, benchmarks, ``python -m vl_attention.cli``) has no such
-    subdirectory, so the package is registered from ``training/`` here.
-    """
-    name = f'{__name__}.training'
-    if name in sys.modules or (Path(__file__).parent / 'training').is_dir():
-        return
-    source = Path(__file__).resolve().parent.parent / 'training'
-    if not (source / '__init__.py').is_file():
-        return
-    spec = importlib.util.spec_from_file_location(
-        name, source / '__init__.py', submodule_search_locations=[str(source)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-
-
-_source_training_package()

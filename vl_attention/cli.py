@@ -156,6 +156,14 @@ def _add_evaluate_vpr(subparsers):
                         help='ground truth: query i matches database i-K..i+K')
     parser.add_argument('--models', default='',
                         help='comma-separated model presets compared in one table')
+    parser.add_argument('--ratio-test-exclusion-m', type=float, default=25.0,
+                        help='confidence as the node: runner-up farther than this from the best '
+                        '(datasets with positions; the node parameter ratio_test_exclusion_m)')
+    parser.add_argument('--ratio-test-exclusion-frames', type=int, default=None,
+                        help='the same for index-only datasets, in frames (default: '
+                        '--sequential K, else 0 = plain ratio test)')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='no progress bars (they are also off when stderr is not a TTY)')
     _add_embedder_arguments(parser)
 
 
@@ -164,7 +172,9 @@ def _run_evaluate_vpr(args):
     models = tuple(name for name in args.models.split(',') if name)
     cfg = VPREvalConfig(embedder=_embedder_config(args), models=models,
                         positive_distance_m=args.positive_distance_m,
-                        sequential=args.sequential)
+                        sequential=args.sequential, progress=not args.no_progress,
+                        ratio_test_exclusion_m=args.ratio_test_exclusion_m,
+                        ratio_test_exclusion_frames=args.ratio_test_exclusion_frames)
     out = main(cfg, args.dataset, args.out)
     print((out / 'report.md').read_text())
 

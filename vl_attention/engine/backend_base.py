@@ -5,11 +5,19 @@ A backend takes ``float32 (B, 3, H, W)`` normalised input (the output of
 ``float32 (B, D)`` descriptors. It exposes ``name`` (its registry name),
 ``device`` (``'cpu'`` or ``'cuda'``), ``precision`` (what it really runs) and
 ``description`` (one line for logs and diagnostics).
+
+``run(batch)`` returns the descriptors; ``run_outputs(batch)`` returns every
+output of the model by its ONNX name (:data:`DESCRIPTOR_OUTPUT` always, and
+for pose models ``position_m`` ``(B, 3)`` relative to the card's
+``pose_origin_m`` and ``orientation_xyzw`` ``(B, 4)``), each ``float32``.
 """
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from vl_attention.engine.availability import DEVICES, PRECISIONS
+from vl_attention.engine.model_card import DESCRIPTOR_OUTPUT
 from vl_attention.models.registry import Registry
 
 BACKENDS = Registry('backend')
@@ -45,3 +53,22 @@ class BackendOptions:
             raise ValueError(f'precision {self.precision!r} is not one of {list(PRECISIONS)}')
         if self.threads < 0 or self.max_batch < 1:
             raise ValueError('threads must be >= 0 and max_batch >= 1')
+
+
+def descriptor_output_name(names):
+    """Pick the descriptor output of a graph: ``descriptors``, else its only output."""
+    names = list(names)
+    if DESCRIPTOR_OUTPUT in names:
+        return DESCRIPTOR_OUTPUT
+    if len(names) == 1:
+        return names[0]
+    raise BackendUnavailable(f'the model has outputs {names} and none is named '
+                             f'{DESCRIPTOR_OUTPUT!r}; export it again with this package')
+
+
+def named_outputs(names, arrays):
+    """``{name: float32 array}`` of a graph's outputs, in graph order."""
+    names, arrays = list(names), list(arrays)
+    if len(names) != len(arrays):
+        raise ValueError(f'{len(arrays)} output arrays for the {len(names)} names {names}')
+    return {name: np.asarray(array, dtype=np.float32) for name, array in zip(names, arrays)}

@@ -24,7 +24,10 @@ from vl_attention.engine import tensorrt_backend as _tensorrt  # noqa: F401  (re
 from vl_attention.engine.availability import (CUDA, ORT_CUDA_PROVIDER, parse_backend_name,
                                               plan_auto, probe_availability, resolve_device,
                                               unavailable_reason)
-from vl_attention.engine.backend_base import BackendOptions, BACKENDS, BackendUnavailable
+from vl_attention.engine.backend_base import (BackendOptions, BACKENDS, BackendUnavailable,
+                                              descriptor_output_name, named_outputs)
+from vl_attention.engine.model_card import DESCRIPTOR_OUTPUT, POSE_OUTPUTS
+from vl_attention.models.pose_attention import pose_head, PoseOutputs
 
 LOG = logging.getLogger(__name__)
 
@@ -66,22 +69,36 @@ class TorchBackend:
             if self.memory_format is not None:
                 model = model.to(memory_format=self.memory_format)
         self.model = torch.compile(model) if options.compile else model
+        # The pose view runs eagerly (uncompiled): it shares the weights of ``model``.
+        self.pose_model = PoseOutputs(model) if pose_head(model) is not None else None
+        self.output_names = POSE_OUTPUTS if self.pose_model is not None else (DESCRIPTOR_OUTPUT,)
         self.description = (f'torch-{self.device} {self.precision}'
                             f'{" channels-last" if options.channels_last else ""}'
                             f'{" compiled" if options.compile else ""}'
                             f' ({torch.get_num_threads()} threads)')
 
-    def run(self, batch):
-        """Embed a preprocessed batch."""
+    def _images(self, batch):
         images = torch.from_numpy(batch)
         if self.device == CUDA:
             images = images.pin_memory().to(CUDA, non_blocking=True)
         images = images.to(self.dtype)
         if self.memory_format is not None:
             images = images.contiguous(memory_format=self.memory_format)
+        return images
+
+    def run(self, batch):
+        """Embed a preprocessed batch."""
         with torch.inference_mode():
-            descriptors = self.model(images)
+            descriptors = self.model(self._images(batch))
         return descriptors.float().cpu().numpy()
+
+    def run_outputs(self, batch):
+        """Every output of a preprocessed batch by name (see :mod:`.backend_base`)."""
+        if self.pose_model is None:
+            return {DESCRIPTOR_OUTPUT: self.run(batch)}
+        with torch.inference_mode():
+            arrays = self.pose_model(self._images(batch))
+        return named_outputs(self.output_names, [array.float().cpu().numpy() for array in arrays])
 
 
 def ort_providers(device, availability):
@@ -129,12 +146,19 @@ class OnnxRuntimeBackend:
         if options.precision != 'fp32':
             LOG.info('onnxruntime runs the FP32 graph (asked for %s)', options.precision)
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = tuple(output.name for output in self.session.get_outputs())
+        self.descriptor_name = descriptor_output_name(self.output_names)
         threads = options.threads or 'default'
         self.description = f'onnxruntime-{self.device} fp32 ({threads} threads)'
 
     def run(self, batch):
         """Embed a preprocessed batch."""
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.session.run([self.descriptor_name], {self.input_name: batch})[0]
+
+    def run_outputs(self, batch):
+        """Every output of a preprocessed batch by name (see :mod:`.backend_base`)."""
+        return named_outputs(self.output_names,
+                             self.session.run(list(self.output_names), {self.input_name: batch}))
 
 
 def _create_one(variant_or_name, *, model, onnx_path, options, availability):

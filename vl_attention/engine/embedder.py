@@ -97,6 +97,33 @@ class Embedder:
         self.last_latency_ms = (time.perf_counter() - started) * 1e3
         return descriptors
 
+    def embed_with_pose(self, frames):
+        """Descriptors and the regressed camera pose of uint8 RGB frames (pose_attention models).
+
+        Returns ``(descriptors float32 (B, D), position_m float64 (B, 3),
+        orientation_xyzw float64 (B, 4))``: the camera body pose in the map
+        frame of the model's training data (``card.pose_frame``), the
+        position with ``card.pose_origin_m`` added, the quaternion unit with
+        ``w >= 0``.
+        """
+        if not self.card.has_pose:
+            raise ConfigError(f'model {self.card.model_name} has no pose output; pose_source '
+                              'regression needs a pose_attention preset (export one trained on '
+                              'the mapped scene)')
+        if len(frames) == 0:
+            return (np.zeros((0, self.descriptor_dim), np.float32), np.zeros((0, 3)),
+                    np.zeros((0, 4)))
+        started = time.perf_counter()
+        outputs = self.backend.run_outputs(preprocess_frames(frames, self.card.preprocessing))
+        descriptors = as_float32(outputs['descriptors'])
+        position_m = (np.asarray(outputs['position_m'], np.float64)
+                      + np.asarray(self.card.pose_origin_m or (0.0, 0.0, 0.0), np.float64))
+        orientation = np.asarray(outputs['orientation_xyzw'], np.float64)
+        orientation /= np.maximum(np.linalg.norm(orientation, axis=1, keepdims=True), 1e-12)
+        orientation = np.where(orientation[:, 3:] < 0, -orientation, orientation)
+        self.last_latency_ms = (time.perf_counter() - started) * 1e3
+        return descriptors, position_m, orientation
+
     def embed_batches(self, frames, batch_size=None):
         """Embed an iterable of frames in batches (map building), same backend as :meth:`embed`."""
         batch_size = batch_size or self.batch_size

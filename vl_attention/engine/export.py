@@ -1,4 +1,10 @@
-"""Export a descriptor model to ONNX with its model card (``model.onnx`` + ``model_card.json``)."""
+"""Export a descriptor model to ONNX with its model card (``model.onnx`` + ``model_card.json``).
+
+Every export has the output ``descriptors`` ``(B, D)``. A model with a pose
+head (pose_attention presets) also exports ``position_m`` ``(B, 3)``, relative
+to the card's ``pose_origin_m``, and ``orientation_xyzw`` ``(B, 4)``, unit with
+``w >= 0``; the card's ``outputs`` lists them in graph order.
+"""
 
 import dataclasses
 import hashlib
@@ -10,10 +16,12 @@ import torch
 
 from vl_attention.config import ConfigError, from_dict
 from vl_attention.engine.backend_base import BackendUnavailable
-from vl_attention.engine.model_card import make_model_card, ModelCard, weights_sha256
+from vl_attention.engine.model_card import (DESCRIPTOR_OUTPUT, make_model_card, ModelCard,
+                                            weights_sha256)
 from vl_attention.io import atomic_path
 from vl_attention.models import (build_model, DEFAULT_MODEL, load_model_checkpoint,
                                  load_model_config, ModelConfig)
+from vl_attention.models.pose_attention import pose_head, PoseOutputs
 
 LOG = logging.getLogger(__name__)
 
@@ -21,7 +29,7 @@ ONNX_FILE = 'model.onnx'
 CARD_FILE = 'model_card.json'
 ONNX_OPSET = 17
 INPUT_NAME = 'images'
-OUTPUT_NAME = 'descriptors'
+OUTPUT_NAME = DESCRIPTOR_OUTPUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +48,19 @@ class ExportConfig:
     dynamic_size: bool = False
 
 
-def _dynamic_axes(dynamic_size):
+def _dynamic_axes(dynamic_size, output_names=(OUTPUT_NAME,)):
     axes = {0: 'batch', 2: 'height', 3: 'width'} if dynamic_size else {0: 'batch'}
-    return {INPUT_NAME: axes, OUTPUT_NAME: {0: 'batch'}}
+    return {INPUT_NAME: axes, **{name: {0: 'batch'} for name in output_names}}
+
+
+def export_module(model, card):
+    """Return the module the export traces: the model, or its pose view for a pose card."""
+    if not card.has_pose:
+        return model
+    if pose_head(model) is None:
+        raise ConfigError(f'the card of {card.model_name!r} lists outputs {list(card.outputs)} '
+                          'but the model has no pose head; make the card from this model')
+    return PoseOutputs(model)
 
 
 def export_onnx(model, card, out_dir, *, dynamic_size=None):
@@ -58,13 +76,15 @@ def export_onnx(model, card, out_dir, *, dynamic_size=None):
     prep = card.preprocessing
     example = torch.zeros(1, 3, prep.input_height, prep.input_width)
     model = model.eval()
+    traced = export_module(model, card).eval()
+    output_names = list(card.outputs)
     with atomic_path(out_dir / ONNX_FILE) as temporary, warnings.catch_warnings():
         # The TorchScript exporter is deprecated but needs no onnxscript and
         # handles every layer we use; the dynamo exporter is not installed here.
         warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(model, (example,), str(temporary), dynamo=False,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes=_dynamic_axes(dynamic_size),
+        torch.onnx.export(traced, (example,), str(temporary), dynamo=False,
+                          input_names=[INPUT_NAME], output_names=output_names,
+                          dynamic_axes=_dynamic_axes(dynamic_size, output_names),
                           opset_version=ONNX_OPSET)
         onnx_sha256 = hashlib.sha256(temporary.read_bytes()).hexdigest()
     exported = dataclasses.replace(card, onnx_opset=ONNX_OPSET, onnx_sha256=onnx_sha256,

@@ -2,7 +2,15 @@
 
 The card records preprocessing, descriptor size and a fingerprint of the
 configuration, weights and preprocessing. A map built with one fingerprint
-refuses to be searched with descriptors of another.
+refuses to be searched with descriptors of another. ``preprocessing.resize``
+is the policy for frames of another shape (stretch, fit_pad, center_crop).
+
+``outputs`` names the ONNX outputs: ``descriptors`` always, plus
+``position_m`` and ``orientation_xyzw`` for models with a pose head
+(pose_attention presets). Such a card also says which frame the pose is in
+(``pose_frame``) and the map-frame origin the regressed position is relative
+to (``pose_origin_m``). Cards written before these fields load as
+descriptor-only models.
 """
 
 from dataclasses import asdict, dataclass
@@ -14,10 +22,14 @@ import numpy as np
 
 from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict, to_dict
-from vl_attention.engine.preprocess import Preprocessing
+from vl_attention.engine.preprocess import DEFAULT_RESIZE, Preprocessing
 from vl_attention.io import atomic_write_text
+from vl_attention.models.pose_attention import (ORIENTATION_OUTPUT, POSE_FRAME, pose_head,
+                                                pose_origin_m, POSITION_OUTPUT)
 
 CARD_FORMAT_VERSION = 1
+DESCRIPTOR_OUTPUT = 'descriptors'
+POSE_OUTPUTS = (DESCRIPTOR_OUTPUT, POSITION_OUTPUT, ORIENTATION_OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,14 @@ class ModelCard:
     weights_file: str = ''
     package_version: str = __version__
     format_version: int = CARD_FORMAT_VERSION
+    outputs: tuple = (DESCRIPTOR_OUTPUT,)
+    pose_frame: str = ''
+    pose_origin_m: tuple = ()
+
+    @property
+    def has_pose(self):
+        """Whether the export also outputs a regressed 6-DoF pose."""
+        return POSITION_OUTPUT in self.outputs and ORIENTATION_OUTPUT in self.outputs
 
     def to_json(self):
         """Serialise to indented JSON."""
@@ -83,7 +103,8 @@ def make_model_card(config, model, *, weights_file=''):
     the torch model can be rebuilt from an export directory.
     """
     weights_hash = weights_sha256(model)
-    config_values = to_dict(config)
+    pose = pose_fields(model)
+    config_values = card_config_values(config)
     identity = json.dumps({'config': config_values, 'weights': weights_hash,
                            'preprocessing': asdict(model.preprocessing)}, sort_keys=True)
     return ModelCard(model_name=config.name,
@@ -91,4 +112,25 @@ def make_model_card(config, model, *, weights_file=''):
                      descriptor_dim=model.descriptor_dim(),
                      preprocessing=model.preprocessing,
                      weights_sha256=weights_hash,
-                     model_config=config_values, weights_file=str(weights_file or ''))
+                     model_config=config_values, weights_file=str(weights_file or ''),
+                     **pose)
+
+
+def card_config_values(config):
+    """Return the preset as the card records it, leaving out the default ``resize: stretch``.
+
+    Cards and fingerprints made before the preset had a resize policy stay
+    the same: the policy changes them only when it is not the default.
+    """
+    values = to_dict(config)
+    if values.get('resize') == DEFAULT_RESIZE:
+        del values['resize']
+    return values
+
+
+def pose_fields(model):
+    """Card fields of the outputs: descriptor only, or descriptor + pose with its frame."""
+    if pose_head(model) is None:
+        return {'outputs': (DESCRIPTOR_OUTPUT,)}
+    return {'outputs': POSE_OUTPUTS, 'pose_frame': POSE_FRAME,
+            'pose_origin_m': tuple(float(value) for value in pose_origin_m(model))}

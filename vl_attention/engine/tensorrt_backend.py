@@ -8,6 +8,10 @@ profile) and written atomically, so the next start reuses it. On every load
 a fixed probe set is embedded and compared with FP32 ONNX Runtime output; an
 engine below :data:`AGREEMENT_THRESHOLDS` is refused.
 
+Models with a pose head have three outputs (descriptors, position_m,
+orientation_xyzw); every output gets its own device buffer and
+``run_outputs`` returns them by name, ``run`` the descriptors.
+
 UNVERIFIED: no GPU and no TensorRT were available where this was written.
 Everything that needs neither (cache key and path, atomic caching and
 rebuild of unreadable engines, probe set and agreement check, calibration
@@ -27,7 +31,8 @@ import numpy as np
 
 from vl_attention.data.images import IMAGE_SUFFIXES
 from vl_attention.engine.availability import CUDA, unavailable_reason
-from vl_attention.engine.backend_base import BackendOptions, BACKENDS, BackendUnavailable
+from vl_attention.engine.backend_base import (BackendOptions, BACKENDS, BackendUnavailable,
+                                              descriptor_output_name, named_outputs)
 from vl_attention.engine.export import INPUT_NAME, read_export
 from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.io import atomic_write_bytes
@@ -159,7 +164,22 @@ def fp32_reference(onnx_path, batch):
     """Descriptors of ``batch`` from ONNX Runtime on the CPU (the FP32 reference)."""
     import onnxruntime
     session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    return session.run(None, {session.get_inputs()[0].name: batch})[0]
+    name = descriptor_output_name(output.name for output in session.get_outputs())
+    return session.run([name], {session.get_inputs()[0].name: batch})[0]
+
+
+def split_io_names(names, is_input):
+    """``(input, outputs)`` of an engine's tensor names: one image input, >= 1 outputs.
+
+    ``is_input(name)`` tells inputs from outputs; the outputs keep engine order.
+    """
+    names = list(names)
+    inputs = [name for name in names if is_input(name)]
+    outputs = tuple(name for name in names if name not in inputs)
+    if len(inputs) != 1 or not outputs:
+        raise BackendUnavailable(f'engine has inputs {inputs} and outputs {list(outputs)}; '
+                                 'expected one image input and a descriptor output')
+    return inputs[0], outputs
 
 
 def _make_calibrator(trt, torch, batches, cache_path):
@@ -238,7 +258,8 @@ class TensorRTBackend:
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = self._load_engine(onnx_path, options, availability)
         self.context = self.engine.create_execution_context()
-        self.input_name, self.output_name = self._io_names()
+        self.input_name, self.output_names = self._io_names()
+        self.output_name = descriptor_output_name(self.output_names)
         self.stream = torch.cuda.Stream()
         self.agreement = self._check_probe(onnx_path)
         self.description = (f'tensorrt {trt.__version__} {self.precision} on '
@@ -275,13 +296,8 @@ class TensorRTBackend:
 
     def _io_names(self):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names
-                  if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BackendUnavailable(f'engine has inputs {inputs} and outputs {outputs}; '
-                                     'expected one image input and one descriptor output')
-        return inputs[0], outputs[0]
+        return split_io_names(
+            names, lambda name: self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT)
 
     def _check_probe(self, onnx_path):
         prep = self.card.preprocessing
@@ -291,15 +307,25 @@ class TensorRTBackend:
 
     def run(self, batch):
         """Embed a preprocessed batch on the GPU (UNVERIFIED)."""
+        return self.run_outputs(batch)[self.output_name]
+
+    def run_outputs(self, batch):
+        """Every output of a preprocessed batch by name, on the GPU (UNVERIFIED).
+
+        The engine's I/O stays FP32 at every precision (the builder flags only
+        allow lower-precision layers inside), so each output is a float32 buffer.
+        """
         torch = self.torch
         with torch.cuda.stream(self.stream):
             images = torch.from_numpy(batch).pin_memory().to(CUDA, non_blocking=True)
             self.context.set_input_shape(self.input_name, tuple(images.shape))
-            shape = tuple(self.context.get_tensor_shape(self.output_name))
-            output = torch.empty(shape, dtype=torch.float32, device=CUDA)
             self.context.set_tensor_address(self.input_name, int(images.data_ptr()))
-            self.context.set_tensor_address(self.output_name, int(output.data_ptr()))
+            outputs = []
+            for name in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                outputs.append(torch.empty(shape, dtype=torch.float32, device=CUDA))
+                self.context.set_tensor_address(name, int(outputs[-1].data_ptr()))
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError('TensorRT execute_async_v3 failed; see the TensorRT log')
         self.stream.synchronize()
-        return output.cpu().numpy()
+        return named_outputs(self.output_names, [output.cpu().numpy() for output in outputs])

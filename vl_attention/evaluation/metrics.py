@@ -5,15 +5,22 @@ Conventions (stated once, used everywhere):
 * a query's *positives* are database indices that show its place; queries without
   positives are left out of Recall@N (their count is reported) but count as false
   when accepted on the precision-recall curve, since any match for them is wrong;
-* the precision-recall curve sweeps a threshold over the ratio-test score
-  ``1 - d1 / d2`` (descriptor distances of the best and second-best match); a
-  query is *accepted* when its score is >= the threshold, and equal scores are
-  accepted together (ties never split);
+* positives from positions are the database points within ``radius_m`` (inclusive)
+  of the query, found with a KD-tree (:func:`positives`), so memory grows with
+  the number of positives and never with queries x database;
+* the precision-recall curve sweeps a threshold over the node's confidence,
+  :func:`~vl_attention.localization.localizer.ratio_test_confidence`: ``1 - d1 / d2``
+  with d2 from the best candidate farther than an exclusion radius from the best
+  match (:func:`ratio_test_scores`); a query is *accepted* when its score is >= the
+  threshold, and equal scores are accepted together (ties never split);
 * recall on that curve is accepted-and-correct over queries that have positives.
 """
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.stats import chi2
+
+from vl_attention.localization.localizer import ratio_test_confidence
 
 DEFAULT_N_VALUES = (1, 5, 10, 20)
 POSE_THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
@@ -34,12 +41,61 @@ def recall_at_n(ranked_indices, positives, n_values=DEFAULT_N_VALUES):
     return recalls, int((~has_positive).sum())
 
 
-def ratio_test_scores(similarities):
-    """Score ``1 - d1/d2`` per query from the top-2 inner products of unit descriptors."""
-    distances = np.sqrt(np.maximum(2.0 - 2.0 * np.asarray(similarities[:, :2], np.float64), 0))
-    with np.errstate(divide='ignore', invalid='ignore'):
-        scores = 1.0 - distances[:, 0] / distances[:, 1]
-    return np.where(distances[:, 1] > 0, scores, 0.0)
+def positives(query_xy_m, database_xy_m, radius_m):
+    """Per query, the sorted ``int64`` database indices within ``radius_m`` (inclusive).
+
+    ``query_xy_m`` is ``(Q, d)`` and ``database_xy_m`` ``(N, d)`` metric
+    coordinates (planar x, y in metres for every caller here). A KD-tree over
+    the database answers the ball queries: no ``(Q, N)`` distance matrix is built.
+    """
+    query_xy_m = _points(query_xy_m, 'query_xy_m')
+    database_xy_m = _points(database_xy_m, 'database_xy_m')
+    if query_xy_m.shape[1] != database_xy_m.shape[1]:
+        raise ValueError(f'query_xy_m has {query_xy_m.shape[1]} coordinates per point and '
+                         f'database_xy_m {database_xy_m.shape[1]}; pass the same columns')
+    if not np.isfinite(radius_m) or radius_m < 0:
+        raise ValueError(f'radius_m={radius_m} must be a finite distance >= 0')
+    if not len(query_xy_m) or not len(database_xy_m):
+        return tuple(np.zeros(0, np.int64) for _ in range(len(query_xy_m)))
+    found = cKDTree(database_xy_m).query_ball_point(query_xy_m, r=radius_m, return_sorted=True)
+    return tuple(np.asarray(rows, dtype=np.int64) for rows in found)
+
+
+def within_radius_mask(query_xy_m, database_xy_m, radius_m):
+    """Boolean ``(Q, N)`` mask of :func:`positives`: for small sets only, e.g. one batch."""
+    found = positives(query_xy_m, database_xy_m, radius_m)
+    mask = np.zeros((len(found), len(database_xy_m)), dtype=bool)
+    rows = np.repeat(np.arange(len(found)), [len(columns) for columns in found])
+    mask[rows, np.concatenate(found) if found else np.zeros(0, np.int64)] = True
+    return mask
+
+
+def _points(points, name):
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or not np.isfinite(points).all():
+        raise ValueError(f'{name} must be a finite (count, coordinates) array, got shape '
+                         f'{points.shape}; drop or fill rows without a position first')
+    return points
+
+
+def ratio_test_scores(similarities, indices, database_positions=None, exclusion=0.0):
+    """Return the node's ratio-test confidence of every query's ranked candidates.
+
+    ``similarities`` / ``indices`` are ``(Q, k)`` search results, best first.
+    With ``database_positions`` (``(N, d)``, metres) the runner-up is the best
+    candidate farther than ``exclusion`` metres from the best match, exactly as
+    :class:`~vl_attention.localization.Localizer` computes ``confidence``.
+    Without positions the database index stands in for the position, so
+    ``exclusion`` counts frames (``0``: the plain ratio test against the second match).
+    """
+    similarities = np.asarray(similarities, dtype=np.float64)
+    indices = np.asarray(indices)
+    if database_positions is None:
+        positions = indices[..., None].astype(np.float64)
+    else:
+        positions = np.asarray(database_positions, dtype=np.float64)[indices]
+    return np.array([ratio_test_confidence(row, places, exclusion)
+                     for row, places in zip(similarities, positions)], dtype=np.float64)
 
 
 def precision_recall_curve(scores, correct, has_positive):
@@ -61,18 +117,22 @@ def precision_recall_curve(scores, correct, has_positive):
     return true_accepted / accepted, true_accepted / positives_total, sorted_scores[last_of_tie]
 
 
-def retrieval_metrics(similarities, indices, positives, n_values=DEFAULT_N_VALUES):
+def retrieval_metrics(similarities, indices, positives, n_values=DEFAULT_N_VALUES, *,
+                      scores=None):
     """Recall@N and the ratio-test precision-recall summary of a ranked retrieval.
 
     ``similarities`` / ``indices`` are the ``(Q, k)`` top-k search results (k >= 2
     for the ratio test), ``positives[q]`` the database indices matching query q.
+    ``scores`` are per-query confidences (default: :func:`ratio_test_scores`
+    without positions, i.e. against the second match).
     Returns ``(metrics, curve)``: JSON-ready numbers, and the arrays plots need.
     """
     recalls, without = recall_at_n(indices, positives, n_values)
     has_positive = np.array([len(p) > 0 for p in positives], dtype=bool)
     correct = np.array([indices[q, 0] in positives[q] for q in range(len(positives))],
                        dtype=bool)
-    scores = ratio_test_scores(similarities)
+    if scores is None:
+        scores = ratio_test_scores(similarities, indices)
     precision, recall, thresholds = precision_recall_curve(scores, correct, has_positive)
     result = {'recall_at_n': {str(n): value for n, value in recalls.items()},
               'queries_without_positives': without,

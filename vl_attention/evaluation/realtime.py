@@ -45,6 +45,8 @@ def node_parameters(embedder_cfg, localizer_cfg, map_dir, *, compressed):
             'cache_dir': embedder_cfg.cache_dir, 'export_dir': embedder_cfg.export_dir,
             'image_transport': 'compressed' if compressed else 'raw',
             'publish_navsatfix': True, 'publish_pose': True, 'publish_no_fix': True,
+            # evaluate-bag compares single-frame estimates frame by frame
+            'use_filter': False, 'refine': False,
             } | asdict(localizer_cfg)
 
 

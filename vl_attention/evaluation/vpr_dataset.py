@@ -10,22 +10,38 @@ and one source of ground truth, tried in this order:
 * ``--sequential K``: query i matches database i-K .. i+K (e.g. Nordland);
 * ``database.csv`` + ``queries.csv`` with ``name,x_m,y_m`` (metric, e.g. UTM) or
   ``name,lat,lon``: positives lie within ``positive_distance_m``;
-* ``ground_truth.npy``: object array of rows ``[query_index, [database indices]]``.
-  It is a pickled numpy object array: load datasets from trusted places only.
+* ``ground_truth.npy``: rows ``[query_index, [database indices]]``, either a plain
+  integer array (one positive per row) or the usual numpy object array. An object
+  array is a pickle; it is read with an unpickler that builds only numpy integer
+  arrays and refuses every other global, so code written into the file never runs.
 """
 
 import csv
 from dataclasses import dataclass
+import logging
 from pathlib import Path
+import pickle
 
 import numpy as np
 
 from vl_attention.data.images import IMAGE_SUFFIXES
+from vl_attention.evaluation import metrics
 from vl_attention.geo import GeodeticOrigin, geodetic_to_enu
+
+LOGGER = logging.getLogger(__name__)
+
+# what numpy writes for an object array of int64 arrays, and nothing else
+_NPY_PICKLE_GLOBALS = frozenset({('numpy._core.multiarray', '_reconstruct'),
+                                 ('numpy.core.multiarray', '_reconstruct'),
+                                 ('numpy', 'ndarray'), ('numpy', 'dtype')})
 
 
 class DatasetError(ValueError):
     """A dataset folder does not follow the layout; the message says what is missing."""
+
+
+class UnsafeGroundTruthError(DatasetError):
+    """A ground-truth pickle names code that a plain array file never needs; nothing ran."""
 
 
 @dataclass(frozen=True)
@@ -82,15 +98,94 @@ def _sequential(query_count, database_count, k):
 
 
 def _from_npy(path, query_count, database_count):
-    rows = np.load(path, allow_pickle=True)
+    rows = read_ground_truth_npy(path)
     positives = [np.zeros(0, dtype=np.int64) for _ in range(query_count)]
     for row in rows:
-        query, indices = int(row[0]), np.asarray(row[1], dtype=np.int64).reshape(-1)
+        query, indices = _ground_truth_row(path, row)
         if not 0 <= query < query_count or np.any((indices < 0) | (indices >= database_count)):
             raise DatasetError(f'{path}: row for query {query} is out of range '
                                f'({query_count} queries, {database_count} database images)')
-        positives[query] = indices
+        positives[query] = np.union1d(positives[query], indices) if len(positives[query]) \
+            else indices
     return tuple(positives)
+
+
+def read_ground_truth_npy(path):
+    """Read ``ground_truth.npy`` without running code from it.
+
+    A plain array is read with ``allow_pickle=False``. An object array (a pickle)
+    is read with :class:`_NumpyArrayUnpickler`, which resolves only numpy's array
+    and dtype constructors, so a file whose pickle names any other callable is
+    refused with :class:`UnsafeGroundTruthError` before anything in it runs.
+    """
+    path = Path(path)
+    with path.open('rb') as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            shape, fortran_order, dtype = _read_npy_header(handle, version)
+        except ValueError as error:
+            raise DatasetError(f'{path} is not a .npy file ({error})') from None
+        if not dtype.hasobject:
+            return np.load(path, allow_pickle=False)
+        try:
+            rows = _NumpyArrayUnpickler(handle, path).load()
+        except UnsafeGroundTruthError:
+            raise
+        except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
+                IndexError, MemoryError, RecursionError) as error:
+            raise DatasetError(f'{path}: its object array does not unpickle '
+                               f'({type(error).__name__}: {error}); re-save it with '
+                               'np.save') from None
+    if not isinstance(rows, np.ndarray) or rows.shape != shape:
+        raise DatasetError(f'{path}: the pickle holds {type(rows).__name__}, not the '
+                           f'{shape} array its header declares')
+    LOGGER.debug('read %s: object array %s with the numpy-only unpickler', path, shape)
+    return rows
+
+
+def _read_npy_header(handle, version):
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(handle)
+    raise ValueError(f'format version {version} is not supported; re-save it with np.save')
+
+
+class _NumpyArrayUnpickler(pickle.Unpickler):
+    """Unpickler for numpy object arrays that resolves no global but numpy's own."""
+
+    def __init__(self, handle, path):
+        super().__init__(handle)
+        self.path = path
+
+    def find_class(self, module, name):
+        """Return numpy's array and dtype constructors; refuse every other global."""
+        if (module, name) not in _NPY_PICKLE_GLOBALS:
+            raise UnsafeGroundTruthError(
+                f'{self.path} asks to run {module}.{name}, which a ground-truth array never '
+                'needs; refused without running it. Re-save the rows as integer arrays '
+                'with np.save, or use database.csv + queries.csv')
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        """Refuse persistent ids (a plain array pickle has none)."""
+        raise UnsafeGroundTruthError(f'{self.path} holds a persistent id, which a '
+                                     'ground-truth array never does; refused')
+
+
+def _ground_truth_row(path, row):
+    """``(query index, int64 database indices)`` of one row; anything not integral is refused."""
+    try:
+        query_value, index_value = row[0], row[1]
+    except (IndexError, TypeError, KeyError):
+        raise DatasetError(f'{path}: rows must be [query_index, [database indices]]') from None
+    query = np.asarray(query_value)
+    indices = np.asarray(index_value)
+    if query.shape != () or query.dtype.kind not in 'iu' or (
+            indices.dtype.kind not in 'iu' and indices.size):
+        raise DatasetError(f'{path}: rows must be [query_index, [database indices]] of '
+                           f'integers; found {query.dtype} and {indices.dtype}')
+    return int(query), indices.astype(np.int64).reshape(-1)
 
 
 def _read_positions(path, images):
@@ -118,8 +213,7 @@ def _from_csv(root, database, queries, positive_distance_m):
         origin = GeodeticOrigin(database_ll[0, 0], database_ll[0, 1])
         database_xy = geodetic_to_enu(database_ll[:, 0], database_ll[:, 1], 0.0, origin)[:, :2]
         query_xy = geodetic_to_enu(query_ll[:, 0], query_ll[:, 1], 0.0, origin)[:, :2]
-    distances = np.linalg.norm(query_xy[:, None] - database_xy[None], axis=2)
-    positives = tuple(np.flatnonzero(row <= positive_distance_m) for row in distances)
+    positives = metrics.positives(query_xy, database_xy, positive_distance_m)
     return VPRDataset(root, database, queries, positives,
                       f'positions, positives within {positive_distance_m:g} m',
                       database_xy, query_xy)

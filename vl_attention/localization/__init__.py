@@ -1,6 +1,6 @@
 """Localization from descriptors: the same Localizer serves the node and the evaluator."""
 
 from vl_attention.localization.localizer import (LocalizationResult, Localizer, LocalizerConfig,
-                                                 Neighbour)
+                                                 Neighbour, TrackingConfig)
 
-__all__ = ['LocalizationResult', 'Localizer', 'LocalizerConfig', 'Neighbour']
+__all__ = ['LocalizationResult', 'Localizer', 'LocalizerConfig', 'Neighbour', 'TrackingConfig']

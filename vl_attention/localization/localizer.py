@@ -16,13 +16,22 @@ No ROS here: the node and the evaluator call the same code.
   match reports a proportionally larger uncertainty.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+import logging
 import time
+from typing import Optional
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vl_attention.geo import enu_to_geodetic
+from vl_attention.localization.calibration import calibrate_similarities
+from vl_attention.localization.odometry import motion_without_odometry
+from vl_attention.localization.place_filter import (headings_from_orientations, PlaceFilter,
+                                                    PlaceFilterConfig, TRACKING)
+from vl_attention.localization.refinement import Refiner, RefinementConfig
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,15 @@ class LocalizationResult:
     neighbours: tuple
     embed_ms: float = 0.0
     search_ms: float = 0.0
+    pose_source: str = 'retrieval'        # retrieval | filter | pnp
+    filter_state: str = ''                # '' (no filter) | initialising | tracking | lost
+    filter_mass: float = float('nan')
+    place_index: int = -1
+    inliers: int = 0
+    refinement: str = ''                  # '' = refined or not tried; else why not
+    refine_ms: float = 0.0
+    single_frame: Optional['LocalizationResult'] = None
+    filtered: Optional['LocalizationResult'] = None     # the filter's estimate before PnP
 
     def pose_covariance(self):
         """6x6 covariance (x, y, z, rotation about x, y, z) as in PoseWithCovariance."""
@@ -83,10 +101,26 @@ class LocalizationResult:
         return covariance
 
 
-class Localizer:
-    """Localizes frames (or descriptors) against one map."""
+@dataclass(frozen=True)
+class TrackingConfig:
+    """What runs after the single-frame estimate: the place filter and PnP refinement."""
 
-    def __init__(self, map_, *, embedder=None, config=LocalizerConfig()):
+    use_filter: bool = True
+    filter: PlaceFilterConfig = field(default_factory=PlaceFilterConfig)
+    refine: bool = True
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
+
+
+class Localizer:
+    """Localizes frames (or descriptors) against one map.
+
+    :meth:`estimate` is the single-frame estimate; :meth:`localize` runs the
+    whole pipeline: single frame -> place filter -> PnP refinement, as
+    ``tracking`` (a :class:`TrackingConfig`) asks; ``tracking=None`` keeps
+    every frame on its own (single-frame localization, no refinement).
+    """
+
+    def __init__(self, map_, *, embedder=None, config=LocalizerConfig(), tracking=None):
         if len(map_.index) == 0:
             raise ValueError('the map is empty; build it from at least one image')
         if embedder is not None and embedder.fingerprint != map_.manifest.model_fingerprint:
@@ -96,22 +130,103 @@ class Localizer:
         self.map = map_
         self.embedder = embedder
         self.config = config
+        self.tracking = tracking = tracking or TrackingConfig(use_filter=False, refine=False)
+        self.place_filter = _create_filter(map_, tracking) if tracking.use_filter else None
+        self.refiner, self.refinement_note = _create_refiner(map_, tracking)
+        self._last_stamp_s = None
 
-    def localize(self, frame):
-        """Embed one uint8 RGB frame and estimate its pose."""
+    def reset(self):
+        """Forget the filter's belief (global relocalization from the next frame)."""
+        if self.place_filter is not None:
+            self.place_filter.reset()
+        self._last_stamp_s = None
+
+    def localize(self, frame, *, stamp_s=None, motion=None):
+        """Embed one uint8 RGB frame and run the whole pipeline.
+
+        ``motion`` (a :class:`Motion`, e.g. from odometry) defaults to the
+        bounded-speed model over the time since the previous frame.
+        """
         descriptor = self.embedder.embed([frame])[0]
-        result = self.estimate(descriptor)
+        result = self.track(descriptor, stamp_s=stamp_s, motion=motion, frame=frame)
         return replace(result, embed_ms=self.embedder.last_latency_ms)
 
-    def estimate(self, descriptor):
-        """Estimate a pose from one descriptor ``(D,)``."""
+    def track(self, descriptor, *, stamp_s=None, motion=None, frame=None):
+        """Single-frame estimate, then the filter, then refinement (with ``frame``)."""
+        single, similarities, indices = self._single_frame(descriptor)
+        result, filtered = single, None
+        if self.place_filter is not None:
+            if motion is None:
+                motion = motion_without_odometry(self._last_stamp_s, stamp_s,
+                                                 self.tracking.filter.default_dt_s)
+            estimate = self.place_filter.step(indices, similarities, motion, stamp_s=stamp_s)
+            result = filtered = self._filtered(single, estimate)
+        self._last_stamp_s = stamp_s if stamp_s is not None else self._last_stamp_s
+        if frame is not None and self.refiner is not None:
+            result = self._refined(result, frame, indices)
+        elif self.refinement_note:
+            result = replace(result, refinement=self.refinement_note)
+        return replace(result, single_frame=single, filtered=filtered)
+
+    def _single_frame(self, descriptor):
         started = time.perf_counter()
         similarities, indices = self.map.index.search(descriptor[None], self.config.candidates)
         search_ms = (time.perf_counter() - started) * 1e3
         similarities, indices = similarities[0], indices[0]
         valid = indices >= 0
         result = self._estimate_from(similarities[valid], indices[valid])
-        return replace(result, search_ms=search_ms)
+        return replace(result, search_ms=search_ms), similarities[valid], indices[valid]
+
+    def _filtered(self, single, estimate):
+        ok = estimate.state == TRACKING
+        reason = '' if ok else (f'filter {estimate.state}: posterior mass {estimate.mass:.2f} '
+                                f'near the best place (tracking needs '
+                                f'{self.tracking.filter.tracking_mass:.2f})')
+        if estimate.place_index < 0:
+            return replace(single, ok=False, reason=reason, pose_source='filter',
+                           filter_state=estimate.state, filter_mass=estimate.mass)
+        records = self.map.records
+        orientation = records.orientation_xyzw[estimate.place_index]
+        latitude, longitude, altitude = enu_to_geodetic(estimate.position_enu_m,
+                                                        self.map.manifest.geodetic_origin)
+        orientation_cov = np.eye(3) * np.radians(self.config.orientation_floor_deg) ** 2
+        return replace(single, ok=ok, reason=reason, confidence=float(estimate.mass),
+                       position_enu_m=estimate.position_enu_m, latitude_deg=float(latitude),
+                       longitude_deg=float(longitude), altitude_m=float(altitude),
+                       orientation_xyzw=orientation.copy(),
+                       position_covariance_m2=estimate.position_covariance_m2,
+                       orientation_covariance_rad2=orientation_cov, pose_source='filter',
+                       filter_state=estimate.state, filter_mass=estimate.mass,
+                       place_index=estimate.place_index)
+
+    def _refined(self, result, frame, indices):
+        started = time.perf_counter()
+        places = _refinement_places(result, indices, self.tracking.refinement.candidates)
+        refined = self.refiner.refine(frame, places)
+        refine_ms = (time.perf_counter() - started) * 1e3
+        if not refined.ok:
+            return replace(result, refinement=refined.reason, inliers=refined.inliers,
+                           refine_ms=refine_ms)
+        gate = self.tracking.refinement.max_offset_from_filter_m
+        offset = float(np.linalg.norm(refined.position_enu_m[:2] - result.position_enu_m[:2]))
+        if result.pose_source == 'filter' and result.ok and offset > gate:
+            return replace(result, refinement=f'PnP pose {offset:.1f} m from the filter '
+                           f'estimate (> max_offset_from_filter_m {gate:g}); kept the filter',
+                           inliers=refined.inliers, refine_ms=refine_ms)
+        latitude, longitude, altitude = enu_to_geodetic(refined.position_enu_m,
+                                                        self.map.manifest.geodetic_origin)
+        return replace(result, ok=True, reason='', position_enu_m=refined.position_enu_m,
+                       latitude_deg=float(latitude), longitude_deg=float(longitude),
+                       altitude_m=float(altitude), orientation_xyzw=refined.orientation_xyzw,
+                       position_covariance_m2=refined.covariance[:3, :3],
+                       orientation_covariance_rad2=refined.covariance[3:, 3:],
+                       confidence=refined.confidence, pose_source='pnp',
+                       inliers=refined.inliers, refinement='', refine_ms=refine_ms,
+                       place_index=refined.place_index)
+
+    def estimate(self, descriptor):
+        """Single-frame estimate from one descriptor ``(D,)`` (no filter, no refinement)."""
+        return self._single_frame(descriptor)[0]
 
     def _estimate_from(self, similarities, indices):
         cfg, records = self.config, self.map.records
@@ -143,6 +258,34 @@ class Localizer:
             altitude_m=float(altitude), orientation_xyzw=orientation.copy(),
             position_covariance_m2=position_cov * inflation,
             orientation_covariance_rad2=orientation_cov * inflation, neighbours=neighbours)
+
+
+def _refinement_places(result, indices, count):
+    """Return the filter's place first (when it has one), then the best retrieved places."""
+    places = [result.place_index] if result.place_index >= 0 else []
+    places += [int(i) for i in indices if int(i) not in places]
+    return places[:count]
+
+
+def _create_filter(map_, tracking):
+    calibration = map_.manifest.calibration
+    if not calibration:
+        LOG.info('map has no similarity calibration (built before format 3); fitting it now')
+        calibration = calibrate_similarities(map_.index, map_.index.descriptors,
+                                             map_.records.position_enu_m).as_dict()
+    return PlaceFilter(map_.records.position_enu_m,
+                       headings_from_orientations(map_.records.orientation_xyzw),
+                       temperature=calibration['impostor_similarity_std'],
+                       config=tracking.filter)
+
+
+def _create_refiner(map_, tracking):
+    if not tracking.refine:
+        return None, ''
+    if map_.local_features is None:
+        return None, ('refinement off: the map has no local features (built without them or '
+                      'before format 3); rebuild it with --local-features sift to enable PnP')
+    return Refiner(map_.local_features, tracking.refinement), ''
 
 
 def descriptor_distance(similarity):

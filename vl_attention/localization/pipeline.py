@@ -7,7 +7,7 @@ frames are never queued behind inference.
 """
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import threading
 import time
 
@@ -60,6 +60,7 @@ class StatsSnapshot:
     latency_ms_p95: float
     last_confidence: float
     last_error: str
+    rejected_by_reason: dict = field(default_factory=dict)  # reason key -> count
 
 
 class LocalizationStats:
@@ -72,6 +73,7 @@ class LocalizationStats:
         self.received = self.localized = self.no_fix = self.rejected = 0
         self.last_confidence = float('nan')
         self.last_error = ''
+        self.rejected_by_reason = {}
 
     def on_received(self):
         """Count an incoming frame."""
@@ -87,10 +89,16 @@ class LocalizationStats:
             self._latencies_ms.append(latency_ms)
             self._done_times.append(time.monotonic())
 
-    def on_rejected(self, error):
-        """Count a frame that could not be used (bad encoding, size, data)."""
+    def on_rejected(self, error, *, reason=None):
+        """Count a frame that could not be used (bad encoding, size, data), per reason.
+
+        ``reason`` defaults to the error's ``reason`` attribute (see
+        ``vl_attention.data.images.REJECTION_REASONS``), else ``'other'``.
+        """
+        reason = reason or getattr(error, 'reason', None) or 'other'
         with self._lock:
             self.rejected += 1
+            self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
             self.last_error = str(error)
 
     def snapshot(self, dropped):
@@ -103,4 +111,4 @@ class LocalizationStats:
             return StatsSnapshot(self.received, self.localized, self.no_fix, self.rejected,
                                  dropped, rate, float(np.percentile(latencies, 50)),
                                  float(np.percentile(latencies, 95)), self.last_confidence,
-                                 self.last_error)
+                                 self.last_error, dict(self.rejected_by_reason))

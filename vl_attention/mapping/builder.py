@@ -16,7 +16,13 @@ from tqdm import tqdm
 from vl_attention.config import to_dict
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.geo import GeodeticOrigin
+from vl_attention.localization.calibration import calibrate_similarities
+from vl_attention.localization.camera_model import CameraModel
+from vl_attention.localization.local_features import LOCAL_FEATURES, LocalFeatureConfig
 from vl_attention.mapping.checkpoints import CheckpointStore, COLUMNS, partial_dir
+from vl_attention.mapping.local_feature_map import (build_local_feature_map,
+                                                    concatenate_local_feature_maps, extract_all,
+                                                    LocalFeatureBuildConfig)
 from vl_attention.mapping.index import IndexParams, MapIndex
 from vl_attention.mapping.map_format import load_map, MapManifest, save_map
 from vl_attention.mapping.records import concatenate_records, records_from_columns
@@ -49,6 +55,13 @@ class MapBuildConfig:
     checkpoint_frames: int = 512   # frames per resumable batch
     restart: bool = False          # discard a partial build instead of resuming it
     progress: bool = False
+    local_features: str = 'sift'   # 'none' or a LOCAL_FEATURES name (PnP refinement)
+    max_keypoints: int = 2000
+    camera_info: str = ''          # camera YAML ('' = camera_info.yaml beside the images)
+
+    def __post_init__(self):
+        if self.local_features != 'none':
+            LOCAL_FEATURES.get(self.local_features)
 
 
 def make_source(inputs, origin=None):
@@ -68,14 +81,51 @@ def build_map(source, out_dir, *, embedder, cfg=MapBuildConfig()):
     records = _records(columns, origin)
     index = MapIndex.build(columns['descriptors'], cfg.index_type, params=cfg.index_params)
     LOG.info('indexed %d descriptors with %s', len(index), index.index_type)
+    calibration = calibrate_similarities(index, columns['descriptors'], records.position_enu_m)
     manifest = MapManifest(model_name=embedder.card.model_name,
                            model_fingerprint=embedder.fingerprint,
                            descriptor_dim=embedder.descriptor_dim, count=len(records),
                            geodetic_origin=origin, index_type=index.index_type,
-                           build=_build_info(source, cfg))
-    path = save_map(out_dir, manifest, index, records)
+                           build=_build_info(source, cfg), calibration=calibration.as_dict())
+    local_features = _local_features(source, cfg, records)
+    path = save_map(out_dir, manifest, index, records, local_features)
     CheckpointStore(partial_dir(out_dir), _signature(source, embedder, cfg)).remove()
     return path
+
+
+def _local_features(source, cfg, records, camera=None):
+    """Features + triangulated points of the keyframes (a second pass over the source)."""
+    if cfg.local_features == 'none':
+        return None
+    camera = camera or _camera_model(source, cfg)
+    if camera is None:
+        LOG.warning('no camera model (give --camera-info YAML); the map has no local '
+                    'features and the localizer will not refine poses')
+        return None
+    wanted = set(records.image_id.tolist())
+    images = (frame.load() for frame in _keyframes(source, cfg.keyframes, skip=0)
+              if frame.image_id in wanted)
+    features_cfg = LocalFeatureConfig(kind=cfg.local_features, max_keypoints=cfg.max_keypoints)
+    started = time.perf_counter()
+    features = extract_all(tqdm(images, total=len(records), unit='img', desc='local features',
+                                disable=not cfg.progress), features_cfg)
+    if len(features) != len(records):
+        raise ValueError(f'the source gave {len(features)} keyframes on the second pass, '
+                         f'{len(records)} on the first; is it changing while being mapped?')
+    local_map = build_local_feature_map(features, records.position_enu_m,
+                                        records.orientation_xyzw, camera,
+                                        LocalFeatureBuildConfig(features=features_cfg))
+    LOG.info('local features: %s in %.1f s', local_map.statistics(),
+             time.perf_counter() - started)
+    return local_map
+
+
+def _camera_model(source, cfg):
+    if cfg.camera_info:
+        return CameraModel.from_yaml(cfg.camera_info)
+    images_dir = getattr(source, 'images_dir', None)
+    beside = images_dir.parent / 'camera_info.yaml' if images_dir is not None else None
+    return CameraModel.from_yaml(beside) if beside is not None and beside.is_file() else None
 
 
 def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
@@ -85,12 +135,20 @@ def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
     columns = embed_source(source, work_dir, embedder=embedder, cfg=cfg)
     index = loaded.index
     index.add(columns['descriptors'])
-    records = concatenate_records([loaded.records,
-                                   _records(columns, loaded.manifest.geodetic_origin)])
+    added = _records(columns, loaded.manifest.geodetic_origin)
+    records = concatenate_records([loaded.records, added])
     build = dict(loaded.manifest.build)
     build['additions'] = list(build.get('additions', [])) + [_build_info(source, cfg)]
-    manifest = replace(loaded.manifest, count=len(records), build=build, created_utc='')
-    path = save_map(map_dir, manifest, index, records)
+    calibration = calibrate_similarities(index, index.descriptors, records.position_enu_m)
+    manifest = replace(loaded.manifest, count=len(records), build=build, created_utc='',
+                       calibration=calibration.as_dict())
+    local_features = None
+    if loaded.local_features is not None:
+        # the added images are triangulated among themselves, with the map's camera
+        new = _local_features(source, replace(cfg, local_features=loaded.local_features.kind),
+                              added, camera=loaded.local_features.camera)
+        local_features = concatenate_local_feature_maps([loaded.local_features, new])
+    path = save_map(map_dir, manifest, index, records, local_features)
     CheckpointStore(work_dir, _signature(source, embedder, cfg)).remove()
     LOG.info('added %d places; the map now holds %d', len(columns['stamp_ns']), len(records))
     return path

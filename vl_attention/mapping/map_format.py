@@ -23,9 +23,12 @@ index codes too, so a 1M-image map loads in well under a second and pages in
 only what searches touch. A memory-mapped index is read-only; ``add`` loads
 with ``mmap=False``.
 
-Format history: 1 had no descriptors file; 2 (this) adds descriptors.npy,
-index parameters and build statistics. Other versions are refused with an
-error naming both.
+Format history: 1 had no descriptors file; 2 adds descriptors.npy, index
+parameters and build statistics; 3 (this) adds the similarity calibration
+(``calibration``) and, optionally, local features with 3-D points and the
+camera model (:mod:`.local_feature_map`). Version 2 maps still load (the
+localizer fits the calibration at start and runs without refinement); other
+versions are refused with an error naming both.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -34,6 +37,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Optional
 
 import faiss
 import numpy as np
@@ -43,9 +47,13 @@ from vl_attention.config import ConfigError, from_dict
 from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import atomic_directory
 from vl_attention.mapping.index import IndexFileError, IndexParams, MapIndex
+from vl_attention.mapping.local_feature_map import (CAMERA_FILE, FEATURE_FILES,
+                                                    load_local_feature_map, LocalFeatureMap,
+                                                    save_local_feature_map)
 from vl_attention.mapping.records import PlaceRecords
 
-MAP_FORMAT_VERSION = 2
+MAP_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (2, 3)
 MANIFEST_FILE = 'manifest.json'
 INDEX_FILE = 'index.faiss'
 DESCRIPTORS_FILE = 'descriptors.npy'
@@ -77,6 +85,8 @@ class MapManifest:
     package_version: str = __version__
     files: dict = field(default_factory=dict)
     format_version: int = MAP_FORMAT_VERSION
+    calibration: dict = field(default_factory=dict)
+    local_features: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,9 +96,10 @@ class Map:
     manifest: MapManifest
     index: MapIndex
     records: PlaceRecords
+    local_features: Optional[LocalFeatureMap] = None
 
 
-def save_map(path, manifest, index, records):
+def save_map(path, manifest, index, records, local_features=None):
     """Write a map atomically to directory ``path``; return ``path``."""
     if not len(index) == len(records) == manifest.count:
         raise ValueError(f'map parts disagree: index {len(index)}, records {len(records)}, '
@@ -98,14 +109,23 @@ def save_map(path, manifest, index, records):
         faiss.write_index(index.faiss_index, str(staging / INDEX_FILE))
         np.save(staging / DESCRIPTORS_FILE, _descriptors_of(index), allow_pickle=False)
         (staging / RECORDS_FILE).write_bytes(_records_bytes(records))
-        files = {name: _file_checksums(staging / name)
-                 for name in (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE)}
+        names = (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE)
+        feature_info = dict(manifest.local_features)
+        if local_features is not None:
+            if len(local_features) != len(records):
+                raise ValueError(f'local features cover {len(local_features)} images, the map '
+                                 f'{len(records)}')
+            save_local_feature_map(staging, local_features)
+            names += FEATURE_FILES + (CAMERA_FILE,)
+            feature_info = local_features.statistics()
+        files = {name: _file_checksums(staging / name) for name in names}
         created = manifest.created_utc or \
             datetime.datetime.now(datetime.timezone.utc).isoformat()
         values = asdict(manifest) | {'files': files, 'created_utc': created,
                                      'index_type': index.index_type,
                                      'index_params': index.params.as_dict(),
-                                     'format_version': MAP_FORMAT_VERSION}
+                                     'format_version': MAP_FORMAT_VERSION,
+                                     'local_features': feature_info}
         (staging / MANIFEST_FILE).write_text(json.dumps(values, indent=2))
     return path
 
@@ -119,7 +139,8 @@ def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', sea
     path = Path(path)
     manifest = read_manifest(path)
     _check_fingerprint(path, manifest, expected_fingerprint)
-    for name in (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE):
+    feature_files = FEATURE_FILES + (CAMERA_FILE,) if manifest.local_features else ()
+    for name in (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE) + feature_files:
         verify_file(path, name, manifest, verify)
     if mmap == 'auto':
         mmap = (path / DESCRIPTORS_FILE).stat().st_size >= MMAP_MIN_BYTES
@@ -134,7 +155,13 @@ def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', sea
                              f'{manifest.descriptor_dim}-D, index holds {len(index)} x '
                              f'{index.dim}-D, descriptors {descriptors.shape}, records '
                              f'{len(records)}; rebuild the map')
-    return Map(manifest, index, records)
+    local_features = None
+    if manifest.local_features:
+        local_features = load_local_feature_map(path, manifest.local_features['kind'])
+        if len(local_features) != manifest.count:
+            raise MapFormatError(f'map {path}: local features cover {len(local_features)} '
+                                 f'images, the manifest {manifest.count}; rebuild the map')
+    return Map(manifest, index, records, local_features)
 
 
 def read_manifest(path):
@@ -149,9 +176,10 @@ def read_manifest(path):
         raise MapFormatError(f'{manifest_path} is not valid JSON ({error}); rebuild the map') \
             from error
     version = values.get('format_version')
-    if version != MAP_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise MapFormatError(f'map {path} has format version {version}; this vl_attention '
-                             f'({__version__}) reads version {MAP_FORMAT_VERSION}; rebuild '
+                             f'({__version__}) reads versions '
+                             f'{READABLE_FORMAT_VERSIONS}; rebuild '
                              'the map with this version or use the version that wrote it')
     try:
         return from_dict(MapManifest, values, where=str(manifest_path))

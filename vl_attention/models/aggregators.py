@@ -13,7 +13,10 @@ class GeM(nn.Module):
 
     ``p = 1`` is average pooling, ``p -> inf`` max pooling; ``learn_p`` makes it
     a trainable parameter. ``whiten=True`` adds the FC whitening layer of the
-    VPR-heads comparison.
+    VPR-heads comparison, in cirtorch's order: GeM -> L2 -> Linear -> L2. The
+    Linear layer sees a unit vector, so the descriptor does not depend on the
+    scale of the features and a whitening learned the standard way (on
+    L2-normalised GeM vectors) fits it.
     """
 
     def __init__(self, *, in_channels, p=3.0, learn_p=False, eps=1e-6, whiten=False,
@@ -33,7 +36,7 @@ class GeM(nn.Module):
         pooled = features.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
         descriptor = pooled.pow(1.0 / self.p)
         if self.whitening is not None:
-            descriptor = self.whitening(descriptor)
+            descriptor = self.whitening(F.normalize(descriptor, p=2, dim=-1))
         return F.normalize(descriptor, p=2, dim=-1)
 
 

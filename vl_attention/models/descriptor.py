@@ -13,6 +13,7 @@ A head with ``needs_images = True`` is also given the normalised input images
 """
 
 from dataclasses import dataclass, field
+import inspect
 from pathlib import Path
 import typing
 
@@ -22,10 +23,13 @@ from torch import nn
 from vl_attention.config import ConfigError, config_search_dirs, find_config_file, \
     frozen_mapping, load_config
 from vl_attention.engine.preprocess import Preprocessing
+from vl_attention.models.external import read_model_checkpoint
+from vl_attention.models.initialisation import preset_seed, seeded_initialisation, \
+    untrained_modules, warn_untrained
 from vl_attention.models.modes import evaluating
 from vl_attention.models.outputs import as_model_output
 from vl_attention.models.registry import AGGREGATORS, BACKBONES
-from vl_attention.models.weights import read_state_dict, WeightsError
+from vl_attention.models.weights import WeightsError
 from vl_attention.models.whitening import PCAWhitening
 from vl_attention.models.zoo import import_components
 
@@ -41,7 +45,10 @@ class ModelConfig:
     ``taps`` names the backbone feature maps the head reads (empty: the
     backbone's default tap). ``whitening_dim`` > 0 appends learned
     PCA-whitening to that size (fit it before use). ``checkpoint`` is a state
-    dict of the whole model (e.g. from training) loaded after building.
+    dict of the whole model (e.g. from training, or a published CosPlace /
+    EigenPlaces / NetVLAD / MixVPR file, see :mod:`vl_attention.models.external`)
+    loaded after building. ``resize`` is the preprocessing policy for frames of
+    another shape (:data:`~vl_attention.engine.preprocess.RESIZE_POLICIES`).
     """
 
     name: str
@@ -54,13 +61,18 @@ class ModelConfig:
     aggregator_options: typing.Mapping = field(default_factory=frozen_mapping)
     whitening_dim: int = 0
     checkpoint: str = ''
+    resize: str = 'stretch'
 
 
 class DescriptorModel(nn.Module):
     """Images ``(B, 3, H, W)`` -> L2-normalised descriptors ``(B, D)`` (+ attention, pose).
 
     :meth:`outputs` returns a :class:`~vl_attention.models.outputs.ModelOutput`.
+    ``untrained_modules`` names the parts no weights file gave (set by
+    :func:`build_model`, emptied by :func:`load_model_checkpoint`).
     """
+
+    untrained_modules = ()
 
     def __init__(self, backbone, aggregator, *, taps, preprocessing, whitening=None):
         super().__init__()
@@ -158,32 +170,62 @@ def _create_head(config, backbone, taps):
                               **config.aggregator_options)
 
 
-def build_model(config):
-    """Build the torch model a :class:`ModelConfig` describes."""
+def build_model(config, *, init_seed=None):
+    """Build the torch model a :class:`ModelConfig` describes.
+
+    Parameters no weights file gives are initialised from ``init_seed``
+    (default: :func:`~vl_attention.models.initialisation.preset_seed` of the
+    preset), on a forked RNG: the same preset gives the same weights and
+    fingerprint in every process, and the caller's global RNG is untouched.
+    ``model.untrained_modules`` names those random parts (a warning is logged).
+    """
+    seed = preset_seed(config) if init_seed is None else int(init_seed)
     try:
-        backbone = BACKBONES.create(config.backbone, **config.backbone_options)
-        taps = _resolve_taps(config, backbone)
-        aggregator = _create_head(config, backbone, taps)
-        preprocessing = Preprocessing.for_backbone(
-            backbone.normalization, input_height=config.input_height,
-            input_width=config.input_width)
-        model = DescriptorModel(backbone, aggregator, taps=taps, preprocessing=preprocessing)
-        if config.whitening_dim:
-            model.whitening = PCAWhitening(in_dim=model.head_descriptor_dim(),
-                                           out_dim=config.whitening_dim)
+        with seeded_initialisation(seed):
+            model = _assemble(config)
     except ValueError as error:
         raise ConfigError(f'model {config.name!r}: {error}') from error
+    model.untrained_modules = untrained_modules(
+        model, backbone_weights=backbone_weights(config), checkpoint=config.checkpoint)
     if config.checkpoint:
         load_model_checkpoint(model, config.checkpoint)
+    else:
+        warn_untrained(config.name, model.untrained_modules, seed)
     return model.eval()
+
+
+def _assemble(config):
+    backbone = BACKBONES.create(config.backbone, **config.backbone_options)
+    taps = _resolve_taps(config, backbone)
+    aggregator = _create_head(config, backbone, taps)
+    preprocessing = Preprocessing.for_backbone(
+        backbone.normalization, input_height=config.input_height,
+        input_width=config.input_width, resize=config.resize)
+    model = DescriptorModel(backbone, aggregator, taps=taps, preprocessing=preprocessing)
+    if config.whitening_dim:
+        model.whitening = PCAWhitening(in_dim=model.head_descriptor_dim(),
+                                       out_dim=config.whitening_dim)
+    return model
+
+
+def backbone_weights(config):
+    """Return the ``weights`` option the preset's backbone is built with (its default if unset)."""
+    if 'weights' in config.backbone_options:
+        return config.backbone_options['weights']
+    factory = BACKBONES.get(config.backbone)
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    parameter = inspect.signature(target).parameters.get('weights')
+    return '' if parameter is None or parameter.default is inspect.Parameter.empty \
+        else parameter.default
 
 
 def load_model_checkpoint(model, path):
     """Load a state dict of the whole model (backbone, head, whitening) into ``model``."""
-    state = read_state_dict(path)
+    state = read_model_checkpoint(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise WeightsError(f'{path} does not fit model {type(model).__name__} (needs the keys '
                            f'of the same preset: backbone.*, aggregator.*): {error}') from None
+    model.untrained_modules = ()
     return model.eval()

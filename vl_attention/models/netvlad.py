@@ -13,8 +13,10 @@ Initialised from k-means centroids c_k, ``w_k = 2 alpha c_k`` and
 CRN multiplies each position's soft assignment by a contextual reweighting
 mask m_i computed from the (raw) feature map: average-pool to half size,
 3x3 (32), 5x5 (32) and 7x7 (20) convolutions with ReLU, concatenated,
-accumulated by a 1x1 convolution into one map, bilinearly upsampled back to the
-feature size: ``V(k) = sum_i m_i a_k(x_i) (x_i - c_k)``.
+accumulated by a 1x1 convolution into one map followed by a ReLU (as the
+authors' prototxt: the mask is a non-negative weight, so it can never flip a
+residual's sign), bilinearly upsampled back to the feature size:
+``V(k) = sum_i m_i a_k(x_i) (x_i - c_k)``.
 """
 
 import logging
@@ -148,7 +150,11 @@ class CRN(NetVLAD):
 
 
 class ContextualReweighting(nn.Module):
-    """CRN's mask: half-size average pool, 3/5/7 context filters, 1x1 accumulation, upsample."""
+    """CRN's mask: half-size average pool, 3/5/7 context filters, 1x1 accumulation, ReLU, upsample.
+
+    Bilinear upsampling mixes non-negative values with non-negative weights, so
+    the mask stays >= 0.
+    """
 
     FILTERS = ((3, 32), (5, 32), (7, 20))   # (kernel size, output channels), from the paper
 
@@ -165,7 +171,7 @@ class ContextualReweighting(nn.Module):
         """Return the reweighting mask ``(B, 1, H, W)`` for ``(B, C, H, W)`` features."""
         pooled = F.avg_pool2d(features, kernel_size=2)
         context = torch.cat([F.relu(conv(pooled)) for conv in self.context_filters], dim=1)
-        mask = self.accumulation(context)
+        mask = F.relu(self.accumulation(context))
         return F.interpolate(mask, size=features.shape[-2:], mode='bilinear',
                              align_corners=False)
 

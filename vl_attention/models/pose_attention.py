@@ -17,12 +17,21 @@ The final hidden state and the T contexts regress the position (3) and the
 unit quaternion (w, x, y, z; w >= 0), an optional class, and the global
 descriptor (an L2-normalised projection).
 
+The head regresses positions relative to the training set's mean position
+(small targets); ``pose_origin_m``, a float64 buffer saved with the weights,
+records that mean so the pose is known in the map frame of the training data.
+:class:`PoseOutputs` is what the ONNX export traces for a pose model: the
+descriptor, the position relative to ``pose_origin_m`` and the orientation
+as ``(x, y, z, w)`` with ``w >= 0``; the origin is added after the network, in
+float64, because FP16 engines cannot hold map coordinates.
+
 The pose loss is the learnable-weight loss of Kendall, Grimes & Cipolla,
 "Geometric loss functions for camera pose regression with deep learning",
 CVPR 2017: L = L_x exp(-s_x) + s_x + L_q exp(-s_q) + s_q, with
 L_x = ||x - x_hat||_1 and L_q = ||q - q_hat / ||q_hat|| ||_1.
 """
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -32,6 +41,14 @@ from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
 
 CELLS = {'lstm': nn.LSTMCell, 'gru': nn.GRUCell}
+POSITION_OUTPUT = 'position_m'
+ORIENTATION_OUTPUT = 'orientation_xyzw'
+POSE_ORIGIN_KEY = 'pose_origin_m'
+# columns (x, y, z, w) of a (B, 7) ModelOutput.pose = position + (w, x, y, z): geo's order
+POSE_XYZW_COLUMNS = (4, 5, 6, 3)
+POSE_FRAME = ('camera body pose (x forward, y left, z up) in the map frame of the training data; '
+              'camera position = position_m + pose_origin_m, orientation_xyzw rotates body '
+              'to map (unit, w >= 0)')
 
 
 class AdditiveAttention(nn.Module):
@@ -90,6 +107,13 @@ class PoseAttention(nn.Module):
         self.descriptor = nn.Linear(summary_dim, descriptor_dim)
         self.classifier = nn.Linear(summary_dim, n_classes) if n_classes else None
         _start_at_identity_rotation(self.orientation)
+        # Map-frame position of the regression's zero (the training set's mean position).
+        self.register_buffer(POSE_ORIGIN_KEY, torch.zeros(3, dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the origin existed regress map-frame positions: origin zero.
+        state_dict.setdefault(prefix + POSE_ORIGIN_KEY, torch.zeros(3, dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features):
         """Attend over ``{tap: (B, C, H, W)}`` for T steps; return a :class:`ModelOutput`."""
@@ -153,6 +177,59 @@ class PoseAttention(nn.Module):
                            attention={'layer_weights': layer_weights,
                                       'spatial': spatial_weights},
                            pose=pose, logits=logits, extras={'contexts': contexts})
+
+
+def pose_head(model):
+    """Return the :class:`PoseAttention` head of a descriptor model (``None``: none)."""
+    head = getattr(model, 'aggregator', None)
+    return head if isinstance(head, PoseAttention) else None
+
+
+def pose_origin_m(model):
+    """``float64 (3,)`` map-frame position of the model's regression zero."""
+    head = _require_pose_head(model)
+    return head.pose_origin_m.detach().cpu().double().numpy().copy()
+
+
+def set_pose_origin(model, origin_m):
+    """Record the map-frame origin the head's positions are relative to (after training).
+
+    Training regresses positions relative to the training set's mean position
+    (``TrainingSet.origin_m``); set that mean here before saving or exporting.
+    """
+    head = _require_pose_head(model)
+    origin = torch.as_tensor(np.asarray(origin_m, np.float64).reshape(-1))
+    if origin.shape != (3,) or not bool(torch.isfinite(origin).all()):
+        raise ValueError(f'pose origin must be 3 finite metres (x, y, z), got {origin_m!r}')
+    with torch.no_grad():
+        head.pose_origin_m.copy_(origin)
+    return model
+
+
+def _require_pose_head(model):
+    head = pose_head(model)
+    if head is None:
+        raise ValueError(f'{type(model).__name__} has no pose_attention head; only '
+                         'pose_attention presets regress a pose')
+    return head
+
+
+class PoseOutputs(nn.Module):
+    """Export view of a pose model: images -> (descriptors, position_m, orientation_xyzw).
+
+    ``position_m`` ``(B, 3)`` is relative to the head's ``pose_origin_m`` (add
+    it in float64); ``orientation_xyzw`` ``(B, 4)`` is unit with ``w >= 0``.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        _require_pose_head(model)
+        self.model = model
+
+    def forward(self, images):
+        """Descriptor, relative position and (x, y, z, w) orientation of a normalised batch."""
+        output = self.model.outputs(images)
+        return output.descriptor, output.pose[:, :3], output.pose[:, list(POSE_XYZW_COLUMNS)]
 
 
 def _check_options(in_channels, *, cell, steps, n_classes, sizes):
@@ -250,6 +327,6 @@ def pose_errors_from_poses(predicted_pose, true_pose):
     predicted = torch.as_tensor(predicted_pose).detach().cpu().double()
     true = torch.as_tensor(true_pose).detach().cpu().double()
     _check_pose_pair(predicted, true)
-    xyzw = [3 + 1, 3 + 2, 3 + 3, 3]
+    xyzw = list(POSE_XYZW_COLUMNS)
     return pose_errors(predicted[:, :3].numpy(), true[:, :3].numpy(),
                        predicted[:, xyzw].numpy(), true[:, xyzw].numpy())

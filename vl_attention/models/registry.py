@@ -3,56 +3,9 @@
 Configs name registered components; they never hold import paths.
 """
 
-import inspect
+from vl_attention.registry import Registry
 
-
-class Registry:
-    """A family of factories selectable by name."""
-
-    def __init__(self, family):
-        self.family = family
-        self._factories = {}
-
-    def register(self, name):
-        """Class or function decorator registering a factory under ``name``."""
-        def decorator(factory):
-            if name in self._factories:
-                raise ValueError(f'{self.family} {name!r} is registered twice')
-            self._factories[name] = factory
-            return factory
-        return decorator
-
-    def names(self):
-        """Return the sorted names of everything registered."""
-        return sorted(self._factories)
-
-    def get(self, name):
-        """Return the factory registered under ``name``; unknown names list the known ones."""
-        try:
-            return self._factories[name]
-        except KeyError:
-            raise ValueError(
-                f'unknown {self.family} {name!r}; known {self.family}s: {self.names()}') from None
-
-    def create(self, name, **options):
-        """Call the factory with keyword options, naming unknown options clearly."""
-        factory = self.get(name)
-        accepted = _keyword_names(factory)
-        unknown = sorted(set(options) - accepted)
-        if unknown:
-            raise ValueError(
-                f'{self.family} {name!r} does not take option(s) {unknown}; '
-                f'it takes {sorted(accepted)}')
-        return factory(**options)
-
-
-def _keyword_names(factory):
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    parameters = inspect.signature(target).parameters.values()
-    return {parameter.name for parameter in parameters
-            if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-            and parameter.name != 'self'}
-
+__all__ = ['AGGREGATORS', 'BACKBONES', 'Registry']
 
 BACKBONES = Registry('backbone')
 AGGREGATORS = Registry('aggregator')

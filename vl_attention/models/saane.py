@@ -209,10 +209,15 @@ class SAANE(nn.Module):
         self.channel_attention = ChannelAttention(channels=channels, reduction=reduction)
         self.spatial_attention_appearance = SpatialAttention(kernel_size=spatial_kernel)
         self.spatial_attention_semantic = SpatialAttention(kernel_size=spatial_kernel)
+        self._semantic_weights_loaded = semantic_weights != 'none'
         self.spp_levels = tuple(int(level) for level in spp_levels)
         self.spp_pooling = spp_pooling
         self.alpha = float(alpha)
         self.descriptor_dim = channels * sum(level * level for level in self.spp_levels)
+
+    def pretrained_modules(self):
+        """Submodules whose weights come from a file (the semantic network given a state dict)."""
+        return ('semantic_stream',) if self._semantic_weights_loaded else ()
 
     def forward(self, features, *, images, class_map=None):
         """Describe appearance features ``(B, C_in, h, w)`` and their images ``(B, 3, H, W)``."""

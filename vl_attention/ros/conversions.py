@@ -5,16 +5,21 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
 from sensor_msgs.msg import CompressedImage, NavSatFix, NavSatStatus
 
-from vl_attention.data.images import decode_compressed, decode_raw
+from vl_attention.data.images import decode_compressed, decode_raw, DEFAULT_MAX_IMAGE_PIXELS
 
 
-def image_to_rgb(msg):
-    """Decode ``sensor_msgs/Image`` or ``CompressedImage`` to RGB ``uint8 (H, W, 3)``."""
+def image_to_rgb(msg, *, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """Decode ``sensor_msgs/Image`` or ``CompressedImage`` to RGB ``uint8 (H, W, 3)``.
+
+    Raises ``ImageDecodeError`` (with a ``reason`` key) for anything it refuses, including
+    images whose declared width x height exceeds ``max_image_pixels``.
+    """
     if isinstance(msg, CompressedImage):
-        return decode_compressed(format=msg.format, data=msg.data)
+        return decode_compressed(format=msg.format, data=msg.data,
+                                 max_image_pixels=max_image_pixels)
     return decode_raw(encoding=msg.encoding, height=msg.height, width=msg.width,
                       step=msg.step, data=memoryview(msg.data).cast('B'),
-                      is_bigendian=bool(msg.is_bigendian))
+                      is_bigendian=bool(msg.is_bigendian), max_image_pixels=max_image_pixels)
 
 
 def result_to_navsatfix(result, header):
@@ -68,6 +73,8 @@ def stats_to_diagnostics(snapshot, *, name, hardware_id, stamp, static_values, w
         'confidence': f'{snapshot.last_confidence:.3f}',
         'last_error': snapshot.last_error,
     }
+    values.update({f'rejected_{reason}': count
+                   for reason, count in sorted(snapshot.rejected_by_reason.items())})
     values.update(static_values)
     status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
     array = DiagnosticArray()

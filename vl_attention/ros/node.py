@@ -11,6 +11,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -21,10 +22,12 @@ from vl_attention.data.images import ImageDecodeError
 from vl_attention.engine.embedder import create_embedder
 from vl_attention.engine.preprocess import FrameError
 from vl_attention.localization import Localizer
+from vl_attention.localization.odometry import OdometryBuffer, OdometryConfig, yaw_from_quaternion
 from vl_attention.localization.pipeline import LatestFrameSlot, LocalizationStats
 from vl_attention.mapping import load_map
 from vl_attention.ros import conversions
-from vl_attention.ros.params import declare_parameters, embedder_config, localizer_config
+from vl_attention.ros.params import (declare_parameters, embedder_config, localizer_config,
+                                     tracking_config)
 
 
 class LocalizeNode(Node):
@@ -36,8 +39,13 @@ class LocalizeNode(Node):
         self.localizer = self._create_localizer()
         self.slot = LatestFrameSlot()
         self.stats = LocalizationStats()
+        self._odometry_lock = threading.Lock()
+        self.odometry = OdometryBuffer(OdometryConfig(max_speed_mps=self.params['max_speed_mps']))
+        self._previous_stamp_s = None
+        self.last_result = None
         self._create_publishers()
         self._subscribe_images()
+        self._subscribe_odometry()
         self.create_timer(float(self.params['diagnostics_period_s']), self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name='localize_worker', daemon=True)
         self._worker.start()
@@ -52,7 +60,11 @@ class LocalizeNode(Node):
         self.get_logger().info(
             f'map {map_dir}: {map_.manifest.count} images, model {embedder.card.model_name} '
             f'({embedder.fingerprint}) on {embedder.backend_description}')
-        return Localizer(map_, embedder=embedder, config=localizer_config(self.params))
+        localizer = Localizer(map_, embedder=embedder, config=localizer_config(self.params),
+                              tracking=tracking_config(self.params))
+        if localizer.refinement_note:
+            self.get_logger().info(localizer.refinement_note)
+        return localizer
 
     def _create_publishers(self):
         self.fix_publisher = self.create_publisher(NavSatFix, 'fix', 10)
@@ -69,6 +81,29 @@ class LocalizeNode(Node):
         self.get_logger().info(f'listening for {message_type.__name__} on '
                                f'{self.resolve_topic_name(topic)}')
 
+    def _subscribe_odometry(self):
+        topic = self.params['odom_topic']
+        if topic:
+            self.create_subscription(Odometry, topic, self._on_odometry, 50)
+            self.get_logger().info(f'odometry from {self.resolve_topic_name(topic)}')
+
+    def _on_odometry(self, msg):
+        pose = msg.pose.pose
+        stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        yaw = yaw_from_quaternion(pose.orientation.x, pose.orientation.y, pose.orientation.z,
+                                  pose.orientation.w)
+        with self._odometry_lock:
+            problem = self.odometry.add(stamp_s, pose.position.x, pose.position.y, yaw)
+        if problem:
+            self.get_logger().warning(problem, throttle_duration_sec=5.0)
+
+    def _motion(self, stamp_s):
+        previous, self._previous_stamp_s = self._previous_stamp_s, stamp_s
+        if not self.params['odom_topic'] or previous is None:
+            return None
+        with self._odometry_lock:
+            return self.odometry.motion(previous, stamp_s)
+
     def _on_image(self, msg):
         self.stats.on_received()
         self.slot.put((msg, time.perf_counter()))
@@ -81,18 +116,28 @@ class LocalizeNode(Node):
 
     def _process(self, msg, received_at):
         try:
-            frame = conversions.image_to_rgb(msg)
-            result = self.localizer.localize(frame)
-        except (ImageDecodeError, FrameError) as error:
-            self.stats.on_rejected(error)
-            self.get_logger().warning(f'rejected frame: {error}', throttle_duration_sec=5.0)
+            frame = conversions.image_to_rgb(
+                msg, max_image_pixels=int(self.params['max_image_pixels']))
+            stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            result = self.localizer.localize(frame, stamp_s=stamp_s,
+                                             motion=self._motion(stamp_s))
+        except ImageDecodeError as error:
+            self._reject(error, error)
+            return
+        except FrameError as error:
+            self._reject(error, error, reason='bad_frame')
             return
         except Exception as error:  # a bug must not kill the worker: report and go on
-            self.stats.on_rejected(f'internal error: {error!r}')
+            self.stats.on_rejected(f'internal error: {error!r}', reason='internal_error')
             self.get_logger().error(f'frame failed: {error!r}', throttle_duration_sec=5.0)
             return
         self.stats.on_result(result, (time.perf_counter() - received_at) * 1e3)
+        self.last_result = result
         self._publish(result, msg.header)
+
+    def _reject(self, error, message, **reason):
+        self.stats.on_rejected(error, **reason)
+        self.get_logger().warning(f'rejected frame: {message}', throttle_duration_sec=5.0)
 
     def _publish(self, result, image_header):
         fix_header = type(image_header)(stamp=image_header.stamp,
@@ -113,6 +158,7 @@ class LocalizeNode(Node):
                          'model': embedder.card.model_name,
                          'model_fingerprint': embedder.fingerprint,
                          'map_images': self.localizer.map.manifest.count}
+        static_values.update(_tracking_values(self.last_result, self.localizer))
         self.diagnostics_publisher.publish(conversions.stats_to_diagnostics(
             snapshot, name=f'{self.get_fully_qualified_name()}: visual localization',
             hardware_id=self.params['map_dir'], stamp=self.get_clock().now().to_msg(),
@@ -123,6 +169,18 @@ class LocalizeNode(Node):
         self.slot.close()
         self._worker.join(timeout=5.0)
         return super().destroy_node()
+
+
+def _tracking_values(result, localizer):
+    """Filter state, pose source, inliers and refinement note for diagnostics."""
+    values = {'filter': 'on' if localizer.place_filter is not None else 'off',
+              'refinement': 'on' if localizer.refiner is not None else
+              (localizer.refinement_note or 'off')}
+    if result is not None:
+        values |= {'filter_state': result.filter_state or 'none',
+                   'pose_source': result.pose_source, 'inliers': result.inliers,
+                   'last_refinement_failure': result.refinement or 'none'}
+    return values
 
 
 def main(args=None):

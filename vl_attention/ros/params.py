@@ -5,9 +5,11 @@ from typing import NamedTuple
 
 from rcl_interfaces.msg import ParameterDescriptor
 
+from vl_attention.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from vl_attention.engine.availability import BACKEND_NAMES
 from vl_attention.engine.embedder import EmbedderConfig
-from vl_attention.localization import LocalizerConfig
+from vl_attention.localization import LocalizerConfig, TrackingConfig
+from vl_attention.localization.place_filter import PlaceFilterConfig
 
 
 class Param(NamedTuple):
@@ -48,6 +50,16 @@ NODE_PARAMS = (
     Param('publish_pose', True, 'publish geometry_msgs/PoseWithCovarianceStamped on pose'),
     Param('publish_no_fix', True, 'publish NavSatFix with STATUS_NO_FIX for rejected matches'),
     Param('diagnostics_period_s', 1.0, 'period of /diagnostics messages (s)'),
+    Param('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+          'images declaring more pixels (width x height) are rejected before decoding'),
+    Param('use_filter', True, 'run the place filter (HMM) over the image stream'),
+    Param('refine', True, 'refine the pose with local features + PnP (maps with features)'),
+    Param('odom_topic', '', "nav_msgs/Odometry topic for the filter's motion model "
+          '("" = bounded-speed model)'),
+    Param('max_speed_mps', PlaceFilterConfig.max_speed_mps,
+          'fastest plausible robot speed (m/s): bounds the motion model and odometry jumps'),
+    Param('filter_temperature_scale', PlaceFilterConfig.temperature_scale,
+          'scales the map-calibrated similarity temperature of the filter likelihood'),
 ) + tuple(Param(field.name, field.default, _LOCALIZER_HELP[field.name])
           for field in fields(LocalizerConfig))
 
@@ -64,6 +76,14 @@ def localizer_config(values):
     """Build a LocalizerConfig from parameter values."""
     return LocalizerConfig(**{field.name: values[field.name]
                               for field in fields(LocalizerConfig)})
+
+
+def tracking_config(values):
+    """Build the TrackingConfig (filter, refinement) from parameter values."""
+    return TrackingConfig(
+        use_filter=bool(values['use_filter']), refine=bool(values['refine']),
+        filter=PlaceFilterConfig(max_speed_mps=float(values['max_speed_mps']),
+                                 temperature_scale=float(values['filter_temperature_scale'])))
 
 
 def embedder_config(values):

@@ -5,11 +5,16 @@ import random
 import subprocess
 import sys
 
+# What isolates a run: its domain, and local-only discovery. ROS_AUTOMATIC_DISCOVERY_RANGE exists
+# from Iron on; Humble only knows ROS_LOCALHOST_ONLY. Both are set, each distro reads its own.
+ROS_ENVIRONMENT_KEYS = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOCALHOST_ONLY')
+
 
 def isolated_ros_environment(domain_id=None, base=None):
     """Return an environment for a ROS 2 run that sees no other run (localhost, own domain)."""
     env = dict(os.environ if base is None else base)
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['ROS_LOCALHOST_ONLY'] = '1'
     env['ROS_DOMAIN_ID'] = str(domain_id if domain_id is not None else random.randint(1, 100))
     env['PYTHONUNBUFFERED'] = '1'
     return env

@@ -22,10 +22,10 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 
 from vl_attention.data.images import encode_compressed
 from vl_attention.ros.conversions import rgb_to_image_msg, stamp_to_ns
-from vl_attention.ros.process import isolated_ros_environment, start_localize_node, stop_process
+from vl_attention.ros.process import (isolated_ros_environment, ROS_ENVIRONMENT_KEYS,
+                                      start_localize_node, stop_process)
 
 LOG = logging.getLogger(__name__)
-_ROS_ENVIRONMENT = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
 
 
 @dataclass
@@ -52,10 +52,11 @@ class ReplayClient(Node):
         self.responses = Responses()
         self._lock = threading.Lock()
         self.sent_at = {}
-        self.fix_subscription = self.create_subscription(NavSatFix, f'{prefix}/fix',
+        self.fix_topic, self.pose_topic = f'{prefix}/fix', f'{prefix}/pose'
+        self.fix_subscription = self.create_subscription(NavSatFix, self.fix_topic,
                                                          self._on_fix, 100)
         self.pose_subscription = self.create_subscription(
-            PoseWithCovarianceStamped, f'{prefix}/pose', self._on_pose, 100)
+            PoseWithCovarianceStamped, self.pose_topic, self._on_pose, 100)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self)
@@ -66,10 +67,11 @@ class ReplayClient(Node):
         """Block until images reach the localizer and its fixes and poses reach us."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            # all three matched: a message sent before that would be lost
+            # all three matched: a message sent before that would be lost. Node.count_publishers
+            # rather than Subscription.get_publisher_count, which Humble's rclpy lacks.
             if self.image_publisher.get_subscription_count() > 0 \
-                    and self.fix_subscription.get_publisher_count() > 0 \
-                    and self.pose_subscription.get_publisher_count() > 0:
+                    and self.count_publishers(self.fix_topic) > 0 \
+                    and self.count_publishers(self.pose_topic) > 0:
                 return True
             time.sleep(0.1)
         return False
@@ -154,8 +156,8 @@ def live_localize_node(parameters, *, image_topic, log_path, compressed=False, d
     if not own_context:  # this process already talks ROS: the node must join its domain
         domain_id = int(os.environ.get('ROS_DOMAIN_ID', '0'))
     env = isolated_ros_environment(domain_id=domain_id)
-    saved = {key: os.environ.get(key) for key in _ROS_ENVIRONMENT}
-    os.environ.update({key: env[key] for key in _ROS_ENVIRONMENT})
+    saved = {key: os.environ.get(key) for key in ROS_ENVIRONMENT_KEYS}
+    os.environ.update({key: env[key] for key in ROS_ENVIRONMENT_KEYS})
     remapping = (('image/compressed', f'{image_topic}/compressed') if compressed
                  else ('image', image_topic))
     node = start_localize_node(parameters, env=env, log_path=log_path, remappings=[remapping])

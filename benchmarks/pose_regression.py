@@ -1,0 +1,247 @@
+"""Pose regression of the joint spatial and layer attention head against retrieval baselines.
+
+Usage: ``python -m benchmarks.pose_regression [--steps N] [--threads 2]``.
+
+The pose_attention head (LSTM, 4 steps, Kendall's learnable-weight pose
+loss) trains briefly on each scene's training images, on the offline
+ImageNet EfficientNet-Lite0 trunk (frozen, features cached) at the multi-level
+taps stride8 / stride16 / stage5 (GoogLeNet / ResNet ImageNet weights are not
+available offline), then is exported to ONNX (outputs descriptors,
+position_m, orientation_xyzw) and run through ``Embedder.embed_with_pose`` on
+ONNX Runtime, the path the localizer uses. Two scenes:
+
+* ``7scenes_stairs_sample``: the 12-frame 7-Scenes stairs sample in
+  ``../shared/data``; TrainSplit (seq-01, seq-04: 6 frames) trains,
+  TestSplit (seq-02, seq-03: 6 frames) tests. A format fixture more than a
+  benchmark: 6 training images and heavily recompressed JPEGs.
+* ``synthetic``: 30 places 4 m apart along the synthetic town's route, driven
+  4 times by day with lateral / along-track / heading jitter; drives 0-2
+  train, drive 3 tests (the protocol of ``test_training``).
+
+Baselines: the mean training pose (position mean, chordal quaternion mean),
+and the pose of the nearest training image by descriptor (the project's
+default retrieval model, ImageNet EfficientNet-Lite0 GeM, untrained on the
+scene). Errors are medians over the test images: position (m) and rotation
+(deg). Prints a table and writes ``benchmarks/results/pose_regression.json``.
+"""
+
+import argparse
+from dataclasses import replace
+import json
+from pathlib import Path
+import re
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from benchmarks.embed_latency import hardware
+from vl_attention.engine.availability import probe_availability
+from vl_attention.engine.backends import create_backend
+from vl_attention.engine.embedder import Embedder
+from vl_attention.engine.export import export_onnx, ONNX_FILE, read_export
+from vl_attention.engine.model_card import make_model_card
+from vl_attention.evaluation.metrics import pose_errors
+from vl_attention.io import atomic_write_text, json_safe
+from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
+from vl_attention.models.pose_attention import set_pose_origin
+from vl_attention.training.datasets import (load_place_views, PlaceSetConfig, PlaceViews,
+                                            split_by_pass, TrainingSet)
+from vl_attention.training.losses import LOSSES
+from vl_attention.training.sources.posed import body_quaternions_from_optical
+from vl_attention.training.trainer import predict, train_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+SEVEN_SCENES = ROOT.parent / 'shared' / 'data' / '7scenes_stairs_sample'
+RESULT = ROOT / 'benchmarks' / 'results' / 'pose_regression.json'
+HEIGHT, WIDTH = 120, 160
+TAPS = ('stride8', 'stride16', 'stage5')
+SYNTHETIC = PlaceSetConfig(num_places=30, place_spacing_m=4.0, conditions=('day',),
+                           passes_per_condition=4, lateral_jitter_m=1.2, along_jitter_m=1.5,
+                           held_out_places=0, width=WIDTH, height=HEIGHT)
+SEVEN_SCENES_SPLITS = ('TrainSplit.txt', 'TestSplit.txt')
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def read_seven_scenes_split(root, split_file, size=(WIDTH, HEIGHT)):
+    """Frames of one split of a 7-Scenes scene folder as :class:`PlaceViews` (one place each).
+
+    Layout: ``root/<split_file>`` lists ``sequenceN`` lines; ``root/seq-0N/``
+    holds ``frame-XXXXXX.color.{png,jpg}`` and ``frame-XXXXXX.pose.txt`` (4x4
+    camera-to-world, metres). Orientations are the camera body frame
+    (x forward, y left, z up) in the scene frame, as in the package.
+    """
+    root = Path(root)
+    images, matrices, sequences = [], [], []
+    for line in (root / split_file).read_text().split():
+        number = int(re.fullmatch(r'sequence(\d+)', line).group(1))
+        folder = root / f'seq-{number:02d}'
+        for pose_path in sorted(folder.glob('frame-*.pose.txt')):
+            stem = pose_path.name[:-len('.pose.txt')]
+            colour = next(p for p in (folder / f'{stem}.color.png', folder / f'{stem}.color.jpg')
+                          if p.is_file())
+            bgr = cv2.resize(cv2.imread(str(colour), cv2.IMREAD_COLOR), size,
+                             interpolation=cv2.INTER_AREA)
+            images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            matrices.append(np.loadtxt(pose_path).reshape(4, 4))
+            sequences.append(folder.name)
+    matrices = np.asarray(matrices)
+    count = len(images)
+    return PlaceViews(images=np.stack(images), positions_m=matrices[:, :3, 3],
+                      quaternions_xyzw=body_quaternions_from_optical(matrices[:, :3, :3]),
+                      place_ids=np.arange(count), pass_ids=np.zeros(count, np.int64),
+                      conditions=np.asarray(sequences))
+
+
+def scenes(cache_dir):
+    """``{name: (train views, test views, note)}`` of the two scenes."""
+    stairs = tuple(read_seven_scenes_split(SEVEN_SCENES, name) for name in SEVEN_SCENES_SPLITS)
+    synthetic = split_by_pass(load_place_views(SYNTHETIC, cache_dir), held_out_passes=[3])
+    return {'7scenes_stairs_sample': stairs + ('TrainSplit seq-01,04 / TestSplit seq-02,03',),
+            'synthetic': synthetic + ('30 places x 4 day drives; drives 0-2 train, 3 tests',)}
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def pose_model(seed=0):
+    """pose_attention (ResNet-18 preset's head) on the frozen ImageNet EfficientNet-Lite0 trunk."""
+    config = replace(load_model_config('pose_attention_resnet18'), name='pose_attention_effnet',
+                     backbone='efficientnet_lite0', taps=TAPS, input_height=HEIGHT,
+                     input_width=WIDTH,
+                     backbone_options={'weights': 'imagenet', 'truncate_after': TAPS[-1]})
+    torch.manual_seed(seed)
+    model = build_model(config)
+    model.backbone.requires_grad_(False)
+    return config, model
+
+
+def retrieval_model():
+    """Build the default retrieval model (ImageNet EfficientNet-Lite0 GeM) at our size."""
+    return build_model(replace(load_model_config(DEFAULT_MODEL), input_height=HEIGHT,
+                               input_width=WIDTH))
+
+
+def train_pose(train_views, *, steps, batch_size, lr, seed=0):
+    """Train the head on the views; return (config, model, origin_m, seconds, losses)."""
+    config, model = pose_model(seed)
+    distances = {'positive_distance_m': 2.0, 'negative_distance_m': 5.0}
+    train = TrainingSet(train_views, model.preprocessing, views_per_place=1, **distances)
+    started = time.perf_counter()
+    history = train_steps(model, train, loss=LOSSES.create('pose'), steps=steps,
+                          batch_size=min(batch_size, len(train)), lr=lr, seed=seed, log_every=0)
+    seconds = time.perf_counter() - started
+    set_pose_origin(model, train.origin_m)   # the head regressed about the training mean
+    return config, model, seconds, (history.window_mean(first=10), history.window_mean(last=10))
+
+
+def exported_embedder(config, model, out_dir):
+    """Export the trained model and run it on ONNX Runtime as the localizer would."""
+    export_onnx(model, make_model_card(config, model), out_dir)
+    card = read_export(out_dir)
+    backend = create_backend('onnxruntime-cpu', model=None, onnx_path=Path(out_dir) / ONNX_FILE)
+    return Embedder(backend, card)
+
+
+# --- baselines -------------------------------------------------------------------------------
+
+def mean_quaternion(quaternions_xyzw):
+    """Chordal L2 mean rotation: the principal eigenvector of ``sum q q^T`` (sign-free)."""
+    quaternions = np.asarray(quaternions_xyzw, np.float64)
+    _, vectors = np.linalg.eigh(quaternions.T @ quaternions)
+    mean = vectors[:, -1]
+    return mean if mean[3] >= 0 else -mean
+
+
+def nearest_pose(train_descriptors, test_descriptors, train_views):
+    """Pose of each test image's nearest training image by inner product."""
+    nearest = np.argmax(test_descriptors @ train_descriptors.T, axis=1)
+    return train_views.positions_m[nearest], train_views.quaternions_xyzw[nearest]
+
+
+def medians(position_m, orientation_xyzw, true_views):
+    """Median position (m) and rotation (deg) errors against the views' true poses."""
+    position_errors, rotation_errors = pose_errors(position_m, true_views.positions_m,
+                                                   orientation_xyzw, true_views.quaternions_xyzw)
+    return {'position_median_m': float(np.median(position_errors)),
+            'rotation_median_deg': float(np.median(rotation_errors))}
+
+
+def evaluate_scene(name, train_views, test_views, note, *, steps, lr, retrieval, work_dir):
+    """Every method's median errors on one scene."""
+    config, model, train_s, losses = train_pose(train_views, steps=steps, batch_size=16, lr=lr)
+    embedder = exported_embedder(config, model, Path(work_dir) / name)
+    _, position_m, orientation_xyzw = embedder.embed_with_pose(list(test_views.images))
+    started = time.perf_counter()
+    embedder.embed_with_pose(list(test_views.images[:1]))
+    latency_ms = (time.perf_counter() - started) * 1e3
+    count = len(test_views)
+    mean_position = np.repeat(train_views.positions_m.mean(axis=0)[None], count, axis=0)
+    mean_rotation = np.repeat(mean_quaternion(train_views.quaternions_xyzw)[None], count, axis=0)
+    descriptors = [predict(retrieval, TrainingSet(views, retrieval.preprocessing,
+                                                  positive_distance_m=2.0,
+                                                  negative_distance_m=5.0).images)[0]
+                   for views in (train_views, test_views)]
+    methods = {
+        'regression (pose_attention, ONNX Runtime)': medians(position_m, orientation_xyzw,
+                                                             test_views),
+        'nearest training image (effnet_lite0_gem)': medians(
+            *nearest_pose(*descriptors, train_views), test_views),
+        'mean training pose': medians(mean_position, mean_rotation, test_views),
+    }
+    spread_m = float(np.median(np.linalg.norm(
+        test_views.positions_m - test_views.positions_m.mean(axis=0), axis=1)))
+    return {'scene': name, 'split': note, 'train_images': len(train_views),
+            'test_images': count, 'test_position_spread_median_m': spread_m,
+            'train_steps': steps, 'train_seconds': train_s,
+            'pose_loss_first_10': losses[0], 'pose_loss_last_10': losses[1],
+            'regression_latency_ms_batch1': latency_ms,
+            'card_outputs': list(embedder.card.outputs), 'card_pose_frame':
+            embedder.card.pose_frame, 'methods': methods}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def print_table(results):
+    """One row per scene and method."""
+    print(f'{"scene":<24} {"method":<44} {"position m":>11} {"rotation deg":>13}')
+    for result in results:
+        for method, errors in result['methods'].items():
+            print(f'{result["scene"]:<24} {method:<44} {errors["position_median_m"]:>11.3f} '
+                  f'{errors["rotation_median_deg"]:>13.2f}')
+        print(f'{"":<24} ({result["train_images"]} train / {result["test_images"]} test images, '
+              f'{result["train_steps"]} steps in {result["train_seconds"]:.0f} s, pose loss '
+              f'{result["pose_loss_first_10"]:.2f} -> {result["pose_loss_last_10"]:.2f})')
+
+
+def main(argv=None):
+    """Train, export, evaluate both scenes; print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--steps', type=int, default=300, help='head training steps per scene')
+    parser.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
+    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    parser.add_argument('--out', default=str(RESULT))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    retrieval = retrieval_model()
+    results = []
+    with tempfile.TemporaryDirectory() as work_dir:
+        for name, (train_views, test_views, note) in scenes(Path(work_dir) / 'views').items():
+            results.append(evaluate_scene(name, train_views, test_views, note, steps=args.steps,
+                                          lr=args.lr, retrieval=retrieval, work_dir=work_dir))
+    print_table(results)
+    report = {'command': 'python -m benchmarks.pose_regression '
+                         f'--steps {args.steps} --lr {args.lr} --threads {args.threads}',
+              'input_size': [HEIGHT, WIDTH], 'trunk': 'efficientnet_lite0 imagenet, frozen',
+              'taps': list(TAPS), 'total_seconds': time.perf_counter() - started,
+              'hardware': hardware(probe_availability(), args.threads), 'scenes': results}
+    atomic_write_text(Path(args.out), json.dumps(json_safe(report), indent=2))
+    print(f'wrote {args.out} ({report["total_seconds"]:.0f} s)')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The place filter, odometry handling, triangulation and PnP on hand-made cases."""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from vl_attention.localization.camera_model import CameraModel
+from vl_attention.localization.odometry import OdometryBuffer
+from vl_attention.localization.place_filter import (headings_from_orientations, Motion,
+                                                    PlaceFilter, PlaceFilterConfig, TRACKING)
+from vl_attention.localization.pnp import PnPConfig, project, solve_pnp, triangulate
+
+CAMERA = CameraModel(320, 240, 190.0, 190.0, 159.5, 119.5)
+
+
+def _route(count=300):
+    return np.stack([np.arange(count, dtype=float), np.zeros(count), np.zeros(count)], axis=1)
+
+
+def _noisy_scores(rng, count, true_place, signal=0.1):
+    scores = rng.normal(0.5, 0.05, count)
+    scores[true_place] += signal
+    order = np.argsort(-scores)[:20]
+    return order, scores[order]
+
+
+def test_filter_converges_on_a_route_where_single_frames_mostly_fail():
+    rng = np.random.default_rng(0)
+    places = _route()
+    place_filter = PlaceFilter(places, np.zeros(len(places)), temperature=0.05,
+                               config=PlaceFilterConfig(max_speed_mps=3.0, cluster_radius_m=3.0,
+                                                        temperature_scale=1.0))
+    single, filtered = [], []
+    for frame in range(120):
+        candidates, scores = _noisy_scores(rng, len(places), frame)
+        estimate = place_filter.step(candidates, scores, Motion(dt_s=1.0))
+        single.append(candidates[0] == frame)
+        filtered.append(abs(estimate.place_index - frame) <= 1)
+    assert np.mean(single) < 0.8
+    assert np.mean(filtered[40:]) > 0.95
+    assert estimate.state == TRACKING
+
+
+def test_filter_recovers_from_a_kidnap():
+    rng = np.random.default_rng(1)
+    places = _route()
+    place_filter = PlaceFilter(places, np.zeros(len(places)), temperature=0.05,
+                               config=PlaceFilterConfig(max_speed_mps=3.0, cluster_radius_m=3.0,
+                                                        temperature_scale=1.0))
+    truth = list(range(60)) + list(range(200, 280))
+    errors = []
+    for frame, place in enumerate(truth):
+        candidates, scores = _noisy_scores(rng, len(places), place, signal=0.15)
+        estimate = place_filter.step(candidates, scores, Motion(dt_s=1.0))
+        errors.append(abs(estimate.place_index - place))
+    assert max(errors[20:60]) <= 1
+    recovered = next(k for k in range(60, len(truth)) if all(e <= 1 for e in errors[k:k + 10]))
+    assert recovered - 60 < 40, f'took {recovered - 60} frames to relocalize'
+
+
+def test_odometry_moves_the_posterior_along_the_place_heading():
+    places = np.array([[x, y, 0.0] for y in (0.0, 50.0) for x in range(0, 100, 2)], float)
+    headings = np.where(places[:, 1] > 0, np.pi, 0.0)   # the north row faces west
+    place_filter = PlaceFilter(places, headings, temperature=0.05)
+    start = [10, 60]   # (20, 0) facing east and (20, 50) facing west
+    place_filter.update(np.array(start + [0]), np.array([0.9, 0.9, 0.5]))
+    place_filter.predict(Motion(dt_s=1.0, translation_m=np.array([6.0, 0.0]),
+                                source='odometry'))
+    place_weights = {}
+    for key, weight in zip(place_filter.indices // place_filter.speed_count,
+                           place_filter.weights):
+        place_weights[key] = place_weights.get(key, 0.0) + weight
+    east = max((k for k in place_weights if k < 50), key=place_weights.get)
+    west = max((k for k in place_weights if k >= 50), key=place_weights.get)
+    np.testing.assert_allclose(places[east], [26.0, 0.0, 0.0])
+    np.testing.assert_allclose(places[west], [14.0, 50.0, 0.0])
+
+
+def test_filter_resets_after_a_long_gap_and_reports_lost():
+    places = _route(50)
+    place_filter = PlaceFilter(places, np.zeros(50), temperature=0.05,
+                               config=PlaceFilterConfig(max_gap_s=5.0, temperature_scale=1.0))
+    for frame in range(10):
+        place_filter.step(np.array([frame]), np.array([0.9]), Motion(dt_s=1.0))
+    assert len(place_filter.indices) > 0
+    place_filter.step(np.array([30, 31]), np.array([0.5, 0.5]), Motion(dt_s=60.0))
+    assert place_filter.state != TRACKING
+    for frame in range(30, 45):     # back on the route: tracking again
+        estimate = place_filter.step(np.array([frame, 5]), np.array([0.9, 0.3]),
+                                     Motion(dt_s=1.0))
+    assert estimate.state == TRACKING and abs(estimate.place_index - 44) <= 1
+    place_filter.reset()
+    assert place_filter.state == 'initialising' and len(place_filter.indices) == 0
+
+
+def test_headings_of_yaw_only_orientations():
+    yaw = np.radians([0.0, 90.0, -135.0])
+    quaternions = Rotation.from_euler('z', yaw[:, None]).as_quat()
+    np.testing.assert_allclose(headings_from_orientations(quaternions), yaw, atol=1e-12)
+
+
+@pytest.mark.parametrize('problem, stamps, positions, expected', [
+    ('out of order', [1.0, 0.5], [(0, 0), (0.1, 0)], 'not after'),
+    ('jump', [1.0, 1.1], [(0, 0), (50, 0)], 'jumped'),
+    ('nan', [1.0, 1.1], [(0, 0), (np.nan, 0)], 'NaN'),
+])
+def test_bad_odometry_is_refused_with_a_reason(problem, stamps, positions, expected):
+    buffer = OdometryBuffer()
+    assert buffer.add(stamps[0], *positions[0], 0.0) == ''
+    assert expected in buffer.add(stamps[1], *positions[1], 0.0), problem
+
+
+def test_odometry_motion_is_in_the_robot_frame_and_stopped_odometry_falls_back():
+    buffer = OdometryBuffer()
+    for k in range(11):     # driving north (yaw 90 deg) at 2 m/s
+        buffer.add(k * 0.1, 0.0, 0.2 * k, np.pi / 2)
+    motion = buffer.motion(0.2, 0.7)
+    assert motion.source == 'odometry'
+    np.testing.assert_allclose(motion.translation_m, [1.0, 0.0], atol=1e-9)
+    stale = buffer.motion(0.9, 5.0)
+    assert stale.translation_m is None and 'no odometry for' in stale.source
+
+
+def _scene(rng, count=80):
+    return np.column_stack([rng.uniform(8, 30, count), rng.uniform(-8, 8, count),
+                            rng.uniform(-2, 6, count)])
+
+
+def test_pnp_recovers_a_known_pose_to_a_centimetre():
+    rng = np.random.default_rng(3)
+    points = _scene(rng)
+    position = np.array([1.0, -0.5, 1.2])
+    orientation = Rotation.from_euler('zyx', [4.0, -2.0, 1.0], degrees=True).as_quat()
+    pixels, depth = project(CAMERA, points, position, orientation)
+    inside = (depth > 0) & np.all((pixels > 0) & (pixels < [320, 240]), axis=1)
+    result = solve_pnp(points[inside], pixels[inside], CAMERA)
+    assert result.ok, result.reason
+    assert np.linalg.norm(result.position_enu_m - position) < 0.01
+    angle = (Rotation.from_quat(result.orientation_xyzw).inv()
+             * Rotation.from_quat(orientation)).magnitude()
+    assert np.degrees(angle) < 0.01
+    assert np.all(np.linalg.eigvalsh(result.covariance) > 0)
+
+
+def test_pnp_covariance_grows_with_pixel_noise_and_degenerate_input_gets_a_reason():
+    rng = np.random.default_rng(4)
+    points = _scene(rng, 150)
+    position, orientation = np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])
+    pixels, _ = project(CAMERA, points, position, orientation)
+    clean = solve_pnp(points, pixels, CAMERA)
+    noisy = solve_pnp(points, pixels + rng.normal(0, 1.5, pixels.shape), CAMERA)
+    assert np.trace(noisy.covariance[:3, :3]) > 4 * np.trace(clean.covariance[:3, :3])
+    line = np.column_stack([np.linspace(10, 30, 40), np.zeros(40), np.zeros(40)])
+    result = solve_pnp(line, project(CAMERA, line, position, orientation)[0], CAMERA)
+    assert not result.ok and 'collinear' in result.reason
+    few = solve_pnp(points[:5], pixels[:5], CAMERA, PnPConfig())
+    assert not few.ok and 'fewer than min_inliers' in few.reason
+
+
+def test_triangulation_is_exact_on_synthetic_views():
+    rng = np.random.default_rng(5)
+    points = _scene(rng, 60)
+    pose_a = (np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
+    pose_b = (np.array([1.5, 2.0, 0.0]),
+              Rotation.from_euler('z', 5.0, degrees=True).as_quat())
+    pixels_a, _ = project(CAMERA, points, *pose_a)
+    pixels_b, _ = project(CAMERA, points, *pose_b)
+    triangulated = triangulate(CAMERA, pose_a, pose_b, pixels_a, pixels_b)
+    kept = np.isfinite(triangulated[:, 0])
+    assert kept.mean() > 0.9
+    np.testing.assert_allclose(triangulated[kept], points[kept], atol=1e-6)

@@ -1,0 +1,88 @@
+"""Metric 6-DoF refinement: match the frame's local features to candidate map images, then PnP.
+
+Each candidate place's triangulated keypoints are matched (ratio test +
+mutual check) and handed to :func:`~vl_attention.localization.pnp.solve_pnp`;
+the candidate with the most inliers wins, so inlier counts re-rank the
+retrieval candidates. Its confidence is ``inliers / (inliers +
+inlier_half_confidence)``.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vl_attention.localization.local_features import (create_extractor, LocalFeatureConfig,
+                                                      match_features, to_gray)
+from vl_attention.localization.pnp import PnPConfig, solve_pnp
+
+
+@dataclass(frozen=True)
+class RefinementConfig:
+    """How many candidates are tried and what a pose must pass."""
+
+    candidates: int = 3
+    ratio_test: float = 0.9
+    max_keypoints: int = 2000
+    pnp: PnPConfig = field(default_factory=PnPConfig)
+    max_offset_from_filter_m: float = 15.0
+    inlier_half_confidence: int = 30
+
+    def __post_init__(self):
+        if self.candidates < 1:
+            raise ValueError('refinement candidates must be >= 1')
+
+
+@dataclass(frozen=True)
+class RefinedPose:
+    """The best PnP pose over the candidates, or why there is none."""
+
+    ok: bool
+    reason: str
+    place_index: int
+    position_enu_m: np.ndarray
+    orientation_xyzw: np.ndarray
+    covariance: np.ndarray
+    inliers: int
+    confidence: float
+
+
+class Refiner:
+    """PnP against the local features of a map (:class:`LocalFeatureMap`)."""
+
+    def __init__(self, local_map, config: RefinementConfig = RefinementConfig()):
+        self.local_map = local_map
+        self.config = config
+        self.extractor = create_extractor(LocalFeatureConfig(
+            kind=local_map.kind, max_keypoints=config.max_keypoints,
+            ratio_test=config.ratio_test))
+
+    def refine(self, frame: np.ndarray, places) -> RefinedPose:
+        """Return the best pose of ``frame`` over the candidate ``places``."""
+        camera = self.local_map.camera.scaled_to(frame.shape[1], frame.shape[0])
+        query = self.extractor(to_gray(frame))
+        if len(query.keypoints_px) < self.config.pnp.min_inliers:
+            return _failed(f'only {len(query.keypoints_px)} local features in the frame '
+                           f'(PnP needs min_inliers {self.config.pnp.min_inliers}); '
+                           'too dark, blurred or textureless')
+        best, reasons = None, []
+        for place in places:
+            descriptors, points = self.local_map.image_points(place)
+            matches = match_features(query.descriptors, descriptors, norm=self.extractor.norm,
+                                     ratio_test=self.config.ratio_test)
+            result = solve_pnp(points[matches[:, 1]], query.keypoints_px[matches[:, 0]],
+                               camera, self.config.pnp)
+            if result.ok and (best is None or result.inliers > best[1].inliers):
+                best = (place, result)
+            elif not result.ok:
+                reasons.append(f'place {place}: {result.reason}')
+        if best is None:
+            return _failed('PnP failed for every candidate (' + '; '.join(reasons) + ')')
+        place, pose = best
+        confidence = pose.inliers / (pose.inliers + self.config.inlier_half_confidence)
+        return RefinedPose(True, '', int(place), pose.position_enu_m, pose.orientation_xyzw,
+                           pose.covariance, pose.inliers, float(confidence))
+
+
+def _failed(reason: str) -> RefinedPose:
+    return RefinedPose(False, reason, -1, np.full(3, np.nan), np.array([0.0, 0.0, 0.0, 1.0]),
+                       np.full((6, 6), np.nan), 0, 0.0)
