@@ -38,6 +38,7 @@ from vl_attention.mapping.index import MapIndex
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared' / 'data'
 CANDIDATES = 20
+QUERY_NORMALISED_SCALE = 2.0   # chosen on Nordland places 0-899 (exp(z / 2), z over the top 100)
 LOG = logging.getLogger('localization_benchmark')
 
 
@@ -61,15 +62,17 @@ def read_rgb(path):
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def sequence_recall(database, queries, positives, *, splits, temperature_scale):
+def sequence_recall(database, queries, positives, *, splits, temperature_scale,
+                    likelihood='map_calibrated'):
     """Recall@1 of single frames and of the place filter, per split of query indices."""
     index = MapIndex.build(database, 'flat_ip')
     positions = np.stack([np.arange(len(database), dtype=float),
                           np.zeros(len(database)), np.zeros(len(database))], axis=1)
     calibration = calibrate_similarities(index, database, positions, exclusion_m=5.0)
     config = PlaceFilterConfig(max_speed_mps=2.0, speed_bins=9, cluster_radius_m=3.0,
-                               temperature_scale=temperature_scale)
-    similarities, candidates = index.search(queries, CANDIDATES)
+                               temperature_scale=temperature_scale, likelihood=likelihood)
+    reference, candidates = index.search(queries, max(CANDIDATES, config.reference_candidates))
+    similarities, candidates = reference[:, :CANDIDATES], candidates[:, :CANDIDATES]
     rows = {}
     for name, (start, stop) in splits.items():
         place_filter = PlaceFilter(positions, np.zeros(len(database)),
@@ -78,7 +81,7 @@ def sequence_recall(database, queries, positives, *, splits, temperature_scale):
         single, filtered = [], []
         for query in range(start, stop):
             estimate = place_filter.step(candidates[query], similarities[query],
-                                         Motion(dt_s=1.0))
+                                         Motion(dt_s=1.0), reference=reference[query])
             single.append(candidates[query][0] in positives[query])
             filtered.append(estimate.place_index in positives[query])
         rows[name] = {'queries': stop - start, 'single_frame_recall_at_1': float(np.mean(single)),
@@ -103,6 +106,9 @@ def real_sequence(name, splits, embedder, temperature_scale):
     for descriptor, (db, q) in descriptors.items():
         result[descriptor] = sequence_recall(db, q, dataset.positives, splits=splits,
                                              temperature_scale=temperature_scale)
+        result[descriptor + ' (query_normalised)'] = sequence_recall(
+            db, q, dataset.positives, splits=splits,
+            temperature_scale=QUERY_NORMALISED_SCALE, likelihood='query_normalised')
     return result
 
 
@@ -128,15 +134,17 @@ def synthetic_world(work_dir, frames):
     return world
 
 
-def read_traversal(folder):
-    """Image paths, stamps and ENU poses of a synthetic traversal."""
-    import csv
-    with open(folder / 'poses.csv', newline='') as handle:
-        rows = list(csv.DictReader(handle))
-    return ([folder / 'images' / row['image'] for row in rows],
-            np.array([int(row['stamp_ns']) for row in rows]) * 1e-9,
-            np.array([[float(row[k]) for k in ('x_m', 'y_m', 'z_m')] for row in rows]),
-            np.array([[float(row[k]) for k in ('qx', 'qy', 'qz', 'qw')] for row in rows]))
+def read_traversal(folder, origin):
+    """Image paths, stamps and poses of a synthetic traversal, in ENU at the map's ``origin``."""
+    from vl_attention.geo import geodetic_to_enu
+    from vl_attention.mapping import read_poses_csv
+    columns = read_poses_csv(folder / 'poses.csv')
+    positions = geodetic_to_enu(np.asarray(columns['latitude_deg']),
+                                np.asarray(columns['longitude_deg']),
+                                np.asarray(columns['altitude_m']), origin).reshape(-1, 3)
+    orientations = np.stack([columns[k] for k in ('qx', 'qy', 'qz', 'qw')], axis=1)
+    return ([folder / 'images' / name for name in columns['image']],
+            np.asarray(columns['stamp_ns']) * 1e-9, positions, orientations)
 
 
 def run_traversal(localizer, paths, stamps_s, order):
@@ -202,8 +210,9 @@ def synthetic(args, embedder):
     map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
     localizer = Localizer(map_, embedder=embedder, tracking=TrackingConfig())
     rows = {'map': map_.manifest.local_features | {'images': map_.manifest.count}}
+    origin = map_.manifest.geodetic_origin
     for name in ('query_night', 'query_fog', 'query_dusk', 'query_rain'):
-        paths, stamps, positions, orientations = read_traversal(world / name)
+        paths, stamps, positions, orientations = read_traversal(world / name, origin)
         order = list(range(len(paths)))
         started = time.perf_counter()
         results = run_traversal(localizer, paths, stamps, order)
@@ -213,13 +222,13 @@ def synthetic(args, embedder):
         row['seconds'] = time.perf_counter() - started
         rows[name] = row
         LOG.info('%s: %s', name, json.dumps(row))
-    rows['kidnap'] = kidnap(localizer, world)
+    rows['kidnap'] = kidnap(localizer, world, origin)
     return rows
 
 
-def kidnap(localizer, world, jump=400):
+def kidnap(localizer, world, origin, jump=400):
     """Night queries 0-199, then from 200 + ``jump`` on: frames until tracking again."""
-    paths, stamps, positions, orientations = read_traversal(world / 'query_night')
+    paths, stamps, positions, orientations = read_traversal(world / 'query_night', origin)
     if len(paths) < 200 + jump + 50:
         return {'skipped': f'needs {200 + jump + 50} frames'}
     order = list(range(200)) + list(range(200 + jump, len(paths)))
@@ -267,7 +276,7 @@ def latency(args, embedder):
     from vl_attention.mapping import load_map
     map_ = load_map(Path(args.work_dir) / f'map_{args.frames}')
     world = synthetic_world(args.work_dir, args.frames)
-    paths, stamps, _, _ = read_traversal(world / 'query_rain')
+    paths, stamps, _, _ = read_traversal(world / 'query_rain', map_.manifest.geodetic_origin)
     frames = [cv2.resize(read_rgb(p), (640, 480), interpolation=cv2.INTER_LINEAR)
               for p in paths[:60]]
     rows = {}

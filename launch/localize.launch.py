@@ -13,6 +13,8 @@ ARGUMENTS = {
     'image_topic': ('/camera/image_raw', 'camera image topic (raw; /compressed is derived)'),
     'map_dir': ('', 'map directory; overrides map_dir of the params file when given'),
     'log_level': ('info', 'ROS log level of the node'),
+    'dds_profile': ('', 'Fast DDS profile for the node: "" = none, fastdds = the installed '
+                        'config/dds/fastdds_shm.xml, or a path (docs/transport.md)'),
 }
 
 

@@ -1,12 +1,17 @@
 """Launch arguments -> node arguments (always), and the launch file (where launch_ros exists)."""
 
 import importlib.util
+import json
+import os
 from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 
 from vl_attention.config import ConfigError
-from vl_attention.ros.launch_args import default_params_file, node_arguments
+from vl_attention.ros.launch_args import (dds_environment, dds_profile_path,
+                                          default_params_file, node_arguments)
 
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / 'launch' / 'localize.launch.py'
 
@@ -52,3 +57,97 @@ def test_launch_file_describes_the_node():
     context = LaunchContext()
     for entity in description.entities:
         entity.visit(context)
+
+
+# --- dds_profile (docs/transport.md): the node's environment -----------------------------------
+
+DDS_XML = Path(__file__).resolve().parents[1] / 'config' / 'dds' / 'fastdds_shm.xml'
+ROS_PYTHON = Path(__file__).resolve().parents[2] / 'shared' / 'ros_python'
+DRIVER = Path(__file__).with_name('launch_driver.py')
+
+
+def _profile_env(path):
+    return {'FASTDDS_DEFAULT_PROFILES_FILE': str(path),
+            'FASTRTPS_DEFAULT_PROFILES_FILE': str(path), 'RMW_FASTRTPS_USE_QOS_FROM_XML': '0'}
+
+
+def test_dds_profile_is_off_by_default():
+    assert dds_environment('') == {}
+    assert node_arguments()['additional_env'] == {}
+
+
+def test_dds_profile_fastdds_is_the_shipped_profile():
+    environment = node_arguments(dds_profile='fastdds')['additional_env']
+    assert environment == _profile_env(environment['FASTDDS_DEFAULT_PROFILES_FILE'])
+    assert Path(environment['FASTDDS_DEFAULT_PROFILES_FILE']).read_bytes() == \
+        DDS_XML.read_bytes()
+
+
+def test_dds_profile_path_is_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / 'mine.xml').write_text('<dds/>')
+    monkeypatch.chdir(tmp_path)
+    assert dds_environment('mine.xml') == _profile_env(tmp_path / 'mine.xml')
+
+
+def test_missing_dds_profile_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r'dds_profile .*nope\.xml is no file.*fastdds'):
+        dds_environment(str(tmp_path / 'nope.xml'))
+
+
+def _describe(*arguments):
+    """Return the launch file's Node actions, made by the pure-Python launch_ros."""
+    import vl_attention   # the subprocess imports the same copy as this process
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
+        str(ROS_PYTHON), str(Path(vl_attention.__file__).parents[1]),
+        os.environ.get('PYTHONPATH', '')])))
+    result = subprocess.run([sys.executable, str(DRIVER), 'describe', str(LAUNCH_FILE),
+                             *arguments], env=env, capture_output=True, text=True, timeout=120)
+    nodes = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
+    return result, nodes
+
+
+needs_ros_python = pytest.mark.skipif(
+    not (ROS_PYTHON / 'launch_ros').is_dir() or importlib.util.find_spec('osrf_pycommon') is None,
+    reason=f'needs {ROS_PYTHON} (pure-Python launch/launch_ros) and osrf_pycommon')
+
+
+@needs_ros_python
+def test_launch_file_node_carries_the_dds_environment(tmp_path):
+    profile = tmp_path / 'mine.xml'
+    profile.write_text('<dds/>')
+    shipped = dds_profile_path('fastdds')   # the source tree's, or an install space's copy
+    assert Path(shipped).read_bytes() == DDS_XML.read_bytes()
+    for arguments, expected in (((), {}),
+                                (('dds_profile:=fastdds',), _profile_env(shipped)),
+                                ((f'dds_profile:={profile}', 'namespace:=robot1'),
+                                 _profile_env(profile))):
+        result, nodes = _describe(*arguments)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert [(node['package'], node['executable']) for node in nodes] == [
+            ('vl_attention', 'localize_node')]
+        assert nodes[0]['additional_env'] == expected, arguments
+
+
+@needs_ros_python
+def test_launch_file_rejects_a_missing_dds_profile(tmp_path):
+    result, nodes = _describe(f'dds_profile:={tmp_path / "nope.xml"}')
+    assert result.returncode != 0 and not nodes
+    assert 'nope.xml is no file' in result.stderr
+
+
+def test_demo_sets_the_dds_environment_for_node_and_publisher_then_restores_it(monkeypatch):
+    from vl_attention.demo import dds_profile_environment
+    from vl_attention.ros.process import isolated_ros_environment
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/previous.xml')
+    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.delenv('RMW_FASTRTPS_USE_QOS_FROM_XML', raising=False)
+    shipped = dds_profile_path('fastdds')
+    with dds_profile_environment('fastdds') as environment:
+        assert environment == _profile_env(shipped)
+        assert {key: os.environ[key] for key in environment} == environment   # the publisher
+        node_env = isolated_ros_environment()                                   # the node
+        assert {key: node_env[key] for key in environment} == environment
+    assert os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] == '/previous.xml'
+    assert 'FASTRTPS_DEFAULT_PROFILES_FILE' not in os.environ
+    with dds_profile_environment('') as environment:
+        assert environment == {} and os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] == '/previous.xml'

@@ -41,7 +41,10 @@ def nodes(ros_env, tiny_map, export_cache, tmp_path_factory):
     """Two nodes on one map: raw images, and compressed images in a namespace."""
     logs = tmp_path_factory.mktemp('node_logs')
     common = {'map_dir': str(tiny_map), 'cache_dir': str(export_cache), 'backend': 'auto',
-              'use_filter': False, 'refine': False}  # single-frame behaviour under test
+              'use_filter': False, 'refine': False,  # single-frame behaviour under test
+              # these tests send sparse frames, some bad on purpose: health levels are
+              # tested in test_diagnostics_levels.py
+              'min_rate_hz': 0.0, 'stale_after_s': 600.0, 'max_rejected_ratio': 1.0}
     raw = start_localize_node(common, env=ros_env, log_path=logs / 'raw.log',
                               remappings=[('image', '/camera/image_raw')])
     compressed = start_localize_node(

@@ -31,7 +31,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from vl_attention.models.outputs import ModelOutput
-from vl_attention.models.registry import Registry
+from vl_attention.registry import Registry
 from vl_attention.training.mining import descriptor_distances, mine_triplets, STRATEGIES
 
 LOSSES = Registry('loss function')

@@ -76,7 +76,13 @@ def _add_map_info_alias(subparsers):
 def _run_map(args):
     from vl_attention.mapping import commands
     if args.map_action == 'info':
-        print(commands.format_map_info(commands.map_info(args.map_dir, verify=args.verify)))
+        from vl_attention.mapping.map_format import MapFormatError
+        try:
+            info = commands.map_info(args.map_dir, verify=args.verify)
+        except MapFormatError as error:  # a damaged map: one line, exit 1
+            print(f'vl-attention map info: {error}', file=sys.stderr)
+            return 1
+        print(commands.format_map_info(info))
         return 0
     from vl_attention.engine.embedder import create_embedder
     from vl_attention.mapping.builder import add_to_map, make_source
@@ -110,12 +116,15 @@ def _add_demo(subparsers):
     parser.add_argument('--preset', default='demo')
     parser.add_argument('--frames', type=int, default=0, help='query frames (0 = all)')
     parser.add_argument('--rate-hz', type=float, default=10.0, help='publishing rate (Hz)')
+    parser.add_argument('--dds-profile', default='', help="'' | fastdds | a Fast DDS XML path "
+                        'for the node and the publisher (docs/transport.md)')
 
 
 def _run_demo(args):
     from vl_attention.demo import DemoConfig, run_demo
     summary = run_demo(DemoConfig(work_dir=str(args.work_dir), preset=args.preset,
-                                  frames=args.frames, rate_hz=args.rate_hz))
+                                  frames=args.frames, rate_hz=args.rate_hz,
+                                  dds_profile=args.dds_profile))
     return 0 if summary['fixes_received'] > 0 else 1
 
 

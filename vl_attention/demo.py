@@ -8,9 +8,11 @@
    the exact ground truth.
 """
 
+import contextlib
 from dataclasses import asdict, dataclass
 import json
 import logging
+import os
 from pathlib import Path
 import time
 
@@ -34,6 +36,7 @@ class DemoConfig:
     frames: int = 0            # query frames to send (0 = the whole traversal)
     rate_hz: float = 10.0
     response_timeout_s: float = 5.0
+    dds_profile: str = ''      # '' | fastdds | a path: the node's and the publisher's (launch arg)
 
 
 def prepare_world(work_dir, preset):
@@ -90,10 +93,32 @@ def _localize_over_ros(cfg, map_dir, queries, cache_dir, work_dir):
     from vl_attention.ros.replay import live_localize_node
     log_path = work_dir / 'localize_node.log'
     print('waiting for localize_node (log: %s) ...' % log_path)
-    with live_localize_node({'map_dir': str(map_dir), 'cache_dir': str(cache_dir)},
-                            image_topic='/camera/image_raw', log_path=log_path,
-                            start_timeout_s=120.0) as client:
+    with dds_profile_environment(cfg.dds_profile), live_localize_node(
+            {'map_dir': str(map_dir), 'cache_dir': str(cache_dir)},
+            image_topic='/camera/image_raw', log_path=log_path,
+            start_timeout_s=120.0) as client:
         return _publish_and_score(cfg, client, map_dir, queries)
+
+
+@contextlib.contextmanager
+def dds_profile_environment(dds_profile):
+    """Set the DDS profile variables of ``dds_profile`` (as the launch file does) meanwhile.
+
+    The node inherits them from this process, and the publisher here reads them when
+    rclpy starts inside the block; the previous values come back afterwards.
+    """
+    from vl_attention.ros.launch_args import dds_environment
+    environment = dds_environment(dds_profile)
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        yield environment
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _publish_and_score(cfg, client, map_dir, queries):

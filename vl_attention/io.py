@@ -1,12 +1,23 @@
 """Crash-safe file writes: a reader sees the old file or the new one, never half of one."""
 
 import contextlib
+import glob
+import logging
 import os
 from pathlib import Path
+import re
 import shutil
 import tempfile
+import time
 
 import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+STAGING_SUFFIX = '.staging'
+# the part of a staging name between ``.<name>.`` and ``.staging``: [<pid>-]<mkdtemp's 8 chars>
+_STAGING_MIDDLE = re.compile(r'(?:(?P<pid>[0-9]+)-)?[a-z0-9_]{8}')
+PROCESS_START_S = time.time()  # staging directories changed before this are a past process's
 
 
 @contextlib.contextmanager
@@ -43,10 +54,15 @@ def atomic_directory(path):
 
     An existing ``path`` is moved aside first and removed only once the new
     directory is in place, so a crash leaves either the old or the new tree.
+    The staging directory is ``.<name>.<pid>-<random>.staging`` beside ``path``;
+    those a crashed writer left behind are removed first
+    (:func:`remove_stale_staging`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.staging', dir=path.parent))
+    remove_stale_staging(path)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}-', suffix=STAGING_SUFFIX,
+                                    dir=path.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a map is an ordinary shared directory
     try:
         yield staging
@@ -62,6 +78,57 @@ def atomic_directory(path):
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def remove_stale_staging(path) -> list:
+    """Remove the staging directories of ``path`` that crashed writers left; return them.
+
+    Only directories named ``.<name>.*.staging`` beside ``path`` are candidates,
+    and only those last changed before this process started whose writer is not
+    running: the pid in the name (``.<name>.<pid>-<random>.staging``) no longer
+    exists, or the name has none (older versions). Nothing else is touched.
+    """
+    path = Path(path)
+    removed = []
+    for candidate in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*{STAGING_SUFFIX}')):
+        if not _is_stale_staging(candidate, path.name):
+            continue
+        try:
+            shutil.rmtree(candidate)
+        except OSError as error:
+            LOG.warning('could not remove the stale staging directory %s (%s)', candidate, error)
+            continue
+        LOG.info('removed %s, left by a crashed save of %s', candidate, path)
+        removed.append(candidate)
+    return removed
+
+
+def _is_stale_staging(candidate: Path, name: str) -> bool:
+    if candidate.is_symlink() or not candidate.is_dir():
+        return False
+    try:
+        if candidate.stat().st_mtime >= PROCESS_START_S:
+            return False
+    except OSError:
+        return False
+    match = _STAGING_MIDDLE.fullmatch(candidate.name[len(name) + 2:-len(STAGING_SUFFIX)])
+    if match is None:
+        return False   # another map's (``name.x``) or not ours at all
+    if match['pid'] is None:
+        return True   # written before staging names carried the writer's pid
+    return not _process_exists(int(match['pid']))
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True   # it exists (another user's) or the number is not a pid we can judge
+    return True
 
 
 def _fsync_file(path):

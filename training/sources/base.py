@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vl_attention.models.registry import Registry
+from vl_attention.registry import Registry
 
 DATASETS = Registry('dataset layout')
 SPLITS = ('train', 'val', 'test')

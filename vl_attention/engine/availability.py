@@ -101,15 +101,22 @@ def resolve_device(backend, device, availability):
 
 
 def _probe_cuda():
+    """First CUDA device's name through the driver API (libcuda), so probing imports no torch."""
+    import ctypes
     try:
-        import torch
-    except ImportError as error:  # torch is a hard requirement, but say so plainly
-        return '', f'torch is not importable ({error})'
-    if not torch.cuda.is_available():
-        built = torch.version.cuda or 'none'
-        return '', (f'torch.cuda.is_available() is False (torch built for CUDA {built}; '
-                    'no NVIDIA driver or GPU visible)')
-    return torch.cuda.get_device_name(0), ''
+        driver = ctypes.CDLL('libcuda.so.1')
+    except OSError as error:
+        return '', f'no NVIDIA driver (libcuda.so.1 not loadable: {error})'
+    count, name = ctypes.c_int(0), ctypes.create_string_buffer(256)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return '', 'the NVIDIA driver is loaded but cuInit/cuDeviceGetCount failed'
+    if count.value < 1:
+        return '', 'the NVIDIA driver sees no GPU'
+    device = ctypes.c_int(0)
+    if driver.cuDeviceGet(ctypes.byref(device), 0) != 0 or \
+            driver.cuDeviceGetName(name, len(name), device) != 0:
+        return 'CUDA device 0', ''
+    return name.value.decode(errors='replace'), ''
 
 
 def _probe_onnxruntime():
@@ -135,7 +142,7 @@ def _probe_tensorrt():
 
 
 def probe_availability():
-    """Detect CUDA (through torch), ONNX Runtime's providers and TensorRT."""
+    """Detect CUDA (the driver API), ONNX Runtime's providers and TensorRT."""
     cuda_device, cuda_reason = _probe_cuda()
     ort_version, ort_providers, ort_reason = _probe_onnxruntime()
     trt_version, trt_reason = _probe_tensorrt()

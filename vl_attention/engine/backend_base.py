@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vl_attention.engine.availability import DEVICES, PRECISIONS
-from vl_attention.engine.model_card import DESCRIPTOR_OUTPUT
-from vl_attention.models.registry import Registry
+from vl_attention.model_outputs import DESCRIPTOR_OUTPUT
+from vl_attention.registry import Registry
 
 BACKENDS = Registry('backend')
 

@@ -11,14 +11,11 @@ Verified on CPU only: ``torch-cpu`` (eager, channels-last, torch.compile) and
 written against the documented APIs but were not run here (no GPU).
 """
 
-import copy
 import dataclasses
 import logging
 import os
 
 import numpy as np
-import torch
-from torch import nn
 
 from vl_attention.engine import tensorrt_backend as _tensorrt  # noqa: F401  (registers it)
 from vl_attention.engine.availability import (CUDA, ORT_CUDA_PROVIDER, parse_backend_name,
@@ -26,79 +23,18 @@ from vl_attention.engine.availability import (CUDA, ORT_CUDA_PROVIDER, parse_bac
                                               unavailable_reason)
 from vl_attention.engine.backend_base import (BackendOptions, BACKENDS, BackendUnavailable,
                                               descriptor_output_name, named_outputs)
-from vl_attention.engine.model_card import DESCRIPTOR_OUTPUT, POSE_OUTPUTS
-from vl_attention.models.pose_attention import pose_head, PoseOutputs
 
 LOG = logging.getLogger(__name__)
 
 __all__ = ['BACKENDS', 'BackendOptions', 'BackendUnavailable', 'create_backend']
 
 
-def _concrete_model(model):
-    """Return the module itself, or call a lazy factory (export directories rebuild on demand)."""
-    if model is None:
-        raise BackendUnavailable('the torch backend needs the torch model, and none was given')
-    if isinstance(model, nn.Module):
-        return model
-    return model()
-
-
 @BACKENDS.register('torch')
-class TorchBackend:
-    """PyTorch eager (optionally ``torch.compile``), FP16 + channels-last on CUDA."""
-
-    name = 'torch'
-
-    def __init__(self, *, model, onnx_path=None, options=BackendOptions(), availability=None):
-        model = _concrete_model(model).eval()
-        availability = availability or probe_availability()
-        self.device = resolve_device('torch', options.device, availability)
-        if self.device == CUDA and unavailable_reason('torch-cuda', availability):
-            raise BackendUnavailable(unavailable_reason('torch-cuda', availability))
-        self.precision = 'fp16' if self.device == CUDA and options.precision != 'fp32' else 'fp32'
-        if self.precision != options.precision:
-            LOG.info('torch-%s runs %s (asked for %s)', self.device, self.precision,
-                     options.precision)
-        if options.threads and self.device != CUDA:
-            torch.set_num_threads(int(options.threads))  # process-wide, like torch itself
-        self.dtype = torch.float16 if self.precision == 'fp16' else torch.float32
-        self.memory_format = torch.channels_last if options.channels_last else None
-        if self.device == CUDA or options.channels_last:
-            model = copy.deepcopy(model)  # never move or re-layout the caller's module
-            model = model.to(device=self.device, dtype=self.dtype)
-            if self.memory_format is not None:
-                model = model.to(memory_format=self.memory_format)
-        self.model = torch.compile(model) if options.compile else model
-        # The pose view runs eagerly (uncompiled): it shares the weights of ``model``.
-        self.pose_model = PoseOutputs(model) if pose_head(model) is not None else None
-        self.output_names = POSE_OUTPUTS if self.pose_model is not None else (DESCRIPTOR_OUTPUT,)
-        self.description = (f'torch-{self.device} {self.precision}'
-                            f'{" channels-last" if options.channels_last else ""}'
-                            f'{" compiled" if options.compile else ""}'
-                            f' ({torch.get_num_threads()} threads)')
-
-    def _images(self, batch):
-        images = torch.from_numpy(batch)
-        if self.device == CUDA:
-            images = images.pin_memory().to(CUDA, non_blocking=True)
-        images = images.to(self.dtype)
-        if self.memory_format is not None:
-            images = images.contiguous(memory_format=self.memory_format)
-        return images
-
-    def run(self, batch):
-        """Embed a preprocessed batch."""
-        with torch.inference_mode():
-            descriptors = self.model(self._images(batch))
-        return descriptors.float().cpu().numpy()
-
-    def run_outputs(self, batch):
-        """Every output of a preprocessed batch by name (see :mod:`.backend_base`)."""
-        if self.pose_model is None:
-            return {DESCRIPTOR_OUTPUT: self.run(batch)}
-        with torch.inference_mode():
-            arrays = self.pose_model(self._images(batch))
-        return named_outputs(self.output_names, [array.float().cpu().numpy() for array in arrays])
+def _torch_backend(*, model, onnx_path=None, options=BackendOptions(), availability=None):
+    """Create the torch backend, importing torch only now."""
+    from vl_attention.engine.torch_backend import TorchBackend
+    return TorchBackend(model=model, onnx_path=onnx_path, options=options,
+                        availability=availability)
 
 
 def ort_providers(device, availability):

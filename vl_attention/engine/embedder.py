@@ -11,10 +11,9 @@ import numpy as np
 from vl_attention.config import ConfigError
 from vl_attention.engine.availability import parse_backend_name
 from vl_attention.engine.backends import as_float32, BackendOptions, create_backend
-from vl_attention.engine.export import cached_export, ONNX_FILE, read_export, rebuild_model
-from vl_attention.engine.model_card import make_model_card
+from vl_attention.engine.export_format import ONNX_FILE, read_export
 from vl_attention.engine.preprocess import preprocess_frames
-from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
+from vl_attention.model_outputs import DEFAULT_MODEL
 
 LOG = logging.getLogger(__name__)
 
@@ -61,10 +60,11 @@ class EmbedderConfig:
 class Embedder:
     """Runs preprocessing and one backend; every backend gets identical input."""
 
-    def __init__(self, backend, card, *, batch_size=8):
+    def __init__(self, backend, card, *, batch_size=8, export_dir=None):
         self.backend = backend
         self.card = card
         self.batch_size = batch_size
+        self.export_dir = Path(export_dir) if export_dir else None  # model.onnx + card
         self.last_latency_ms = 0.0
 
     @property
@@ -150,10 +150,19 @@ def _from_export_dir(config):
     if config.model not in (DEFAULT_MODEL, card.model_name):
         raise ConfigError(f'export {export_dir} holds model {card.model_name!r}, not '
                           f'{config.model!r}; leave model unset or name the exported one')
-    return card, (lambda: rebuild_model(card)), export_dir / ONNX_FILE
+    return card, (lambda: _rebuild_model(card)), export_dir / ONNX_FILE
+
+
+def _rebuild_model(card):
+    from vl_attention.engine.export import rebuild_model   # torch: only for the torch backend
+    return rebuild_model(card)
 
 
 def _from_preset(config, model, cache_dir):
+    # building a preset needs torch; running an export (or a map's model) does not
+    from vl_attention.engine.export import cached_export
+    from vl_attention.engine.model_card import make_model_card
+    from vl_attention.models import build_model, load_model_config
     model_config = load_model_config(config.model)
     model = build_model(model_config) if model is None else model.eval()
     card = make_model_card(model_config, model)
@@ -184,4 +193,5 @@ def create_embedder(config=EmbedderConfig(), *, model=None):
                              options=config.backend_options(cache_dir))
     LOG.info('embedder: model %s (fingerprint %s, %d-D) on %s', card.model_name,
              card.fingerprint, card.descriptor_dim, backend.description)
-    return Embedder(backend, card, batch_size=config.batch_size)
+    return Embedder(backend, card, batch_size=config.batch_size,
+                    export_dir=onnx_path.parent if onnx_path is not None else None)

@@ -16,20 +16,15 @@ import torch
 
 from vl_attention.config import ConfigError, from_dict
 from vl_attention.engine.backend_base import BackendUnavailable
-from vl_attention.engine.model_card import (DESCRIPTOR_OUTPUT, make_model_card, ModelCard,
-                                            weights_sha256)
+from vl_attention.engine.export_format import (CARD_FILE, INPUT_NAME,  # noqa: F401
+                                               ONNX_FILE, ONNX_OPSET, OUTPUT_NAME, read_export)
+from vl_attention.engine.model_card import make_model_card, weights_sha256
 from vl_attention.io import atomic_path
 from vl_attention.models import (build_model, DEFAULT_MODEL, load_model_checkpoint,
                                  load_model_config, ModelConfig)
 from vl_attention.models.pose_attention import pose_head, PoseOutputs
 
 LOG = logging.getLogger(__name__)
-
-ONNX_FILE = 'model.onnx'
-CARD_FILE = 'model_card.json'
-ONNX_OPSET = 17
-INPUT_NAME = 'images'
-OUTPUT_NAME = DESCRIPTOR_OUTPUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,20 +96,6 @@ def _check_dynamic_size(model, card, dynamic_size):
         raise ConfigError(f'model {card.model_name!r} traces its pooling layout for one input '
                           'size, so it cannot be exported with a dynamic size; export it at '
                           'the size you run it (--height/--width) without --dynamic-size')
-
-
-def read_export(export_dir):
-    """Card of an export directory, checked against the ONNX file beside it."""
-    export_dir = Path(export_dir)
-    card = ModelCard.load(export_dir / CARD_FILE)
-    onnx_path = export_dir / ONNX_FILE
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f'{onnx_path} is missing; export the model again')
-    actual = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    if actual != card.onnx_sha256:
-        raise ValueError(f'{onnx_path} does not match its model card (sha256 {actual[:12]} '
-                         f'vs {card.onnx_sha256[:12]}); the export is damaged, export again')
-    return card
 
 
 def cached_export(model, card, cache_dir):

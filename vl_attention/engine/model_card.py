@@ -24,12 +24,10 @@ from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict, to_dict
 from vl_attention.engine.preprocess import DEFAULT_RESIZE, Preprocessing
 from vl_attention.io import atomic_write_text
-from vl_attention.models.pose_attention import (ORIENTATION_OUTPUT, POSE_FRAME, pose_head,
-                                                pose_origin_m, POSITION_OUTPUT)
+from vl_attention.model_outputs import (DESCRIPTOR_OUTPUT, ORIENTATION_OUTPUT, POSE_FRAME,
+                                        POSE_OUTPUTS, POSITION_OUTPUT)
 
 CARD_FORMAT_VERSION = 1
-DESCRIPTOR_OUTPUT = 'descriptors'
-POSE_OUTPUTS = (DESCRIPTOR_OUTPUT, POSITION_OUTPUT, ORIENTATION_OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -130,6 +128,7 @@ def card_config_values(config):
 
 def pose_fields(model):
     """Card fields of the outputs: descriptor only, or descriptor + pose with its frame."""
+    from vl_attention.models.pose_attention import pose_head, pose_origin_m  # torch side only
     if pose_head(model) is None:
         return {'outputs': (DESCRIPTOR_OUTPUT,)}
     return {'outputs': POSE_OUTPUTS, 'pose_frame': POSE_FRAME,

@@ -33,7 +33,7 @@ from vl_attention.data.images import IMAGE_SUFFIXES
 from vl_attention.engine.availability import CUDA, unavailable_reason
 from vl_attention.engine.backend_base import (BackendOptions, BACKENDS, BackendUnavailable,
                                               descriptor_output_name, named_outputs)
-from vl_attention.engine.export import INPUT_NAME, read_export
+from vl_attention.engine.export_format import INPUT_NAME, read_export
 from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.io import atomic_write_bytes
 

@@ -90,6 +90,7 @@ class LocalizationResult:
     inliers: int = 0
     refinement: str = ''                  # '' = refined or not tried; else why not
     refine_ms: float = 0.0
+    motion_source: str = ''               # odometry | bounded_speed (with the reason)
     single_frame: Optional['LocalizationResult'] = None
     filtered: Optional['LocalizationResult'] = None     # the filter's estimate before PnP
 
@@ -135,6 +136,26 @@ class Localizer:
         self.refiner, self.refinement_note = _create_refiner(map_, tracking)
         self._last_stamp_s = None
 
+    @classmethod
+    def from_map(cls, map_dir, *, backend='auto', threads=0, config=LocalizerConfig(),
+                 tracking=None):
+        """Load a map and the model it carries; the full pipeline unless ``tracking`` says less.
+
+        Imports no torch on the ONNX Runtime / TensorRT backends.
+        """
+        from vl_attention.engine.embedder import create_embedder, EmbedderConfig
+        from vl_attention.mapping import load_map, map_model_dir, MapFormatError
+        model_dir = map_model_dir(map_dir)
+        if model_dir is None:
+            raise MapFormatError(f'{map_dir} carries no model (built before map format 3, or '
+                                 'with the torch backend); rebuild it with `vl-attention '
+                                 'build-map`, or create an embedder and pass it to Localizer')
+        embedder = create_embedder(EmbedderConfig(export_dir=str(model_dir), backend=backend,
+                                                  threads=threads))
+        map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
+        return cls(map_, embedder=embedder, config=config,
+                   tracking=tracking or TrackingConfig())
+
     def reset(self):
         """Forget the filter's belief (global relocalization from the next frame)."""
         if self.place_filter is not None:
@@ -153,14 +174,16 @@ class Localizer:
 
     def track(self, descriptor, *, stamp_s=None, motion=None, frame=None):
         """Single-frame estimate, then the filter, then refinement (with ``frame``)."""
-        single, similarities, indices = self._single_frame(descriptor)
+        single, similarities, indices, reference = self._single_frame(descriptor)
         result, filtered = single, None
         if self.place_filter is not None:
             if motion is None:
                 motion = motion_without_odometry(self._last_stamp_s, stamp_s,
                                                  self.tracking.filter.default_dt_s)
-            estimate = self.place_filter.step(indices, similarities, motion, stamp_s=stamp_s)
-            result = filtered = self._filtered(single, estimate)
+            estimate = self.place_filter.step(indices, similarities, motion, stamp_s=stamp_s,
+                                              reference=reference)
+            result = filtered = replace(self._filtered(single, estimate),
+                                        motion_source=motion.source)
         self._last_stamp_s = stamp_s if stamp_s is not None else self._last_stamp_s
         if frame is not None and self.refiner is not None:
             result = self._refined(result, frame, indices)
@@ -169,13 +192,20 @@ class Localizer:
         return replace(result, single_frame=single, filtered=filtered)
 
     def _single_frame(self, descriptor):
+        """Single-frame result, the candidates' similarities and indices, and the reference."""
+        count = self.config.candidates
+        if self.place_filter is not None and \
+                self.tracking.filter.likelihood == 'query_normalised':
+            count = max(count, self.tracking.filter.reference_candidates)
         started = time.perf_counter()
-        similarities, indices = self.map.index.search(descriptor[None], self.config.candidates)
+        similarities, indices = self.map.index.search(descriptor[None], count)
         search_ms = (time.perf_counter() - started) * 1e3
-        similarities, indices = similarities[0], indices[0]
-        valid = indices >= 0
-        result = self._estimate_from(similarities[valid], indices[valid])
-        return replace(result, search_ms=search_ms), similarities[valid], indices[valid]
+        valid = indices[0] >= 0
+        reference, indices = similarities[0][valid], indices[0][valid]
+        similarities = reference[:self.config.candidates]
+        indices = indices[:self.config.candidates]
+        result = self._estimate_from(similarities, indices)
+        return replace(result, search_ms=search_ms), similarities, indices, reference
 
     def _filtered(self, single, estimate):
         ok = estimate.state == TRACKING

@@ -73,6 +73,13 @@ class OdometryBuffer:
         local = np.array([cos * delta[0] + sin * delta[1], -sin * delta[0] + cos * delta[1]])
         return Motion(dt_s=dt, translation_m=local, source='odometry')
 
+    def pose_at(self, stamp_s: float):
+        """Return the planar odom pose ``(position, quaternion xyzw)`` at ``stamp_s`` or None."""
+        if self._coverage_problem(stamp_s, stamp_s):
+            return None
+        x, y, yaw = self._interpolate(stamp_s)
+        return (np.array([x, y, 0.0]), np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)]))
+
     def _coverage_problem(self, start_s: float, end_s: float) -> str:
         if len(self.poses) < 2:
             return 'no odometry yet'

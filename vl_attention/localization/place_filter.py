@@ -19,8 +19,12 @@ uniform "anywhere else" mass that makes global relocalization possible.
   uniform component (kidnapping, a wrong lock).
 * **Update.** A retrieved place with cosine similarity ``s`` gets the
   likelihood ratio ``exp((s - s_floor) / T)`` against the places not
-  retrieved (ratio 1), ``s_floor`` being the weakest retrieved similarity
-  and ``T`` the temperature calibrated on the map (:mod:`.calibration`).
+  retrieved (ratio 1), ``s_floor`` being the weakest retrieved similarity.
+  ``likelihood='map_calibrated'`` (default): ``T`` = ``temperature_scale`` x
+  the impostor spread calibrated on the map (:mod:`.calibration`).
+  ``likelihood='query_normalised'``: ``T`` = ``temperature_scale`` x the
+  spread of this query's own top similarities (``reference``), which follows
+  a condition change that shifts every similarity of the query.
 * **Estimate.** The most probable place and the hypotheses within
   ``cluster_radius_m`` of it give the position (weighted mean), its covariance
   (weighted spread plus the place spacing's discretisation variance) and the
@@ -37,6 +41,7 @@ from scipy.spatial import cKDTree
 
 INITIALISING, TRACKING, LOST = 'initialising', 'tracking', 'lost'
 FILTER_STATES = (INITIALISING, TRACKING, LOST)
+LIKELIHOODS = ('map_calibrated', 'query_normalised')
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,15 @@ class PlaceFilterConfig:
     odometry_sigma_m: float = 1.0
     odometry_sigma_fraction: float = 0.1
     relocalization_mix: float = 0.02
+    likelihood: str = 'map_calibrated'
+    reference_candidates: int = 100    # query_normalised: similarities its spread comes from
     temperature_scale: float = 0.35   # chosen on Nordland places 0-899
     max_hypotheses: int = 2000
     prune_ratio: float = 1e-6
     cluster_radius_m: float = 10.0
     tracking_mass: float = 0.5
     lost_mass: float = 0.2
+    min_updates: int = 3           # frames seen before the state may leave initialising
     max_gap_s: float = 10.0
     default_dt_s: float = 0.1
 
@@ -68,6 +76,8 @@ class PlaceFilterConfig:
             raise ValueError('relocalization_mix must lie in [0, 1)')
         if not 0.0 < self.lost_mass <= self.tracking_mass <= 1.0:
             raise ValueError('need 0 < lost_mass <= tracking_mass <= 1')
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f'likelihood {self.likelihood!r} is not one of {LIKELIHOODS}')
         if self.temperature_scale <= 0 or self.max_hypotheses < 1 or self.max_gap_s <= 0:
             raise ValueError('temperature_scale, max_hypotheses and max_gap_s must be > 0')
 
@@ -126,11 +136,17 @@ class PlaceFilter:
         self.weights = np.zeros(0)
         self.epsilon = 1.0 / self.states
         self.state = INITIALISING
+        self.updates = 0
         self.last_stamp_s = None
 
     def step(self, candidates: np.ndarray, similarities: np.ndarray, motion: Motion,
-             *, stamp_s: Optional[float] = None) -> FilterEstimate:
+             *, stamp_s: Optional[float] = None,
+             reference: Optional[np.ndarray] = None) -> FilterEstimate:
         """Predict with ``motion``, update with the retrieved candidates, estimate.
+
+        ``reference``: a longer list of this query's top similarities, whose
+        spread sets the temperature with ``likelihood='query_normalised'``
+        (default: ``similarities``).
 
         (Scoring the tracked hypotheses that retrieval did not return against
         the weakest retrieved similarity was tried and lowered Nordland's
@@ -141,7 +157,9 @@ class PlaceFilter:
             self.reset()
         elif len(self.indices):
             self.predict(motion)
-        self.update(np.asarray(candidates, np.int64), np.asarray(similarities, np.float64))
+        self.update(np.asarray(candidates, np.int64), np.asarray(similarities, np.float64),
+                    temperature=self._temperature(similarities, reference))
+        self.updates += 1
         self.last_stamp_s = stamp_s
         return self.estimate()
 
@@ -202,14 +220,22 @@ class PlaceFilter:
         self.indices = unique
         self.weights = np.bincount(inverse, weights=masses, minlength=len(unique))
 
-    def update(self, candidates: np.ndarray, similarities: np.ndarray) -> None:
+    def _temperature(self, similarities, reference) -> float:
+        if self.config.likelihood == 'map_calibrated':
+            return self.temperature
+        spread = np.std(similarities if reference is None else reference)
+        return max(float(spread), 1e-6) * self.config.temperature_scale
+
+    def update(self, candidates: np.ndarray, similarities: np.ndarray, *,
+               temperature: Optional[float] = None) -> None:
         """Multiply in the likelihood ratios of the retrieved places and normalise."""
+        temperature = temperature or self.temperature
         valid = candidates >= 0
         candidates, similarities = candidates[valid], similarities[valid]
         if len(candidates) == 0:
             return
         floor = similarities.min()
-        ratio = np.exp(np.clip((similarities - floor) / self.temperature, -50.0, 50.0))
+        ratio = np.exp(np.clip((similarities - floor) / temperature, -50.0, 50.0))
         keys = (candidates[:, None] * self.speed_count
                 + np.arange(self.speed_count)[None]).reshape(-1)
         ratio = np.repeat(ratio, self.speed_count)
@@ -262,6 +288,8 @@ class PlaceFilter:
         return FilterEstimate(self.state, -1, np.full(3, np.nan), np.full((3, 3), np.nan), 0.0, 0)
 
     def _next_state(self, mass: float) -> str:
+        if self.updates < self.config.min_updates:
+            return INITIALISING
         if mass >= self.config.tracking_mass:
             return TRACKING
         if self.state == TRACKING and mass >= self.config.lost_mass:

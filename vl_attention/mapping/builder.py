@@ -24,7 +24,7 @@ from vl_attention.mapping.local_feature_map import (build_local_feature_map,
                                                     concatenate_local_feature_maps, extract_all,
                                                     LocalFeatureBuildConfig)
 from vl_attention.mapping.index import IndexParams, MapIndex
-from vl_attention.mapping.map_format import load_map, MapManifest, save_map
+from vl_attention.mapping.map_format import load_map, map_model_dir, MapManifest, save_map
 from vl_attention.mapping.records import concatenate_records, records_from_columns
 from vl_attention.mapping.sources import (BagSource, FolderSource, ImageReadError,  # noqa: F401
                                           read_rgb)
@@ -88,7 +88,12 @@ def build_map(source, out_dir, *, embedder, cfg=MapBuildConfig()):
                            geodetic_origin=origin, index_type=index.index_type,
                            build=_build_info(source, cfg), calibration=calibration.as_dict())
     local_features = _local_features(source, cfg, records)
-    path = save_map(out_dir, manifest, index, records, local_features)
+    if embedder.export_dir is None:
+        LOG.warning('the %s backend has no ONNX export, so the map will not carry its model; '
+                    'the node then needs model:=%s', embedder.backend_name,
+                    embedder.card.model_name)
+    path = save_map(out_dir, manifest, index, records, local_features,
+                    model_dir=embedder.export_dir)
     CheckpointStore(partial_dir(out_dir), _signature(source, embedder, cfg)).remove()
     return path
 
@@ -148,7 +153,8 @@ def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
         new = _local_features(source, replace(cfg, local_features=loaded.local_features.kind),
                               added, camera=loaded.local_features.camera)
         local_features = concatenate_local_feature_maps([loaded.local_features, new])
-    path = save_map(map_dir, manifest, index, records, local_features)
+    path = save_map(map_dir, manifest, index, records, local_features,
+                    model_dir=map_model_dir(map_dir) or embedder.export_dir)
     CheckpointStore(work_dir, _signature(source, embedder, cfg)).remove()
     LOG.info('added %d places; the map now holds %d', len(columns['stamp_ns']), len(records))
     return path

@@ -23,7 +23,7 @@ import math
 import faiss
 import numpy as np
 
-from vl_attention.models.registry import Registry
+from vl_attention.registry import Registry
 
 LOG = logging.getLogger(__name__)
 

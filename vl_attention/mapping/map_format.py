@@ -23,10 +23,13 @@ index codes too, so a 1M-image map loads in well under a second and pages in
 only what searches touch. A memory-mapped index is read-only; ``add`` loads
 with ``mmap=False``.
 
+``<map>/model/`` holds the export (``model.onnx`` + ``model_card.json``) of the
+model that made the descriptors, checksummed like the other files.
+
 Format history: 1 had no descriptors file; 2 adds descriptors.npy, index
 parameters and build statistics; 3 (this) adds the similarity calibration
-(``calibration``) and, optionally, local features with 3-D points and the
-camera model (:mod:`.local_feature_map`). Version 2 maps still load (the
+(``calibration``), the model (``model/``) and, optionally, local features
+with 3-D points and the camera model (:mod:`.local_feature_map`). Version 2 maps still load (the
 localizer fits the calibration at start and runs without refinement); other
 versions are refused with an error naming both.
 """
@@ -37,6 +40,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+import shutil
 from typing import Optional
 
 import faiss
@@ -51,6 +55,7 @@ from vl_attention.mapping.local_feature_map import (CAMERA_FILE, FEATURE_FILES,
                                                     load_local_feature_map, LocalFeatureMap,
                                                     save_local_feature_map)
 from vl_attention.mapping.records import PlaceRecords
+from vl_attention.mapping.validation import refuse_damaged, validate_map
 
 MAP_FORMAT_VERSION = 3
 READABLE_FORMAT_VERSIONS = (2, 3)
@@ -58,6 +63,8 @@ MANIFEST_FILE = 'manifest.json'
 INDEX_FILE = 'index.faiss'
 DESCRIPTORS_FILE = 'descriptors.npy'
 RECORDS_FILE = 'records.npz'
+MODEL_DIR = 'model'
+MODEL_FILES = (f'{MODEL_DIR}/model.onnx', f'{MODEL_DIR}/model_card.json')
 FULL_HASH_MAX_BYTES = 256 << 20
 MMAP_MIN_BYTES = 256 << 20
 EDGE_BYTES = 1 << 20
@@ -99,8 +106,13 @@ class Map:
     local_features: Optional[LocalFeatureMap] = None
 
 
-def save_map(path, manifest, index, records, local_features=None):
-    """Write a map atomically to directory ``path``; return ``path``."""
+def save_map(path, manifest, index, records, local_features=None, model_dir=None):
+    """Write a map atomically to directory ``path``; return ``path``.
+
+    ``model_dir`` (an export: ``model.onnx`` + ``model_card.json`` of the
+    model that made the descriptors) is copied into the map, so the map
+    carries its model and the node needs nothing but ``map_dir``.
+    """
     if not len(index) == len(records) == manifest.count:
         raise ValueError(f'map parts disagree: index {len(index)}, records {len(records)}, '
                          f'manifest count {manifest.count}')
@@ -118,6 +130,9 @@ def save_map(path, manifest, index, records, local_features=None):
             save_local_feature_map(staging, local_features)
             names += FEATURE_FILES + (CAMERA_FILE,)
             feature_info = local_features.statistics()
+        if model_dir is not None:
+            _copy_model(Path(model_dir), staging, manifest.model_fingerprint)
+            names += MODEL_FILES
         files = {name: _file_checksums(staging / name) for name in names}
         created = manifest.created_utc or \
             datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -130,6 +145,24 @@ def save_map(path, manifest, index, records, local_features=None):
     return path
 
 
+def _copy_model(model_dir, staging, fingerprint):
+    from vl_attention.engine.export_format import read_export
+    card = read_export(model_dir)
+    if card.fingerprint != fingerprint:
+        raise ValueError(f'model export {model_dir} has fingerprint {card.fingerprint}, but '
+                         f'the descriptors of the map come from {fingerprint}')
+    (staging / MODEL_DIR).mkdir()
+    for name in MODEL_FILES:
+        shutil.copyfile(model_dir / Path(name).name, staging / name)
+
+
+def map_model_dir(path) -> Optional[Path]:
+    """Return the export a map carries (``<map>/model``); None for maps built without one."""
+    model_dir = Path(path) / MODEL_DIR
+    return model_dir if all((Path(path) / name).is_file() for name in MODEL_FILES) else None
+
+
+@refuse_damaged
 def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', search_params=None):
     """Load and verify a map; refuse one built with another model than ``expected_fingerprint``.
 
@@ -140,7 +173,8 @@ def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', sea
     manifest = read_manifest(path)
     _check_fingerprint(path, manifest, expected_fingerprint)
     feature_files = FEATURE_FILES + (CAMERA_FILE,) if manifest.local_features else ()
-    for name in (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE) + feature_files:
+    model_files = MODEL_FILES if MODEL_FILES[0] in manifest.files else ()
+    for name in (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE) + feature_files + model_files:
         verify_file(path, name, manifest, verify)
     if mmap == 'auto':
         mmap = (path / DESCRIPTORS_FILE).stat().st_size >= MMAP_MIN_BYTES
@@ -161,7 +195,9 @@ def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', sea
         if len(local_features) != manifest.count:
             raise MapFormatError(f'map {path}: local features cover {len(local_features)} '
                                  f'images, the manifest {manifest.count}; rebuild the map')
-    return Map(manifest, index, records, local_features)
+    loaded = Map(manifest, index, records, local_features)
+    validate_map(path, loaded, full=verify == 'full')
+    return loaded
 
 
 def read_manifest(path):
@@ -283,5 +319,5 @@ def _records_from_bytes(data, path):
             from error
 
 
-__all__ = ['IndexFileError', 'Map', 'MapFormatError', 'MapManifest', 'load_map', 'read_manifest',
-           'save_map', 'verify_file']
+__all__ = ['IndexFileError', 'Map', 'MapFormatError', 'MapManifest', 'load_map', 'map_model_dir',
+           'read_manifest', 'save_map', 'verify_file']

@@ -28,14 +28,13 @@ from vl_attention.models.initialisation import preset_seed, seeded_initialisatio
     untrained_modules, warn_untrained
 from vl_attention.models.modes import evaluating
 from vl_attention.models.outputs import as_model_output
+from vl_attention.model_outputs import DEFAULT_MODEL  # noqa: F401  (re-exported)
 from vl_attention.models.registry import AGGREGATORS, BACKBONES
 from vl_attention.models.weights import WeightsError
 from vl_attention.models.whitening import PCAWhitening
 from vl_attention.models.zoo import import_components
 
 import_components()
-
-DEFAULT_MODEL = 'effnet_lite0_gem'
 
 
 @dataclass(frozen=True)

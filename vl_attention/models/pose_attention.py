@@ -37,18 +37,15 @@ from torch import nn
 import torch.nn.functional as F
 
 from vl_attention.evaluation.metrics import pose_errors
+from vl_attention.model_outputs import (ORIENTATION_OUTPUT, POSE_FRAME,  # noqa: F401
+                                        POSITION_OUTPUT)
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
 
 CELLS = {'lstm': nn.LSTMCell, 'gru': nn.GRUCell}
-POSITION_OUTPUT = 'position_m'
-ORIENTATION_OUTPUT = 'orientation_xyzw'
 POSE_ORIGIN_KEY = 'pose_origin_m'
 # columns (x, y, z, w) of a (B, 7) ModelOutput.pose = position + (w, x, y, z): geo's order
 POSE_XYZW_COLUMNS = (4, 5, 6, 3)
-POSE_FRAME = ('camera body pose (x forward, y left, z up) in the map frame of the training data; '
-              'camera position = position_m + pose_origin_m, orientation_xyzw rotates body '
-              'to map (unit, w >= 0)')
 
 
 class AdditiveAttention(nn.Module):

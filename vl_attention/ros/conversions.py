@@ -1,11 +1,14 @@
 """ROS message <-> numpy / library types. The only module that knows message layouts."""
 
+import time
+
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 import numpy as np
 from sensor_msgs.msg import CompressedImage, NavSatFix, NavSatStatus
 
 from vl_attention.data.images import decode_compressed, decode_raw, DEFAULT_MAX_IMAGE_PIXELS
+from vl_attention.localization import health
 
 
 def image_to_rgb(msg, *, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
@@ -55,12 +58,22 @@ def result_to_pose(result, header):
     return msg
 
 
-def stats_to_diagnostics(snapshot, *, name, hardware_id, stamp, static_values, warn_reason=''):
-    """Build a DiagnosticArray with one status summarising the localizer."""
-    status = DiagnosticStatus()
-    status.name = name
-    status.hardware_id = hardware_id
-    status.level, status.message = _level_and_message(snapshot, warn_reason)
+def stats_to_diagnostics(snapshot, *, name, hardware_id, stamp, static_values, assessment=None,
+                         warn_reason=''):
+    """Build a DiagnosticArray with one status summarising the localizer.
+
+    One combined status (diagnostic_updater's ``<node>: <task>`` name, the map as
+    ``hardware_id``): its level and message are ``assessment`` (from
+    :func:`vl_attention.localization.health.assess`; computed now with the default
+    thresholds when omitted), merged with a WARN ``warn_reason`` if one is given.
+    """
+    if assessment is None:
+        assessment = health.assess(snapshot, time.monotonic())
+    level, message = health.merge_summaries(
+        [(assessment.level, assessment.message)] + ([(health.WARN, warn_reason)]
+                                                    if warn_reason else []))
+    status = DiagnosticStatus(name=name, hardware_id=hardware_id, level=bytes([level]),
+                              message=message)
     values = {
         'frames_received': snapshot.frames_received,
         'frames_localized': snapshot.frames_localized,
@@ -75,6 +88,7 @@ def stats_to_diagnostics(snapshot, *, name, hardware_id, stamp, static_values, w
     }
     values.update({f'rejected_{reason}': count
                    for reason, count in sorted(snapshot.rejected_by_reason.items())})
+    values.update(assessment.key_values)
     values.update(static_values)
     status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
     array = DiagnosticArray()
@@ -83,14 +97,15 @@ def stats_to_diagnostics(snapshot, *, name, hardware_id, stamp, static_values, w
     return array
 
 
-def _level_and_message(snapshot, warn_reason):
-    if warn_reason:
-        return DiagnosticStatus.WARN, warn_reason
-    if snapshot.frames_received == 0:
-        return DiagnosticStatus.WARN, 'waiting for images'
-    if snapshot.frames_localized == 0:
-        return DiagnosticStatus.WARN, 'no fix yet'
-    return DiagnosticStatus.OK, 'localizing'
+def pose_to_transform(pose, header, child_frame_id):
+    """``geometry_msgs/TransformStamped`` of a ``(position, quaternion xyzw)`` pose."""
+    msg = TransformStamped()
+    msg.header = header
+    msg.child_frame_id = child_frame_id
+    translation, rotation = msg.transform.translation, msg.transform.rotation
+    translation.x, translation.y, translation.z = (float(v) for v in pose[0])
+    rotation.x, rotation.y, rotation.z, rotation.w = (float(v) for v in pose[1])
+    return msg
 
 
 def stamp_to_ns(stamp):

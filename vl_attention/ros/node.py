@@ -3,8 +3,16 @@
 A thin adapter: the subscription callback only stores the newest frame; a
 worker thread decodes, embeds, searches and publishes, so inference never
 blocks the executor and stale frames are dropped (and counted), not queued.
+
+Parameters are checked at start and on every SetParameters request
+(:mod:`vl_attention.ros.params`); accepted changes take effect from the next
+frame, and those that cannot change live are read-only. Services:
+``~/reset`` (std_srvs/Trigger) forgets the place filter's belief,
+``~/reload_map`` re-reads ``map_dir`` and keeps the loaded map if the new one
+is refused.
 """
 
+from dataclasses import replace
 import sys
 import threading
 import time
@@ -12,22 +20,35 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+from std_srvs.srv import Trigger
+try:   # no tf2_msgs wheel exists for the PyPI ROS 2 builds; a ROS install has it
+    from tf2_msgs.msg import TFMessage
+except ImportError:
+    TFMessage = None
 
 from vl_attention.data.images import ImageDecodeError
 from vl_attention.engine.embedder import create_embedder
 from vl_attention.engine.preprocess import FrameError
-from vl_attention.localization import Localizer
+from vl_attention.errors import VLAttentionError
+from vl_attention.localization import health, Localizer
+from vl_attention.localization.frames import map_to_odom, robot_result
 from vl_attention.localization.odometry import OdometryBuffer, OdometryConfig, yaw_from_quaternion
 from vl_attention.localization.pipeline import LatestFrameSlot, LocalizationStats
-from vl_attention.mapping import load_map
+from vl_attention.mapping import load_map, read_manifest
 from vl_attention.ros import conversions
-from vl_attention.ros.params import (declare_parameters, embedder_config, localizer_config,
-                                     tracking_config)
+from vl_attention.ros.params import (camera_extrinsic, check_values, declare_parameters,
+                                     embedder_config, localizer_config, PARAMS_BY_NAME,
+                                     ParameterError, TRACKING_PARAMS, tracking_config)
+
+# What start-up may raise on purpose (bad parameters, maps, backends): one line, exit code 1.
+STARTUP_ERRORS = (VLAttentionError, ValueError, RuntimeError, OSError, ParameterException)
 
 
 class LocalizeNode(Node):
@@ -35,9 +56,18 @@ class LocalizeNode(Node):
 
     def __init__(self, **node_kwargs):
         super().__init__('localize_node', **node_kwargs)
+        self.slot = LatestFrameSlot()
+        self._worker = None
+        self._localizer_lock = threading.Lock()   # the worker's frame vs. swaps and resets
+        try:
+            self._start()
+        except BaseException:
+            self.destroy_node()  # a half-built node still releases what it created
+            raise
+
+    def _start(self):
         self.params = declare_parameters(self)
         self.localizer = self._create_localizer()
-        self.slot = LatestFrameSlot()
         self.stats = LocalizationStats()
         self._odometry_lock = threading.Lock()
         self.odometry = OdometryBuffer(OdometryConfig(max_speed_mps=self.params['max_speed_mps']))
@@ -46,30 +76,117 @@ class LocalizeNode(Node):
         self._create_publishers()
         self._subscribe_images()
         self._subscribe_odometry()
-        self.create_timer(float(self.params['diagnostics_period_s']), self._publish_diagnostics)
+        self._diagnostics_timer = self.create_timer(float(self.params['diagnostics_period_s']),
+                                                    self._publish_diagnostics)
+        self.create_service(Trigger, '~/reset', self._on_reset)
+        self.create_service(Trigger, '~/reload_map', self._on_reload_map)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._work, name='localize_worker', daemon=True)
         self._worker.start()
 
     def _create_localizer(self):
         map_dir = self.params['map_dir']
         if not map_dir:
-            raise ValueError('parameter map_dir is empty; set it to a map built with '
-                             '`vl-attention build-map` (e.g. -p map_dir:=/path/to/map)')
-        embedder = create_embedder(embedder_config(self.params))
+            raise ParameterError('parameter map_dir is empty; set it to a map built with '
+                                 '`vl-attention build-map` (e.g. -p map_dir:=/path/to/map)')
+        read_manifest(map_dir)  # a missing or foreign map fails before the model loads (~8 s)
+        embedder = create_embedder(embedder_config(self.params, map_dir))
         map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
         self.get_logger().info(
             f'map {map_dir}: {map_.manifest.count} images, model {embedder.card.model_name} '
             f'({embedder.fingerprint}) on {embedder.backend_description}')
-        localizer = Localizer(map_, embedder=embedder, config=localizer_config(self.params),
-                              tracking=tracking_config(self.params))
+        localizer = self._localizer_for(map_, embedder, self.params)
         if localizer.refinement_note:
             self.get_logger().info(localizer.refinement_note)
         return localizer
+
+    @staticmethod
+    def _localizer_for(map_, embedder, values):
+        return Localizer(map_, embedder=embedder, config=localizer_config(values),
+                         tracking=tracking_config(values))
+
+    def _on_set_parameters(self, parameters):
+        """Check a SetParameters request against every rule; apply it or refuse it whole."""
+        changes = {param.name: param.value for param in parameters
+                   if param.name in PARAMS_BY_NAME}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            values = check_values(self.params | changes)
+            self._apply(values, set(changes))
+        except (ParameterError, ValueError) as error:
+            self.get_logger().warning(f'parameters refused: {error}')
+            return SetParametersResult(successful=False, reason=str(error))
+        self.get_logger().info('parameters set: ' + ', '.join(
+            f'{name}={values[name]!r}' for name in sorted(changes)))
+        return SetParametersResult(successful=True)
+
+    def _apply(self, values, changed):
+        """Make accepted values take effect (the next frame sees them)."""
+        config = localizer_config(values)
+        if changed & set(TRACKING_PARAMS):
+            localizer = self._localizer_for(self.localizer.map, self.localizer.embedder, values)
+            with self._odometry_lock:
+                self.odometry.config = replace(self.odometry.config,
+                                               max_speed_mps=values['max_speed_mps'])
+            with self._localizer_lock:
+                self.localizer = localizer  # a new filter: it relocalizes from the next frame
+        else:
+            with self._localizer_lock:
+                self.localizer.config = config
+        if 'diagnostics_period_s' in changed:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = self.create_timer(values['diagnostics_period_s'],
+                                                        self._publish_diagnostics)
+        self.params = values
+
+    def _on_reset(self, request, response):
+        with self._localizer_lock:
+            self.localizer.reset()
+        response.success = True
+        response.message = ('place filter reset: relocalizing globally from the next frame'
+                            if self.localizer.place_filter is not None else
+                            'no place filter runs (use_filter is false); every frame is '
+                            'localized on its own')
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reload_map(self, request, response):
+        map_dir, old = self.params['map_dir'], self.localizer
+        try:
+            map_ = load_map(map_dir, expected_fingerprint=old.embedder.fingerprint)
+            localizer = self._localizer_for(map_, old.embedder, self.params)
+        except Exception as error:  # whatever is wrong with the new map, keep the running one
+            response.success = False
+            response.message = (f'map {map_dir} refused, keeping the loaded map '
+                                f'({old.map.manifest.count} images): '
+                                + ' '.join(str(error).split()))
+            self.get_logger().error(response.message)
+            return response
+        with self._localizer_lock:
+            self.localizer = localizer
+        response.success = True
+        response.message = f'map {map_dir} reloaded: {map_.manifest.count} images'
+        self.get_logger().info(response.message)
+        return response
+
+    def _create_tf_publisher(self):
+        if not self.params['publish_tf']:
+            return None
+        if TFMessage is None:
+            self.get_logger().warning('publish_tf is set but tf2_msgs is not installed; '
+                                      'map->odom is not published (install ros-<distro>-tf2-msgs)')
+            return None
+        if not self.params['odom_topic']:
+            raise ParameterError('publish_tf needs odom_topic: map->odom is computed from '
+                                 'odometry (-p odom_topic:=/odom)')
+        return self.create_publisher(TFMessage, '/tf', 10)
 
     def _create_publishers(self):
         self.fix_publisher = self.create_publisher(NavSatFix, 'fix', 10)
         self.pose_publisher = self.create_publisher(PoseWithCovarianceStamped, 'pose', 10)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.tf_publisher = self._create_tf_publisher()
 
     def _subscribe_images(self):
         transport = self.params['image_transport']
@@ -119,8 +236,9 @@ class LocalizeNode(Node):
             frame = conversions.image_to_rgb(
                 msg, max_image_pixels=int(self.params['max_image_pixels']))
             stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            result = self.localizer.localize(frame, stamp_s=stamp_s,
-                                             motion=self._motion(stamp_s))
+            with self._localizer_lock:
+                result = self.localizer.localize(frame, stamp_s=stamp_s,
+                                                 motion=self._motion(stamp_s))
         except ImageDecodeError as error:
             self._reject(error, error)
             return
@@ -140,6 +258,8 @@ class LocalizeNode(Node):
         self.get_logger().warning(f'rejected frame: {message}', throttle_duration_sec=5.0)
 
     def _publish(self, result, image_header):
+        result = robot_result(result, camera_extrinsic(self.params).pose(),
+                              self.localizer.map.manifest.geodetic_origin)
         fix_header = type(image_header)(stamp=image_header.stamp,
                                         frame_id=self.params['navsat_frame_id']
                                         or image_header.frame_id)
@@ -147,11 +267,29 @@ class LocalizeNode(Node):
             self.fix_publisher.publish(conversions.result_to_navsatfix(result, fix_header))
         if self.params['publish_pose'] and result.ok:
             pose_header = type(image_header)(stamp=image_header.stamp,
-                                             frame_id=self.params['frame_id'])
+                                             frame_id=self.params['map_frame'])
             self.pose_publisher.publish(conversions.result_to_pose(result, pose_header))
+        if self.tf_publisher is not None and result.ok:
+            self._publish_map_to_odom(result, image_header)
+
+    def _publish_map_to_odom(self, result, image_header):
+        stamp_s = image_header.stamp.sec + image_header.stamp.nanosec * 1e-9
+        with self._odometry_lock:
+            base_in_odom = self.odometry.pose_at(stamp_s)
+        if base_in_odom is None:
+            return
+        correction = map_to_odom((result.position_enu_m, result.orientation_xyzw), base_in_odom)
+        header = type(image_header)(stamp=image_header.stamp, frame_id=self.params['map_frame'])
+        self.tf_publisher.publish(TFMessage(transforms=[conversions.pose_to_transform(
+            correction, header, self.params['odom_frame'])]))
 
     def _publish_diagnostics(self):
-        snapshot = self.stats.snapshot(dropped=self.slot.dropped)
+        try:
+            config, config_problem = health.health_config(self.params), ''
+        except ValueError as error:  # e.g. max_rate_hz set below min_rate_hz at run time
+            config, config_problem = health.HealthConfig(), f'{error}; using the defaults'
+        snapshot = self.stats.snapshot(dropped=self.slot.dropped, window_s=config.window_s)
+        assessment = health.assess(snapshot, time.monotonic(), config)
         embedder = self.localizer.embedder
         static_values = {'backend': embedder.backend_name,
                          'backend_description': embedder.backend_description,
@@ -162,12 +300,13 @@ class LocalizeNode(Node):
         self.diagnostics_publisher.publish(conversions.stats_to_diagnostics(
             snapshot, name=f'{self.get_fully_qualified_name()}: visual localization',
             hardware_id=self.params['map_dir'], stamp=self.get_clock().now().to_msg(),
-            static_values=static_values))
+            static_values=static_values, assessment=assessment, warn_reason=config_problem))
 
     def destroy_node(self):
-        """Stop the worker before tearing the node down."""
+        """Stop the worker (if it started) before tearing the node down."""
         self.slot.close()
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
         return super().destroy_node()
 
 
@@ -179,25 +318,33 @@ def _tracking_values(result, localizer):
     if result is not None:
         values |= {'filter_state': result.filter_state or 'none',
                    'pose_source': result.pose_source, 'inliers': result.inliers,
+                   'motion': result.motion_source or 'none',
                    'last_refinement_failure': result.refinement or 'none'}
     return values
 
 
 def main(args=None):
-    """Entry point of ``localize_node`` (``ros2 run vl_attention localize_node``)."""
-    rclpy.init(args=args)
-    node = None
+    """Entry point of ``localize_node`` (``ros2 run vl_attention localize_node``).
+
+    Returns 1 after one line on stderr when start-up fails on purpose (a bad
+    parameter, map or backend); 0 after Ctrl-C.
+    """
     try:
+        rclpy.init(args=args)
         node = LocalizeNode()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        rclpy.try_shutdown()
+        return 0
+    except STARTUP_ERRORS as error:
+        print('localize_node: ' + ' '.join(str(error).split()), file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, RuntimeError, OSError) as error:  # startup: one clear line
-        print(f'localize_node: {error}', file=sys.stderr)
-        return 1
     finally:
-        if node is not None:
-            node.destroy_node()
+        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -1,0 +1,43 @@
+"""REP 105 frame algebra: the robot's pose from the camera's, map->odom, covariance transport."""
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vl_attention.localization.frames import (base_in_map, compose, Extrinsic, inverse,
+                                              map_to_odom, rotate_covariance)
+
+
+def test_base_pose_from_a_camera_mounted_forward_up_and_yawed():
+    # camera 1.2 m ahead, 0.3 m left, 1.5 m up, yawed 90 deg left on the robot
+    extrinsic = Extrinsic(xyz_m=(1.2, 0.3, 1.5), rpy_deg=(0.0, 0.0, 90.0)).pose()
+    # robot at (10, 20, 0) facing north (yaw 90 deg): camera faces west, sits at
+    # (10 - 0.3, 20 + 1.2, 1.5)
+    camera = (np.array([9.7, 21.2, 1.5]), Rotation.from_euler('z', 180, degrees=True).as_quat())
+    position, orientation = base_in_map(camera, extrinsic)
+    np.testing.assert_allclose(position, [10.0, 20.0, 0.0], atol=1e-12)
+    yaw = Rotation.from_quat(orientation).as_euler('xyz', degrees=True)[2]
+    np.testing.assert_allclose(yaw, 90.0, atol=1e-9)
+
+
+def test_map_to_odom_closes_the_chain():
+    base_in_map_pose = (np.array([5.0, 2.0, 0.0]), Rotation.from_euler('z', 30, degrees=True)
+                        .as_quat())
+    base_in_odom = (np.array([1.0, -1.0, 0.0]), Rotation.from_euler('z', -15, degrees=True)
+                    .as_quat())
+    map_T_odom = map_to_odom(base_in_map_pose, base_in_odom)
+    position, orientation = compose(map_T_odom, base_in_odom)
+    np.testing.assert_allclose(position, base_in_map_pose[0], atol=1e-12)
+    np.testing.assert_allclose(abs(np.dot(orientation, base_in_map_pose[1])), 1.0, atol=1e-12)
+    identity = compose(map_T_odom, inverse(map_T_odom))
+    np.testing.assert_allclose(identity[0], 0.0, atol=1e-12)
+
+
+def test_camera_rotation_uncertainty_becomes_base_position_uncertainty():
+    extrinsic = Extrinsic(xyz_m=(2.0, 0.0, 0.0)).pose()    # camera 2 m ahead of the base
+    covariance = np.zeros((6, 6))
+    covariance[5, 5] = np.radians(1.0) ** 2                # 1 deg of yaw only
+    moved = rotate_covariance(covariance, extrinsic, np.array([0.0, 0.0, 0.0, 1.0]))
+    # a yaw error swings the base 2 m behind the camera sideways: sigma_y = 2 m x 1 deg
+    np.testing.assert_allclose(np.sqrt(moved[1, 1]), 2.0 * np.radians(1.0), rtol=1e-9)
+    np.testing.assert_allclose(moved[0, 0], 0.0, atol=1e-15)
+    np.testing.assert_allclose(moved[5, 5], covariance[5, 5])

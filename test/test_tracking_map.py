@@ -1,0 +1,103 @@
+"""Maps of format 3 end to end: calibration, local features, the model they carry, the pipeline."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from vl_attention.localization import Localizer, TrackingConfig
+from vl_attention.mapping import load_map, map_model_dir, MapFormatError, read_poses_csv
+
+
+def _frames(world, traversal):
+    columns = read_poses_csv(world / traversal / 'poses.csv')
+    for index, name in enumerate(columns['image']):
+        image = cv2.imread(str(world / traversal / 'images' / name))
+        yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB), columns['stamp_ns'][index] * 1e-9, index
+
+
+def test_tiny_map_holds_calibration_features_and_its_model(tiny_map):
+    map_ = load_map(tiny_map, verify='full')
+    manifest = map_.manifest
+    assert manifest.format_version == 3
+    assert manifest.calibration['impostor_similarity_std'] > 0
+    assert manifest.local_features['kind'] == 'sift'
+    assert manifest.local_features['points'] > 100
+    assert map_.local_features is not None and len(map_.local_features) == manifest.count
+    assert map_model_dir(tiny_map) is not None
+    assert {'model/model.onnx', 'features/points.npy', 'camera.json'} <= set(manifest.files)
+
+
+def test_from_map_needs_only_the_map_and_imports_no_torch(tiny_map, tiny_world):
+    image = tiny_world / 'map_day' / 'images' / '000006.png'
+    script = (
+        'import json, sys, cv2\n'
+        'from vl_attention.localization import Localizer\n'
+        f'localizer = Localizer.from_map({str(tiny_map)!r}, backend="onnxruntime")\n'
+        f'frame = cv2.cvtColor(cv2.imread({str(image)!r}), cv2.COLOR_BGR2RGB)\n'
+        'result = localizer.localize(frame, stamp_s=1.0)\n'
+        'print(json.dumps({"torch": "torch" in sys.modules, "source": result.pose_source,'
+        ' "state": result.filter_state, "inliers": result.inliers,'
+        ' "refinement": result.refinement}))\n')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report['torch'] is False
+    assert report['state'] in ('initialising', 'tracking')
+    # a map frame seen again: PnP against its own triangulated points succeeds
+    assert report['source'] == 'pnp' and report['inliers'] >= 12, report
+
+
+def test_pipeline_tracks_and_refines_the_map_route(tiny_map, tiny_world, embedder):
+    map_ = load_map(tiny_map)
+    localizer = Localizer(map_, embedder=embedder, tracking=TrackingConfig())
+    truth = map_.records.position_enu_m     # the map's own frames, at the map's origin
+    results = [localizer.localize(frame, stamp_s=stamp)
+               for frame, stamp, _ in _frames(tiny_world, 'map_day')]
+    states = [r.filter_state for r in results]
+    assert states[0] == 'initialising' and states[-1] == 'tracking'
+    refined = [(r, truth[k]) for k, r in enumerate(results) if r.pose_source == 'pnp']
+    assert len(refined) >= len(results) // 2
+    errors = [np.linalg.norm(r.position_enu_m - t) for r, t in refined]
+    assert np.median(errors) < 0.25
+    for r, _ in refined:
+        assert r.ok and np.all(np.linalg.eigvalsh(r.pose_covariance()) > 0)
+        assert r.single_frame is not None and r.filtered is not None
+    localizer.reset()
+    assert localizer.localize(next(_frames(tiny_world, 'map_day'))[0]).filter_state == \
+        'initialising'
+
+
+def test_a_map_without_local_features_localizes_with_a_rebuild_note(tiny_map, tmp_path, embedder):
+    old = tmp_path / 'old_map'
+    shutil.copytree(tiny_map, old)
+    manifest = json.loads((old / 'manifest.json').read_text())
+    manifest['local_features'] = {}
+    manifest['calibration'] = {}
+    (old / 'manifest.json').write_text(json.dumps(manifest))
+    localizer = Localizer(load_map(old), embedder=embedder, tracking=TrackingConfig())
+    assert localizer.refiner is None and 'rebuild it with --local-features' in \
+        localizer.refinement_note
+    result = localizer.localize(np.zeros((120, 160, 3), np.uint8), stamp_s=0.0)
+    assert 'rebuild' in result.refinement and result.pose_source != 'pnp'
+
+
+def test_damaged_feature_files_are_refused(tiny_map, tmp_path):
+    broken = tmp_path / 'broken'
+    shutil.copytree(tiny_map, broken)
+    points = broken / 'features' / 'points.npy'
+    points.write_bytes(points.read_bytes()[:-64])
+    with pytest.raises(MapFormatError, match='points.npy is truncated or corrupt'):
+        load_map(broken)
+
+
+def test_a_textureless_frame_gets_a_clear_refinement_reason(tiny_map, embedder):
+    localizer = Localizer(load_map(tiny_map), embedder=embedder, tracking=TrackingConfig())
+    result = localizer.localize(np.full((120, 160, 3), 90, np.uint8), stamp_s=0.0)
+    assert result.pose_source != 'pnp'
+    assert 'local features in the frame' in result.refinement

@@ -1,0 +1,98 @@
+"""REP 105 frames: the camera's pose in the map becomes the robot's (``base_frame``) and map->odom.
+
+Poses are ``(position (3,), quaternion xyzw (4,))`` pairs; composition is
+``a * b`` = the pose of b's frame expressed in a's parent. The map stores
+camera *body* poses (x forward, y left, z up: REP 103); the camera's mounting
+on the robot is ``base_T_camera`` (from TF or the node's extrinsic parameters).
+"""
+
+from dataclasses import dataclass, replace
+from typing import Tuple
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vl_attention.geo import enu_to_geodetic
+
+Pose = Tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Extrinsic:
+    """The camera body frame in the robot's base frame (metres, degrees: roll, pitch, yaw)."""
+
+    xyz_m: tuple = (0.0, 0.0, 0.0)
+    rpy_deg: tuple = (0.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        if len(self.xyz_m) != 3 or len(self.rpy_deg) != 3 or \
+                not np.all(np.isfinite(np.r_[self.xyz_m, self.rpy_deg])):
+            raise ValueError(f'camera extrinsic needs 3 finite values each for xyz_m and '
+                             f'rpy_deg, got {self.xyz_m} and {self.rpy_deg}')
+
+    def pose(self) -> Pose:
+        """Return base_T_camera."""
+        return (np.asarray(self.xyz_m, np.float64),
+                Rotation.from_euler('xyz', self.rpy_deg, degrees=True).as_quat())
+
+
+def compose(a: Pose, b: Pose) -> Pose:
+    """Return a * b."""
+    rotation = Rotation.from_quat(a[1])
+    return (np.asarray(a[0]) + rotation.apply(b[0]),
+            (rotation * Rotation.from_quat(b[1])).as_quat())
+
+
+def inverse(a: Pose) -> Pose:
+    """Return a^-1."""
+    rotation = Rotation.from_quat(a[1]).inv()
+    return -rotation.apply(a[0]), rotation.as_quat()
+
+
+def base_in_map(camera_in_map: Pose, base_T_camera: Pose) -> Pose:
+    """Return map_T_base = map_T_camera * (base_T_camera)^-1."""
+    return compose(camera_in_map, inverse(base_T_camera))
+
+
+def map_to_odom(base_in_map_pose: Pose, base_in_odom: Pose) -> Pose:
+    """Return map_T_odom = map_T_base * (odom_T_base)^-1, the correction AMCL publishes."""
+    return compose(base_in_map_pose, inverse(base_in_odom))
+
+
+def rotate_covariance(covariance_6x6: np.ndarray, base_T_camera: Pose,
+                      camera_orientation_xyzw: np.ndarray) -> np.ndarray:
+    """Carry a camera pose covariance (map-frame axes) to the base frame's origin.
+
+    The position of the base is ``p_cam - R_cam R_bc^T t_bc``: a small map-frame
+    rotation ``w`` of the camera moves it by ``[lever]x w`` with the lever
+    ``R_cam R_bc^T t_bc``; orientation errors are unchanged (same axes).
+    """
+    lever = Rotation.from_quat(camera_orientation_xyzw).apply(
+        Rotation.from_quat(base_T_camera[1]).inv().apply(base_T_camera[0]))
+    jacobian = np.eye(6)
+    jacobian[:3, 3:] = _skew(lever)
+    return jacobian @ covariance_6x6 @ jacobian.T
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def robot_result(result, base_T_camera: Pose, origin):
+    """Return the robot's (base frame's) pose of a camera result, with its covariance.
+
+    The latitude/longitude follow the base too, so NavSatFix and the pose
+    describe the same point. Results without a fix are returned unchanged.
+    """
+    if not result.ok:
+        return result
+    position, orientation = base_in_map((result.position_enu_m, result.orientation_xyzw),
+                                        base_T_camera)
+    covariance = rotate_covariance(result.pose_covariance(), base_T_camera,
+                                   result.orientation_xyzw)
+    latitude, longitude, altitude = enu_to_geodetic(position, origin)
+    return replace(result, position_enu_m=position, orientation_xyzw=orientation,
+                   position_covariance_m2=covariance[:3, :3],
+                   orientation_covariance_rad2=covariance[3:, 3:],
+                   latitude_deg=float(latitude), longitude_deg=float(longitude),
+                   altitude_m=float(altitude))
