@@ -33,6 +33,7 @@ setup(
     entry_points={
         'console_scripts': [
             'localize_node = vl_attention.ros.node:main',
+            'localize_lifecycle_node = vl_attention.ros.lifecycle:main',
             'vl-attention = vl_attention.cli:main',
         ],
     },

@@ -31,7 +31,7 @@ import numpy as np
 from vl_attention.evaluation.consistency import consistency_summary
 from vl_attention.evaluation.vpr_dataset import load_vpr_dataset
 from vl_attention.io import atomic_write_text
-from vl_attention.localization.calibration import calibrate_similarities
+from vl_attention.mapping.calibration import calibrate_similarities
 from vl_attention.localization.place_filter import Motion, PlaceFilter, PlaceFilterConfig
 from vl_attention.mapping.index import MapIndex
 

@@ -40,9 +40,9 @@ import torch
 from benchmarks.embed_latency import hardware
 from vl_attention.engine.availability import probe_availability
 from vl_attention.engine.backends import create_backend
+from vl_attention.engine.card_builder import make_model_card
 from vl_attention.engine.embedder import Embedder
 from vl_attention.engine.export import export_onnx, ONNX_FILE, read_export
-from vl_attention.engine.model_card import make_model_card
 from vl_attention.evaluation.metrics import pose_errors
 from vl_attention.io import atomic_write_text, json_safe
 from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config

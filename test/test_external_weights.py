@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from vl_attention.engine.model_card import make_model_card
+from vl_attention.engine.card_builder import make_model_card
 from vl_attention.models import build_model, load_model_config
 from vl_attention.models.external import read_model_checkpoint, resolve_checkpoint_file, \
     to_package_layout

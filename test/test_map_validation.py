@@ -15,7 +15,7 @@ import pytest
 
 from vl_attention import cli
 from vl_attention.io import atomic_directory, remove_stale_staging
-from vl_attention.localization.camera_model import CameraModel
+from vl_attention.geometry.camera_model import CameraModel
 from vl_attention.mapping.local_feature_map import LocalFeatureMap
 from vl_attention.mapping.map_format import (_file_checksums, load_map, MANIFEST_FILE,
                                              MapFormatError)

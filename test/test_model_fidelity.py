@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vl_attention.engine.model_card import make_model_card
+from vl_attention.engine.card_builder import make_model_card
 from vl_attention.models import build_model, load_model_config
 from vl_attention.models.aggregators import GeM
 from vl_attention.models.descriptor import DescriptorModel, load_model_checkpoint

@@ -133,7 +133,7 @@ def test_dynamic_size_export_is_right_or_refused(name):
 def test_exporter_refuses_dynamic_size_for_fixed_layout_heads(tmp_path):
     from vl_attention.config import ConfigError
     from vl_attention.engine.export import export_onnx
-    from vl_attention.engine.model_card import make_model_card
+    from vl_attention.engine.card_builder import make_model_card
     config = load_model_config('effnet_lite0_regional_attention')
     model = small_model('effnet_lite0_regional_attention', INPUT_SIZES[0])
     assert model.aggregator.fixed_input_size

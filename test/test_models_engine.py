@@ -125,7 +125,7 @@ def test_fingerprint_changes_with_weights_and_size(export_cache):
     base = create_embedder(EmbedderConfig(backend='torch', cache_dir=str(export_cache)))
     from dataclasses import replace
 
-    from vl_attention.engine.model_card import make_model_card
+    from vl_attention.engine.card_builder import make_model_card
     smaller = replace(config, input_height=120, input_width=160)
     assert make_model_card(smaller, build_model(smaller)).fingerprint != base.fingerprint
     torch.manual_seed(1)

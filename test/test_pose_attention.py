@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from vl_attention.config import ConfigError
 from vl_attention.engine.backends import create_backend
+from vl_attention.engine.card_builder import make_model_card
 from vl_attention.engine.embedder import Embedder
 from vl_attention.engine.export import CARD_FILE, export_onnx, ONNX_FILE, read_export
-from vl_attention.engine.model_card import make_model_card, ModelCard
+from vl_attention.engine.model_card import ModelCard
 from vl_attention.models import AGGREGATORS, build_model, load_model_config
 from vl_attention.models.pose_attention import adaptive_average_pool, pose_errors_from_poses, \
     pose_loss_terms, pose_origin_m, PoseAttention, PoseLoss, PoseOutputs, set_pose_origin

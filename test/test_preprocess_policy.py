@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vl_attention.engine.model_card import make_model_card
+from vl_attention.engine.card_builder import make_model_card
 from vl_attention.engine.preprocess import center_crop_box, fit_pad_box, input_size_mismatch, \
     preprocess_frames, Preprocessing, reset_input_size_warning
 from vl_attention.models import build_model, load_model_config

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from vl_attention.localization.camera_model import CameraModel
+from vl_attention.geometry.camera_model import CameraModel
 from vl_attention.localization.odometry import OdometryBuffer
-from vl_attention.localization.place_filter import (headings_from_orientations, Motion,
-                                                    PlaceFilter, PlaceFilterConfig, TRACKING)
-from vl_attention.localization.pnp import PnPConfig, project, solve_pnp, triangulate
+from vl_attention.geo import headings_from_orientations
+from vl_attention.localization.place_filter import (Motion, PlaceFilter, PlaceFilterConfig,
+                                                    TRACKING)
+from vl_attention.geometry.pnp import PnPConfig, project, solve_pnp, triangulate
 
 CAMERA = CameraModel(320, 240, 190.0, 190.0, 159.5, 119.5)
 

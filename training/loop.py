@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vl_attention.config import ConfigError, to_dict
-from vl_attention.engine.model_card import weights_sha256
+from vl_attention.engine.card_builder import weights_sha256
 from vl_attention.models import build_model
 from vl_attention.models.initialisation import preset_seed
 from vl_attention.models.modes import evaluating

@@ -24,8 +24,8 @@ from tqdm import tqdm
 import yaml
 
 from vl_attention.config import to_dict
+from vl_attention.engine.card_builder import make_model_card
 from vl_attention.engine.export import export_onnx
-from vl_attention.engine.model_card import make_model_card
 from vl_attention.io import atomic_path, atomic_write_text, json_safe
 from vl_attention.models.pose_attention import pose_head, set_pose_origin
 from vl_attention.models.whitening import PCAWhitening

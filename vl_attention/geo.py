@@ -79,3 +79,12 @@ def rotation_angle_deg(quaternion_a_xyzw, quaternion_b_xyzw):
     relative = (Rotation.from_quat(normalize_quaternion(quaternion_a_xyzw)).inv()
                 * Rotation.from_quat(normalize_quaternion(quaternion_b_xyzw)))
     return np.degrees(relative.magnitude())
+
+
+def headings_from_orientations(orientations_xyzw: np.ndarray) -> np.ndarray:
+    """Return the yaw (rad, ENU, from east) of each camera's forward (x) axis."""
+    q = np.asarray(orientations_xyzw, np.float64).reshape(-1, 4)
+    x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    forward_east = 1.0 - 2.0 * (y * y + z * z)
+    forward_north = 2.0 * (x * y + w * z)
+    return np.arctan2(forward_north, forward_east)

@@ -161,7 +161,7 @@ def _rebuild_model(card):
 def _from_preset(config, model, cache_dir):
     # building a preset needs torch; running an export (or a map's model) does not
     from vl_attention.engine.export import cached_export
-    from vl_attention.engine.model_card import make_model_card
+    from vl_attention.engine.card_builder import make_model_card
     from vl_attention.models import build_model, load_model_config
     model_config = load_model_config(config.model)
     model = build_model(model_config) if model is None else model.eval()

@@ -18,7 +18,7 @@ from vl_attention.config import ConfigError, from_dict
 from vl_attention.engine.backend_base import BackendUnavailable
 from vl_attention.engine.export_format import (CARD_FILE, INPUT_NAME,  # noqa: F401
                                                ONNX_FILE, ONNX_OPSET, OUTPUT_NAME, read_export)
-from vl_attention.engine.model_card import make_model_card, weights_sha256
+from vl_attention.engine.card_builder import make_model_card, weights_sha256
 from vl_attention.io import atomic_path
 from vl_attention.models import (build_model, DEFAULT_MODEL, load_model_checkpoint,
                                  load_model_config, ModelConfig)

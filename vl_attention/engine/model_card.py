@@ -11,21 +11,21 @@ is the policy for frames of another shape (stretch, fit_pad, center_crop).
 (``pose_frame``) and the map-frame origin the regressed position is relative
 to (``pose_origin_m``). Cards written before these fields load as
 descriptor-only models.
+
+This module needs no torch: building a card from a torch model
+(``make_model_card``, ``weights_sha256``) lives in
+:mod:`vl_attention.engine.card_builder`.
 """
 
 from dataclasses import asdict, dataclass
-import hashlib
 import json
 from pathlib import Path
-
-import numpy as np
 
 from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict, to_dict
 from vl_attention.engine.preprocess import DEFAULT_RESIZE, Preprocessing
 from vl_attention.io import atomic_write_text
-from vl_attention.model_outputs import (DESCRIPTOR_OUTPUT, ORIENTATION_OUTPUT, POSE_FRAME,
-                                        POSE_OUTPUTS, POSITION_OUTPUT)
+from vl_attention.model_outputs import DESCRIPTOR_OUTPUT, ORIENTATION_OUTPUT, POSITION_OUTPUT
 
 CARD_FORMAT_VERSION = 1
 
@@ -84,36 +84,6 @@ class ModelCard:
         return cls.from_json(path.read_text(), source=str(path))
 
 
-def weights_sha256(module):
-    """Hash of every tensor in the module's state dict (names, dtypes, shapes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
-        digest.update(f'{name}:{array.dtype}:{array.shape};'.encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def make_model_card(config, model, *, weights_file=''):
-    """Card for a freshly built torch model; the fingerprint covers config, weights, input.
-
-    ``weights_file`` records a checkpoint loaded over the preset's weights, so
-    the torch model can be rebuilt from an export directory.
-    """
-    weights_hash = weights_sha256(model)
-    pose = pose_fields(model)
-    config_values = card_config_values(config)
-    identity = json.dumps({'config': config_values, 'weights': weights_hash,
-                           'preprocessing': asdict(model.preprocessing)}, sort_keys=True)
-    return ModelCard(model_name=config.name,
-                     fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:16],
-                     descriptor_dim=model.descriptor_dim(),
-                     preprocessing=model.preprocessing,
-                     weights_sha256=weights_hash,
-                     model_config=config_values, weights_file=str(weights_file or ''),
-                     **pose)
-
-
 def card_config_values(config):
     """Return the preset as the card records it, leaving out the default ``resize: stretch``.
 
@@ -124,12 +94,3 @@ def card_config_values(config):
     if values.get('resize') == DEFAULT_RESIZE:
         del values['resize']
     return values
-
-
-def pose_fields(model):
-    """Card fields of the outputs: descriptor only, or descriptor + pose with its frame."""
-    from vl_attention.models.pose_attention import pose_head, pose_origin_m  # torch side only
-    if pose_head(model) is None:
-        return {'outputs': (DESCRIPTOR_OUTPUT,)}
-    return {'outputs': POSE_OUTPUTS, 'pose_frame': POSE_FRAME,
-            'pose_origin_m': tuple(float(value) for value in pose_origin_m(model))}

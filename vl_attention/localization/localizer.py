@@ -24,11 +24,10 @@ from typing import Optional
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vl_attention.geo import enu_to_geodetic
-from vl_attention.localization.calibration import calibrate_similarities
+from vl_attention.geo import enu_to_geodetic, headings_from_orientations
+from vl_attention.mapping.calibration import calibrate_similarities
 from vl_attention.localization.odometry import motion_without_odometry
-from vl_attention.localization.place_filter import (headings_from_orientations, PlaceFilter,
-                                                    PlaceFilterConfig, TRACKING)
+from vl_attention.localization.place_filter import PlaceFilter, PlaceFilterConfig, TRACKING
 from vl_attention.localization.refinement import Refiner, RefinementConfig
 
 LOG = logging.getLogger(__name__)

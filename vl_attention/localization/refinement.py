@@ -1,7 +1,7 @@
 """Metric 6-DoF refinement: match the frame's local features to candidate map images, then PnP.
 
 Each candidate place's triangulated keypoints are matched (ratio test +
-mutual check) and handed to :func:`~vl_attention.localization.pnp.solve_pnp`;
+mutual check) and handed to :func:`~vl_attention.geometry.pnp.solve_pnp`;
 the candidate with the most inliers wins, so inlier counts re-rank the
 retrieval candidates. Its confidence is ``inliers / (inliers +
 inlier_half_confidence)``.
@@ -9,11 +9,12 @@ inlier_half_confidence)``.
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from vl_attention.localization.local_features import (create_extractor, LocalFeatureConfig,
-                                                      match_features, to_gray)
-from vl_attention.localization.pnp import PnPConfig, solve_pnp
+from vl_attention.geometry.local_features import (create_extractor, LocalFeatureConfig,
+                                                  match_features, to_gray)
+from vl_attention.geometry.pnp import PnPConfig, solve_pnp
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class RefinementConfig:
     pnp: PnPConfig = field(default_factory=PnPConfig)
     max_offset_from_filter_m: float = 15.0
     inlier_half_confidence: int = 30
+    # first-order PnP covariance ignores the map points' own errors: this variance factor
+    # makes the median 2-D NEES 1.39 on the synthetic validation traversals
+    covariance_scale: float = 3.8
 
     def __post_init__(self):
         if self.candidates < 1:
@@ -58,7 +62,7 @@ class Refiner:
 
     def refine(self, frame: np.ndarray, places) -> RefinedPose:
         """Return the best pose of ``frame`` over the candidate ``places``."""
-        camera = self.local_map.camera.scaled_to(frame.shape[1], frame.shape[0])
+        frame, camera = _at_map_resolution(frame, self.local_map.camera)
         query = self.extractor(to_gray(frame))
         if len(query.keypoints_px) < self.config.pnp.min_inliers:
             return _failed(f'only {len(query.keypoints_px)} local features in the frame '
@@ -80,7 +84,20 @@ class Refiner:
         place, pose = best
         confidence = pose.inliers / (pose.inliers + self.config.inlier_half_confidence)
         return RefinedPose(True, '', int(place), pose.position_enu_m, pose.orientation_xyzw,
-                           pose.covariance, pose.inliers, float(confidence))
+                           pose.covariance * self.config.covariance_scale, pose.inliers,
+                           float(confidence))
+
+
+def _at_map_resolution(frame: np.ndarray, camera):
+    """Shrink a frame larger than the map's camera to its size: same scale, faster SIFT.
+
+    Returns the frame and the camera model that matches it.
+    """
+    height, width = frame.shape[:2]
+    if width > camera.width and height > camera.height:
+        return cv2.resize(frame, (camera.width, camera.height),
+                          interpolation=cv2.INTER_AREA), camera
+    return frame, camera.scaled_to(width, height)
 
 
 def _failed(reason: str) -> RefinedPose:

@@ -16,9 +16,9 @@ from tqdm import tqdm
 from vl_attention.config import to_dict
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.geo import GeodeticOrigin
-from vl_attention.localization.calibration import calibrate_similarities
-from vl_attention.localization.camera_model import CameraModel
-from vl_attention.localization.local_features import LOCAL_FEATURES, LocalFeatureConfig
+from vl_attention.mapping.calibration import calibrate_similarities
+from vl_attention.geometry.camera_model import CameraModel
+from vl_attention.geometry.local_features import LOCAL_FEATURES, LocalFeatureConfig
 from vl_attention.mapping.checkpoints import CheckpointStore, COLUMNS, partial_dir
 from vl_attention.mapping.local_feature_map import (build_local_feature_map,
                                                     concatenate_local_feature_maps, extract_all,

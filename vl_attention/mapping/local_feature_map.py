@@ -22,11 +22,12 @@ from typing import Iterable, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from vl_attention.localization.camera_model import CameraModel
-from vl_attention.localization.local_features import (create_extractor, Features,
-                                                      LocalFeatureConfig, match_features, to_gray)
-from vl_attention.localization.place_filter import headings_from_orientations
-from vl_attention.localization.pnp import triangulate, TriangulationConfig
+from vl_attention.geo import headings_from_orientations
+from vl_attention.geometry.camera_model import CameraModel
+from vl_attention.geometry.local_features import (create_extractor, Features,
+                                                  LocalFeatureConfig, match_features, to_gray)
+from vl_attention.geometry.pnp import triangulate, TriangulationConfig
+from vl_attention.mapping.errors import MapFormatError
 
 FEATURES_DIR = 'features'
 CAMERA_FILE = 'camera.json'
@@ -164,7 +165,6 @@ def save_local_feature_map(directory: Path, local_map: LocalFeatureMap) -> None:
 
 def load_local_feature_map(directory: Path, kind: str) -> LocalFeatureMap:
     """Read the table of :func:`save_local_feature_map` (the caller checks checksums)."""
-    from vl_attention.mapping.map_format import MapFormatError
     directory = Path(directory)
     try:
         arrays = [np.load(directory / name, mmap_mode='r', allow_pickle=False)
@@ -180,7 +180,6 @@ def load_local_feature_map(directory: Path, kind: str) -> LocalFeatureMap:
 
 
 def _check_table(directory, offsets, keypoints, descriptors, points):
-    from vl_attention.mapping.map_format import MapFormatError
     rows = len(keypoints)
     problems = []
     if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != rows \

@@ -50,6 +50,9 @@ from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict
 from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import atomic_directory
+from vl_attention.mapping.errors import MapFormatError
+from vl_attention.mapping.layout import (DESCRIPTORS_FILE, INDEX_FILE, MANIFEST_FILE,  # noqa: F401
+                                         MODEL_DIR, MODEL_FILES, RECORDS_FILE, VERIFY_MODES)
 from vl_attention.mapping.index import IndexFileError, IndexParams, MapIndex
 from vl_attention.mapping.local_feature_map import (CAMERA_FILE, FEATURE_FILES,
                                                     load_local_feature_map, LocalFeatureMap,
@@ -59,20 +62,9 @@ from vl_attention.mapping.validation import refuse_damaged, validate_map
 
 MAP_FORMAT_VERSION = 3
 READABLE_FORMAT_VERSIONS = (2, 3)
-MANIFEST_FILE = 'manifest.json'
-INDEX_FILE = 'index.faiss'
-DESCRIPTORS_FILE = 'descriptors.npy'
-RECORDS_FILE = 'records.npz'
-MODEL_DIR = 'model'
-MODEL_FILES = (f'{MODEL_DIR}/model.onnx', f'{MODEL_DIR}/model_card.json')
 FULL_HASH_MAX_BYTES = 256 << 20
 MMAP_MIN_BYTES = 256 << 20
 EDGE_BYTES = 1 << 20
-VERIFY_MODES = ('auto', 'full', 'size')
-
-
-class MapFormatError(RuntimeError):
-    """A map directory is missing, damaged, of an unknown version or of another model."""
 
 
 @dataclass(frozen=True)

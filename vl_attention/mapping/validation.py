@@ -10,7 +10,7 @@ Huge memory-mapped arrays are checked on a bounded sample (fixed seed) plus
 their first and last rows, so a 1M-image map still loads in well under a
 second; ``full=True`` (``vl-attention map info --verify``) checks every row.
 
-Every failure raises :class:`~vl_attention.mapping.map_format.MapFormatError`
+Every failure raises :class:`~vl_attention.mapping.errors.MapFormatError`
 naming the file, the first bad row and the fix (rebuild the map);
 :func:`refuse_damaged` turns the low-level errors of reading damaged files
 (bad zip, short reads, unparsable headers, FAISS read errors) into it too.
@@ -28,6 +28,9 @@ import zlib
 
 import numpy as np
 
+from vl_attention.mapping.errors import MapFormatError
+from vl_attention.mapping.layout import DESCRIPTORS_FILE, INDEX_FILE, RECORDS_FILE, VERIFY_MODES
+
 LOG = logging.getLogger(__name__)
 
 UNIT_NORM_TOLERANCE = 1e-3
@@ -44,17 +47,11 @@ READ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, Runt
                json.JSONDecodeError, SyntaxError, tokenize.TokenError)
 
 
-def map_format_error() -> type:
-    """Return :class:`MapFormatError` (imported lazily: map_format imports this module)."""
-    from vl_attention.mapping.map_format import MapFormatError
-    return MapFormatError
-
-
 def refuse_damaged(load: Callable) -> Callable:
     """Wrap ``load(path, ...)`` so that reading a damaged map raises one MapFormatError line."""
     @functools.wraps(load)
     def checked(path, *args, **kwargs):
-        error_type = map_format_error()
+        error_type = MapFormatError
         _check_verify_mode(kwargs.get('verify', 'auto'))
         try:
             return load(path, *args, **kwargs)
@@ -72,7 +69,6 @@ def refuse_damaged(load: Callable) -> Callable:
 
 def validate_map(path, loaded, *, full: bool = False) -> None:
     """Check every part of a loaded :class:`Map` (``full``: every row, else a sample)."""
-    from vl_attention.mapping.map_format import DESCRIPTORS_FILE, INDEX_FILE, RECORDS_FILE
     path = Path(path)
     sample = None if full else DEFAULT_SAMPLE_ROWS
     validate_records(loaded.records, path / RECORDS_FILE, count=loaded.manifest.count)
@@ -219,11 +215,10 @@ def _first_bad(path, name: str, bad: np.ndarray, values: np.ndarray, problem: st
 
 
 def _fail(path, problem: str) -> None:
-    raise map_format_error()(f'{path}: {problem}; {FIX}')
+    raise MapFormatError(f'{path}: {problem}; {FIX}')
 
 
 def _check_verify_mode(verify) -> None:
-    from vl_attention.mapping.map_format import VERIFY_MODES
     if verify not in VERIFY_MODES:
         raise ValueError(f'unknown verify mode {verify!r}; known: {VERIFY_MODES}')
 

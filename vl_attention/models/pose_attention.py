@@ -36,7 +36,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from vl_attention.evaluation.metrics import pose_errors
+from vl_attention.geo import rotation_angle_deg
 from vl_attention.model_outputs import (ORIENTATION_OUTPUT, POSE_FRAME,  # noqa: F401
                                         POSITION_OUTPUT)
 from vl_attention.models.outputs import ModelOutput
@@ -319,11 +319,15 @@ def pose_errors_from_poses(predicted_pose, true_pose):
     """Per-image ``(position_error_m, rotation_error_deg)`` of ``(B, 7)`` xyz + wxyz poses.
 
     Reorders the quaternions to the (x, y, z, w) of :mod:`vl_attention.geo`
-    and calls :func:`vl_attention.evaluation.metrics.pose_errors`.
+    and measures the rotation with :func:`vl_attention.geo.rotation_angle_deg`,
+    as :func:`vl_attention.evaluation.metrics.pose_errors` does (models sit below
+    evaluation, so they do not import it).
     """
     predicted = torch.as_tensor(predicted_pose).detach().cpu().double()
     true = torch.as_tensor(true_pose).detach().cpu().double()
     _check_pose_pair(predicted, true)
     xyzw = list(POSE_XYZW_COLUMNS)
-    return pose_errors(predicted[:, :3].numpy(), true[:, :3].numpy(),
-                       predicted[:, xyzw].numpy(), true[:, xyzw].numpy())
+    position_m = np.linalg.norm(predicted[:, :3].numpy() - true[:, :3].numpy(), axis=-1)
+    rotation_deg = np.asarray(rotation_angle_deg(predicted[:, xyzw].numpy(),
+                                                 true[:, xyzw].numpy()))
+    return position_m, rotation_deg

@@ -24,6 +24,7 @@ from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix
@@ -51,22 +52,23 @@ from vl_attention.ros.params import (camera_extrinsic, check_values, declare_par
 STARTUP_ERRORS = (VLAttentionError, ValueError, RuntimeError, OSError, ParameterException)
 
 
-class LocalizeNode(Node):
-    """Visual localization against a prebuilt map."""
+class _LocalizeCore:
+    """What both node kinds share: configure (map, model, publishers), activate, deactivate.
 
-    def __init__(self, **node_kwargs):
-        super().__init__('localize_node', **node_kwargs)
+    A plain :class:`LocalizeNode` does all three at construction; the
+    :class:`LifecycleLocalizeNode` does them on its managed transitions.
+    """
+
+    def _init_core(self):
         self.slot = LatestFrameSlot()
         self._worker = None
+        self._subscriptions_active = []
+        self._diagnostics_timer = None
         self._localizer_lock = threading.Lock()   # the worker's frame vs. swaps and resets
-        try:
-            self._start()
-        except BaseException:
-            self.destroy_node()  # a half-built node still releases what it created
-            raise
-
-    def _start(self):
         self.params = declare_parameters(self)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _configure(self):
         self.localizer = self._create_localizer()
         self.stats = LocalizationStats()
         self._odometry_lock = threading.Lock()
@@ -74,15 +76,32 @@ class LocalizeNode(Node):
         self._previous_stamp_s = None
         self.last_result = None
         self._create_publishers()
-        self._subscribe_images()
-        self._subscribe_odometry()
-        self._diagnostics_timer = self.create_timer(float(self.params['diagnostics_period_s']),
-                                                    self._publish_diagnostics)
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_service(Trigger, '~/reload_map', self._on_reload_map)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _activate(self):
+        self.slot = LatestFrameSlot()
+        self._subscriptions_active = [self._subscribe_images(), self._subscribe_odometry()]
+        self._diagnostics_timer = self.create_timer(float(self.params['diagnostics_period_s']),
+                                                    self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name='localize_worker', daemon=True)
         self._worker.start()
+
+    def _deactivate(self):
+        for subscription in self._subscriptions_active:
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+        self._subscriptions_active = []
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        self._stop_worker()
+
+    def _stop_worker(self):
+        self.slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
 
     def _create_localizer(self):
         map_dir = self.params['map_dir']
@@ -194,15 +213,18 @@ class LocalizeNode(Node):
             raise ValueError(f"image_transport must be 'raw' or 'compressed', got {transport!r}")
         message_type, topic = (Image, 'image') if transport == 'raw' \
             else (CompressedImage, 'image/compressed')
-        self.create_subscription(message_type, topic, self._on_image, qos_profile_sensor_data)
+        subscription = self.create_subscription(message_type, topic, self._on_image,
+                                                qos_profile_sensor_data)
         self.get_logger().info(f'listening for {message_type.__name__} on '
                                f'{self.resolve_topic_name(topic)}')
+        return subscription
 
     def _subscribe_odometry(self):
         topic = self.params['odom_topic']
-        if topic:
-            self.create_subscription(Odometry, topic, self._on_odometry, 50)
-            self.get_logger().info(f'odometry from {self.resolve_topic_name(topic)}')
+        if not topic:
+            return None
+        self.get_logger().info(f'odometry from {self.resolve_topic_name(topic)}')
+        return self.create_subscription(Odometry, topic, self._on_odometry, 50)
 
     def _on_odometry(self, msg):
         pose = msg.pose.pose
@@ -226,7 +248,8 @@ class LocalizeNode(Node):
         self.slot.put((msg, time.perf_counter()))
 
     def _work(self):
-        while rclpy.ok():
+        slot = self.slot
+        while rclpy.ok() and not slot.closed:
             item = self.slot.take(timeout_s=0.5)
             if item is not None:
                 self._process(*item)
@@ -304,10 +327,65 @@ class LocalizeNode(Node):
 
     def destroy_node(self):
         """Stop the worker (if it started) before tearing the node down."""
-        self.slot.close()
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
+        if hasattr(self, 'slot'):
+            self._stop_worker()
         return super().destroy_node()
+
+
+class LocalizeNode(_LocalizeCore, Node):
+    """Visual localization against a prebuilt map (``ros2 run``: configured and active at once)."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__('localize_node', **node_kwargs)
+        try:
+            self._init_core()
+            self._configure()
+            self._activate()
+        except BaseException:
+            self.destroy_node()  # a half-built node still releases what it created
+            raise
+
+
+class LifecycleLocalizeNode(_LocalizeCore, LifecycleNode):
+    """The same node, managed (REP 2002): configure loads the map and model, activate subscribes.
+
+    Parameters are declared (and checked) at construction, so they can be set
+    before ``configure``; a failed ``configure`` returns FAILURE with one line
+    in the log and the node stays unconfigured.
+    """
+
+    def __init__(self, **node_kwargs):
+        super().__init__('localize_node', **node_kwargs)
+        self._init_core()
+
+    def on_configure(self, state):
+        """Load the map and its model; create the publishers and services."""
+        try:
+            self._configure()
+        except STARTUP_ERRORS as error:
+            self.get_logger().error('configure failed: ' + ' '.join(str(error).split()))
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state):
+        """Subscribe to the camera (and odometry) and start the worker."""
+        self._activate()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        """Stop listening; the map and model stay loaded."""
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        """Drop the map and model."""
+        self.localizer = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state):
+        """Stop everything."""
+        self._deactivate()
+        return TransitionCallbackReturn.SUCCESS
 
 
 def _tracking_values(result, localizer):
@@ -323,7 +401,7 @@ def _tracking_values(result, localizer):
     return values
 
 
-def main(args=None):
+def main(args=None, *, node_class=None):
     """Entry point of ``localize_node`` (``ros2 run vl_attention localize_node``).
 
     Returns 1 after one line on stderr when start-up fails on purpose (a bad
@@ -331,7 +409,7 @@ def main(args=None):
     """
     try:
         rclpy.init(args=args)
-        node = LocalizeNode()
+        node = (node_class or LocalizeNode)()
     except (KeyboardInterrupt, ExternalShutdownException):
         rclpy.try_shutdown()
         return 0
@@ -347,6 +425,11 @@ def main(args=None):
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def lifecycle_main(args=None):
+    """Entry point of ``localize_lifecycle_node``: the managed node, unconfigured at start."""
+    return main(args, node_class=LifecycleLocalizeNode)
 
 
 if __name__ == '__main__':

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vl_attention.localization.camera_model import (CameraModel, optical_to_body_pose,
-                                                    world_to_optical)
+from vl_attention.geometry.camera_model import (CameraModel, optical_to_body_pose,
+                                                world_to_optical)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""The managed (lifecycle) localize_node: configure loads, activate listens, deactivate stops."""
+
+import os
+import random
+import subprocess
+import time
+
+import cv2
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+import pytest
+import rclpy
+
+from vl_attention.mapping import read_poses_csv
+from vl_attention.ros.process import (isolated_ros_environment, localize_node_command,
+                                      ROS_ENVIRONMENT_KEYS, stop_process)
+from vl_attention.ros.replay import ReplayClient
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope='module')
+def ros_env():
+    env = isolated_ros_environment(domain_id=random.randint(231, 232))
+    saved = {key: os.environ.get(key) for key in ROS_ENVIRONMENT_KEYS}
+    os.environ.update({key: env[key] for key in saved})
+    rclpy.init()
+    yield env
+    rclpy.try_shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _call(client, node, service_type, name, request, timeout_s=60.0):
+    service = node.create_client(service_type, name)
+    assert service.wait_for_service(timeout_sec=timeout_s), f'{name} never appeared'
+    future = service.call_async(request)   # the client's own executor thread completes it
+    deadline = time.monotonic() + timeout_s
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert future.done(), f'{name} did not answer within {timeout_s} s'
+    return future.result()
+
+
+def _transition(client, transition_id):
+    return _call(client, client, ChangeState, '/localize_node/change_state',
+                 ChangeState.Request(transition=Transition(id=transition_id))).success
+
+
+def _state(client):
+    return _call(client, client, GetState, '/localize_node/get_state',
+                 GetState.Request()).current_state.label
+
+
+def test_lifecycle_transitions_gate_localization(ros_env, tiny_map, tiny_world, export_cache,
+                                                 tmp_path):
+    command = localize_node_command({'map_dir': str(tiny_map), 'cache_dir': str(export_cache),
+                                     'use_filter': False},
+                                    remappings=[('image', '/camera/image_raw')])
+    command[command.index('vl_attention.ros.node')] = 'vl_attention.ros.lifecycle'
+    log = tmp_path / 'node.log'
+    with open(log, 'w') as output:
+        process = subprocess.Popen(command, env=ros_env, stdout=output, stderr=subprocess.STDOUT)
+    client = ReplayClient(image_topic='/camera/image_raw')
+    try:
+        assert _state(client) == 'unconfigured', log.read_text()
+        assert _transition(client, Transition.TRANSITION_CONFIGURE), log.read_text()
+        assert _state(client) == 'inactive'
+        columns = read_poses_csv(tiny_world / 'map_day' / 'poses.csv')
+        rgb = cv2.cvtColor(cv2.imread(str(tiny_world / 'map_day' / 'images' /
+                                          columns['image'][5])), cv2.COLOR_BGR2RGB)
+        client.publish_frame(rgb, 1_000_000_000, frame_id='camera_optical')
+        assert client.wait_for_response(1_000_000_000, timeout_s=3.0) is None  # not listening
+        assert _transition(client, Transition.TRANSITION_ACTIVATE)
+        assert _state(client) == 'active'
+        assert client.wait_for_localizer(60.0)
+        fix = None
+        for attempt in range(4):
+            stamp = 2_000_000_000 + attempt
+            client.publish_frame(rgb, stamp, frame_id='camera_optical')
+            fix = client.wait_for_response(stamp, timeout_s=15.0)
+            if fix is not None:
+                break
+        assert fix is not None and fix.status.status >= 0, log.read_text()[-2000:]
+        assert _transition(client, Transition.TRANSITION_DEACTIVATE)
+        assert _state(client) == 'inactive'
+        client.publish_frame(rgb, 3_000_000_000, frame_id='camera_optical')
+        assert client.wait_for_response(3_000_000_000, timeout_s=3.0) is None
+        assert _transition(client, Transition.TRANSITION_CLEANUP)
+        assert _state(client) == 'unconfigured'
+    finally:
+        client.close()
+        assert stop_process(process) == 0, log.read_text()[-2000:]
+
+
+def test_a_bad_map_fails_configure_and_the_node_stays_unconfigured(ros_env, tmp_path):
+    command = localize_node_command({'map_dir': str(tmp_path / 'no_map')})
+    command[command.index('vl_attention.ros.node')] = 'vl_attention.ros.lifecycle'
+    log = tmp_path / 'node.log'
+    with open(log, 'w') as output:
+        process = subprocess.Popen(command, env=ros_env, stdout=output, stderr=subprocess.STDOUT)
+    client = ReplayClient(image_topic='/camera/image_raw')
+    try:
+        assert not _transition(client, Transition.TRANSITION_CONFIGURE)
+        assert _state(client) == 'unconfigured'
+        assert 'configure failed' in log.read_text() and 'no_map' in log.read_text()
+    finally:
+        client.close()
+        assert stop_process(process) == 0, log.read_text()[-2000:]
