@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 JAZZY_ENV := source scripts/env_jazzy.sh &&
 
-.PHONY: setup demo test lint clean check-requirements setup-jazzy test-jazzy
+.PHONY: setup demo test test-fast lint clean check-requirements setup-jazzy test-jazzy
 
 # .venv with the pinned requirements and vl_attention installed editable (vl-attention on PATH)
 setup:
@@ -36,3 +36,6 @@ test-jazzy: setup-jazzy
 
 clean:
 	rm -rf build install log
+
+test-fast: setup
+	$(ENV) python -m pytest test/ -m "not slow" -q

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vl_attention.geo import GeodeticOrigin
+from vl_attention.geometry.local_features import LOCAL_FEATURES
 from vl_attention.mapping.builder import BagInput, MapBuildConfig
 from vl_attention.mapping.index import INDEX_TYPES, IndexParams
 from vl_attention.mapping.map_format import load_map
@@ -48,6 +49,13 @@ def add_source_arguments(parser):
     group.add_argument('--restart', action='store_true',
                        help='discard an interrupted build instead of resuming it')
     group.add_argument('--no-progress', action='store_true', help='no progress bar')
+    group.add_argument('--local-features', default=MapBuildConfig.local_features,
+                       choices=['none'] + LOCAL_FEATURES.names(),
+                       help='local features + triangulated points for PnP refinement '
+                            '(default: %(default)s)')
+    group.add_argument('--camera-info', type=Path, default=None,
+                       help='camera YAML (ROS calibration or width/height/fx/fy/cx/cy; default: '
+                            'camera_info.yaml beside --images)')
 
 
 def add_index_arguments(parser):
@@ -81,7 +89,9 @@ def build_config(args, embedder_config, *, with_index=True):
                   keyframes=KeyframeConfig(args.keyframe_distance_m, args.keyframe_angle_deg),
                   origin=GeodeticOrigin(*args.origin) if args.origin else None,
                   checkpoint_frames=args.checkpoint_frames, restart=args.restart,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress,
+                  local_features=getattr(args, 'local_features', MapBuildConfig.local_features),
+                  camera_info=str(getattr(args, 'camera_info', None) or ''))
     if with_index:
         values['index_type'] = args.index_type
         values['index_params'] = IndexParams(**{name: getattr(args, name) for name in (
