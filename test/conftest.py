@@ -1,6 +1,7 @@
 """Shared fixtures: real photos, one embedder per session, a small map of real images."""
 
 import csv
+import os
 from pathlib import Path
 
 import cv2
@@ -89,3 +90,24 @@ def tiny_map(tiny_world, embedder, tmp_path_factory):
     traversal = tiny_world / 'map_day'
     return build_map_from_folder(traversal / 'images', traversal / 'poses.csv',
                                  tmp_path_factory.mktemp('maps') / 'tiny_map', embedder=embedder)
+
+
+@pytest.fixture(scope='module')
+def ros_env():
+    """Put this test module's rclpy and the nodes it starts on one isolated ROS 2 domain."""
+    import random
+
+    import rclpy
+
+    from vl_attention.ros.process import isolated_ros_environment, ROS_ENVIRONMENT_KEYS
+    env = isolated_ros_environment(domain_id=random.randint(101, 230))
+    saved = {key: os.environ.get(key) for key in ROS_ENVIRONMENT_KEYS}
+    os.environ.update({key: env[key] for key in saved})
+    rclpy.init()
+    yield env
+    rclpy.try_shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -3,21 +3,17 @@
 OK while frames flow, STALE after the camera stops, WARN when the frames are bad.
 """
 
-import os
-import random
 import time
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticStatus
 import pytest
-import rclpy
 from sensor_msgs.msg import Image
 
 from vl_attention.localization import health
 from vl_attention.mapping import read_poses_csv
 from vl_attention.ros.params import NODE_PARAMS
-from vl_attention.ros.process import (isolated_ros_environment, ROS_ENVIRONMENT_KEYS,
-                                      start_localize_node, stop_process)
+from vl_attention.ros.process import start_localize_node, stop_process
 from vl_attention.ros.replay import ReplayClient
 
 pytestmark = pytest.mark.ros
@@ -33,21 +29,6 @@ def test_levels_are_diagnostic_msgs_levels_and_param_defaults_match():
             DiagnosticStatus.STALE]
     defaults = {param.name: param.default for param in NODE_PARAMS}
     assert health.health_config(defaults) == health.HealthConfig()
-
-
-@pytest.fixture(scope='module')
-def ros_env():
-    env = isolated_ros_environment(domain_id=random.randint(201, 230))
-    saved = {key: os.environ.get(key) for key in ROS_ENVIRONMENT_KEYS}
-    os.environ.update({key: env[key] for key in saved})
-    rclpy.init()
-    yield env
-    rclpy.try_shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope='module')

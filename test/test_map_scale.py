@@ -8,7 +8,7 @@ import pytest
 
 from vl_attention.geo import GeodeticOrigin, quaternion_from_yaw_pitch_roll
 from vl_attention.mapping import load_map, MapFormatError, MapIndex, MapManifest, save_map
-from vl_attention.mapping.association import Associator, AssociationError, sorted_track
+from vl_attention.data.association import Associator, AssociationError, sorted_track
 from vl_attention.mapping.builder import (add_to_map, build_map, FolderSource, MapBuildConfig)
 from vl_attention.mapping.checkpoints import partial_dir, ResumeError
 from vl_attention.mapping.index import choose_index_type, INDEX_TYPES, IndexParams

@@ -1,39 +1,20 @@
 """localize_node in its own process, driven over ROS 2 by a real rclpy node in this one."""
 
 import os
-import random
 
 import cv2
 import numpy as np
 import pytest
-import rclpy
 from sensor_msgs.msg import CompressedImage, Image, NavSatStatus
 
 from vl_attention.data.images import encode_compressed
 from vl_attention.geo import geodetic_to_enu, GeodeticOrigin
 from vl_attention.mapping import read_manifest, read_poses_csv
-from vl_attention.ros.process import (isolated_ros_environment, ROS_ENVIRONMENT_KEYS,
-                                      start_localize_node, stop_process)
+from vl_attention.ros.process import start_localize_node, stop_process
 from vl_attention.ros.replay import ReplayClient
 
 pytestmark = pytest.mark.ros
 NAMESPACE = 'cam2'
-
-
-@pytest.fixture(scope='module')
-def ros_env():
-    env = isolated_ros_environment(domain_id=random.randint(101, 200))
-    keys = ROS_ENVIRONMENT_KEYS
-    saved = {key: os.environ.get(key) for key in keys}
-    os.environ.update({key: env[key] for key in saved})
-    rclpy.init()
-    yield env
-    rclpy.try_shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope='module')

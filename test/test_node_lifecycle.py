@@ -1,7 +1,5 @@
 """The managed (lifecycle) localize_node: configure loads, activate listens, deactivate stops."""
 
-import os
-import random
 import subprocess
 import time
 
@@ -9,29 +7,12 @@ import cv2
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 import pytest
-import rclpy
 
 from vl_attention.mapping import read_poses_csv
-from vl_attention.ros.process import (isolated_ros_environment, localize_node_command,
-                                      ROS_ENVIRONMENT_KEYS, stop_process)
+from vl_attention.ros.process import localize_node_command, stop_process
 from vl_attention.ros.replay import ReplayClient
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture(scope='module')
-def ros_env():
-    env = isolated_ros_environment(domain_id=random.randint(231, 232))
-    saved = {key: os.environ.get(key) for key in ROS_ENVIRONMENT_KEYS}
-    os.environ.update({key: env[key] for key in saved})
-    rclpy.init()
-    yield env
-    rclpy.try_shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _call(client, node, service_type, name, request, timeout_s=60.0):

@@ -9,7 +9,6 @@
 """
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -17,7 +16,6 @@ import time
 
 import cv2
 import pytest
-import rclpy
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rcl_interfaces.srv import GetParameters, SetParameters
 from sensor_msgs.msg import NavSatStatus
@@ -27,7 +25,7 @@ from vl_attention.mapping import read_poses_csv
 from vl_attention.ros.params import (check_values, descriptor, NODE_PARAMS, PARAMS_BY_NAME,
                                      ParameterError)
 from vl_attention.ros.process import (isolated_ros_environment, localize_node_command,
-                                      ROS_ENVIRONMENT_KEYS, start_localize_node, stop_process)
+                                      start_localize_node, stop_process)
 from vl_attention.ros.replay import ReplayClient
 
 DEFAULTS = {param.name: param.default for param in NODE_PARAMS}
@@ -155,21 +153,6 @@ def test_map_with_a_missing_file_gives_one_line(tiny_map, export_cache, tmp_path
 
 
 # ---------------------------------------------------------------- runtime, over ROS
-
-@pytest.fixture(scope='module')
-def ros_env():
-    env = isolated_ros_environment(domain_id=random.randint(216, 230))
-    saved = {key: os.environ.get(key) for key in ROS_ENVIRONMENT_KEYS}
-    os.environ.update({key: env[key] for key in saved})
-    rclpy.init()
-    yield env
-    rclpy.try_shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
 
 @pytest.fixture(scope='module')
 def nodes(ros_env, tiny_map, export_cache, tmp_path_factory):

@@ -1,36 +1,17 @@
 """localize_node with the place filter, PnP refinement and odometry in, over real ROS 2."""
 
-import os
-import random
 
 import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
-import rclpy
 
 from vl_attention.mapping import load_map, read_poses_csv
-from vl_attention.ros.process import (isolated_ros_environment, ROS_ENVIRONMENT_KEYS,
-                                      start_localize_node, stop_process)
+from vl_attention.ros.process import start_localize_node, stop_process
 from vl_attention.ros.replay import ReplayClient
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture(scope='module')
-def ros_env():
-    env = isolated_ros_environment(domain_id=random.randint(201, 230))
-    saved = {key: os.environ.get(key) for key in ROS_ENVIRONMENT_KEYS}
-    os.environ.update({key: env[key] for key in saved})
-    rclpy.init()
-    yield env
-    rclpy.try_shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _odometry(stamp_ns, position, yaw_rad):

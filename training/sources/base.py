@@ -203,6 +203,9 @@ def require_path(path, what):
 
 
 def load_dataset(kind, root, **options):
-    """Build the dataset of layout ``kind`` at ``root`` (see :data:`DATASETS`)."""
-    import vl_attention.training.sources  # noqa: F401  (registers every adapter)
+    """Build the dataset of layout ``kind`` at ``root`` (see :data:`DATASETS`).
+
+    Adapters register themselves when :mod:`vl_attention.training.sources` is
+    imported, which importing this function from there does.
+    """
     return DATASETS.create(kind, root=root, **options)

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vl_attention.data.synthetic.camera import OPTICAL_IN_BODY
-from vl_attention.mapping.association import Associator, sorted_track
+from vl_attention.data.association import Associator, sorted_track
 from vl_attention.training.sources.base import (DatasetLayoutError, DATASETS, make_dataset,
                                                 require_path)
 

@@ -21,7 +21,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
 
 from vl_attention.data.images import decode_compressed, decode_raw
-from vl_attention.mapping.association import sorted_track
+from vl_attention.data.association import sorted_track
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 GEODETIC_TYPES = ('sensor_msgs/msg/NavSatFix',)

@@ -32,8 +32,11 @@ import numpy as np
 from vl_attention.data.rosbag_reader import open_bags
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation import metrics
+from vl_attention.evaluation.bag_records import (BagRun, FrameRecord,  # noqa: F401
+                                                 horizontal_errors, record_from_result,
+                                                 rotation_errors_deg)
 from vl_attention.evaluation.ground_truth import frames_with_truth, read_ground_truth
-from vl_attention.geo import GeodeticOrigin, rotation_angle_deg
+from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import atomic_write_text
 from vl_attention.localization import Localizer, LocalizerConfig
 from vl_attention.mapping.map_format import load_map, MANIFEST_FILE
@@ -66,45 +69,6 @@ class BagEvalConfig:
             raise ValueError('max_gap_s and max_frames must be >= 0')
 
 
-@dataclass(frozen=True)
-class FrameRecord:
-    """One query frame: ground truth, what the localizer said, and how fast."""
-
-    truth: object                  # FrameTruth
-    responded: bool                # realtime: a fix came back (offline: always)
-    accepted: bool                 # confidence >= min_confidence: published as a fix
-    confidence: float              # nan where unknown (the node does not publish it)
-    position_enu_m: np.ndarray     # nan without an estimate
-    orientation_xyzw: np.ndarray   # None without an estimate
-    position_covariance_m2: np.ndarray
-    latency_ms: float              # nan without a response
-
-    @property
-    def has_estimate(self):
-        """Whether a position was produced (offline: also for rejected frames)."""
-        return bool(np.all(np.isfinite(self.position_enu_m)))
-
-
-@dataclass(frozen=True)
-class BagRun:
-    """Records of one model on the query bags plus what the report needs besides them."""
-
-    model: str
-    records: tuple
-    truth: object                  # GroundTruth
-    skipped: dict
-    wall_s: float
-    info: dict = field(default_factory=dict)
-
-
-def record_from_result(truth, result, latency_ms):
-    """Turn one offline :class:`LocalizationResult` into a record."""
-    return FrameRecord(truth, True, bool(result.ok), float(result.confidence),
-                       np.asarray(result.position_enu_m, np.float64),
-                       np.asarray(result.orientation_xyzw, np.float64),
-                       np.asarray(result.position_covariance_m2, np.float64), latency_ms)
-
-
 def localize_offline(cfg, bag_paths, map_, embedder, model):
     """Run the Localizer over every image of the bags that has ground truth."""
     localizer = Localizer(map_, embedder=embedder, config=cfg.localizer)
@@ -123,20 +87,6 @@ def localize_offline(cfg, bag_paths, map_, embedder, model):
         wall_s = time.perf_counter() - started
     info = {'mode': 'offline', 'backend': embedder.backend_description}
     return BagRun(model, tuple(records), truth, dict(skipped), wall_s, info)
-
-
-def horizontal_errors(records):
-    """``(N, 2)`` east/north errors (estimate - truth) of records with an estimate."""
-    return np.array([r.position_enu_m[:2] - r.truth.position_enu_m[:2]
-                     for r in records]).reshape(-1, 2)
-
-
-def rotation_errors_deg(records):
-    """Rotation errors (deg) of the records, or None when the ground truth has no orientation."""
-    if not records or records[0].truth.orientation_xyzw is None:
-        return None
-    return np.asarray(rotation_angle_deg(np.array([r.orientation_xyzw for r in records]),
-                                         np.array([r.truth.orientation_xyzw for r in records])))
 
 
 def pose_summary(records):

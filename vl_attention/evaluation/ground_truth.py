@@ -10,7 +10,7 @@ Sources (the type is read from the bag's connection, see :mod:`vl_attention.data
   are moved through WGS84 into the map's frame; orientations are kept, since
   the ENU axes of origins a few kilometres apart differ by well under 0.1 deg.
 
-Stamps are associated as the map builder does (:class:`~vl_attention.mapping.association.
+Stamps are associated as the map builder does (:class:`~vl_attention.data.association.
 Associator`): linear interpolation of positions, slerp of orientations, and frames
 outside the track or inside a gap longer than ``max_gap_s`` are skipped and counted.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from vl_attention.data.rosbag_reader import image_messages, read_positions
 from vl_attention.geo import enu_to_geodetic, geodetic_to_enu
-from vl_attention.mapping.association import Associator, PositionTrack
+from vl_attention.data.association import Associator, PositionTrack
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from vl_attention.data.rosbag_reader import (header_stamp_ns, IMAGE_TYPES, open_bags,
                                              topic_connections)
-from vl_attention.evaluation.evaluate_bag import BagRun, FrameRecord
+from vl_attention.evaluation.bag_records import BagRun, FrameRecord
 from vl_attention.evaluation.ground_truth import read_ground_truth, truth_by_stamp
 
 LOG = logging.getLogger(__name__)

@@ -7,14 +7,13 @@ from pathlib import Path
 import platform
 
 import cv2
-import matplotlib
 import numpy as np
 
 from vl_attention import __version__
-from vl_attention.io import atomic_path, atomic_write_bytes, atomic_write_text, json_safe
-
-matplotlib.use('Agg')
-from matplotlib import pyplot  # noqa: E402  (after choosing the headless backend)
+from vl_attention.evaluation.bag_records import horizontal_errors, rotation_errors_deg
+from vl_attention.evaluation.figures import pyplot, save_figure
+from vl_attention.evaluation.trajectory_plots import plot_error_cdf, plot_trajectory
+from vl_attention.io import atomic_write_bytes, atomic_write_text, json_safe
 
 SOFTWARE = ('torch', 'onnxruntime', 'faiss-cpu', 'numpy', 'opencv-python-headless')
 
@@ -28,13 +27,6 @@ def software_versions():
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def save_figure(figure, path):
-    """Write a matplotlib figure atomically as PNG."""
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format='png', dpi=110, bbox_inches='tight')
-    pyplot.close(figure)
 
 
 def plot_pr_curves(runs, path):
@@ -171,8 +163,6 @@ def write_bag_report(out_dir, description, runs):
 
     ``runs`` holds ``(result, BagRun, Map)`` per model (see ``evaluate_bag``).
     """
-    from vl_attention.evaluation.evaluate_bag import horizontal_errors, rotation_errors_deg
-    from vl_attention.evaluation.trajectory_plots import plot_error_cdf, plot_trajectory
     out_dir = Path(out_dir)
     results, curves, images = [result for result, _, _ in runs], [], []
     for result, run, map_ in runs:

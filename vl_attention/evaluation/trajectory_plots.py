@@ -1,12 +1,8 @@
 """Plots of a bag evaluation: trajectory coloured by error, and error CDFs."""
 
-import matplotlib
 import numpy as np
 
-from vl_attention.evaluation.report import save_figure
-
-matplotlib.use('Agg')
-from matplotlib import pyplot  # noqa: E402  (after choosing the headless backend)
+from vl_attention.evaluation.figures import pyplot, save_figure
 
 
 def plot_trajectory(run, map_positions_enu_m, path, *, title):

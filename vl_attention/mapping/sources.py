@@ -16,7 +16,7 @@ import numpy as np
 from vl_attention.data.rosbag_reader import BagError, image_messages, open_bags, read_positions
 from vl_attention.geo import (enu_to_geodetic, GeodeticOrigin, geodetic_to_enu,
                               quaternion_from_yaw_pitch_roll)
-from vl_attention.mapping.association import Associator, PositionTrack
+from vl_attention.data.association import Associator, PositionTrack
 from vl_attention.mapping.records import read_poses
 
 
