@@ -51,7 +51,26 @@ def _config(tiny_world, export_cache, **changes):
 @pytest.fixture(scope='module')
 def offline(tiny_bag, tiny_map, tiny_world, export_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp('offline')
-    return main(_config(tiny_world, export_cache), [tiny_bag], tiny_map, out)
+    return main(_config(tiny_world, export_cache, tracking='off'), [tiny_bag], tiny_map, out)
+
+
+def test_tracking_modes_score_the_same_frames_stage_by_stage(
+        offline, tiny_bag, tiny_map, tiny_world, export_cache, tmp_path):
+    out = main(_config(tiny_world, export_cache), [tiny_bag], tiny_map, tmp_path)
+    (run,) = json.loads((out / 'metrics.json').read_text())['runs']
+    (single,) = json.loads((offline / 'metrics.json').read_text())['runs']
+    assert run['tracking'] == 'full' and set(run['modes']) == {'single_frame', 'filtered',
+                                                               'output'}
+    # the single-frame stage of the full pipeline is the tracking-off run, frame for frame
+    modes = run['modes']
+    assert modes['single_frame']['acceptance_rate'] == single['acceptance_rate']
+    assert modes['single_frame']['accepted'] == single['accepted']
+    assert modes['output']['acceptance_rate'] == run['acceptance_rate']
+    # 24 night frames: the filter needs min_updates frames before its first fix
+    assert modes['filtered']['acceptance_rate'] <= 21 / 24
+    report = (out / 'report.md').read_text()
+    assert '| effnet_lite0_gem | filtered |' in report and '| effnet_lite0_gem | output |' \
+        in report
 
 
 def _frames(out):
@@ -200,8 +219,8 @@ def test_cli_models_table_with_navsatfix_ground_truth(tiny_bag, tiny_map, export
     (maps / 'effnet_lite0_gem').symlink_to(tiny_map, target_is_directory=True)
     out = tmp_path / 'report'
     argv = ['evaluate-bag', '--map', str(maps), '--bag', str(tiny_bag), '--gt-topic',
-            '/gps/fix', '--out', str(out), '--models', 'effnet_lite0_gem', '--max-frames', '6',
-            '--backend', 'onnxruntime', '--cache-dir', str(export_cache)]
+            '/gps/fix', '--out', str(out), '--tracking', 'off', '--models', 'effnet_lite0_gem',
+            '--max-frames', '6', '--backend', 'onnxruntime', '--cache-dir', str(export_cache)]
     assert cli.main(argv) == 0
     (run,) = json.loads((out / 'metrics.json').read_text())['runs']
     assert run['frames_scored'] == 6

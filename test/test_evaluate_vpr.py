@@ -90,13 +90,20 @@ def test_report_is_complete_and_consistent(synthetic_vpr, export_cache, tmp_path
 @pytest.mark.skipif(not (SHARED_DATA / 'corridor').is_dir(),
                     reason='shared/data/corridor is not beside the repository')
 def test_corridor_real_dataset_far_above_chance(export_cache, tmp_path, capsys):
-    code = cli_main(['evaluate-vpr', '--dataset', str(SHARED_DATA / 'corridor'),
+    code = cli_main(['evaluate-vpr', '--dataset', str(SHARED_DATA / 'corridor'), '--filter',
                      '--out', str(tmp_path / 'corridor'), '--cache-dir', str(export_cache)])
     assert code == 0
     run = json.loads((tmp_path / 'corridor' / 'metrics.json').read_text())['runs'][0]
     # 111 places, positives +-2 frames: chance Recall@1 is about 5/111
     assert run['recall_at_n']['1'] > 0.5
-    assert '# Place recognition on `corridor`' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '# Place recognition on `corridor`' in out
+    # the queries walk the corridor in order: the place filter over them beats single frames
+    sequence = run['sequence']
+    assert sequence['single_frame_recall_at_1'] == pytest.approx(run['recall_at_n']['1'])
+    assert sequence['filtered_recall_at_1'] > sequence['single_frame_recall_at_1'] + 0.05
+    assert sequence['fix_precision'] >= 0.9 and sequence['tracking_fraction'] > 0.5
+    assert '| effnet_lite0_gem | ' in out and 'fix precision' in out
 
 
 def test_cli_reports_bad_dataset_in_one_line(tmp_path, capsys):

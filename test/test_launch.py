@@ -33,8 +33,28 @@ def test_arguments_map_to_namespace_remappings_and_overrides(tmp_path):
     assert arguments['namespace'] == 'robot1'
     assert arguments['parameters'] == [str(params), {'map_dir': '/maps/town'}]
     assert arguments['remappings'] == [('image', '/front/image'),
-                                       ('image/compressed', '/front/image/compressed')]
+                                       ('image/compressed', '/front/image/compressed'),
+                                       ('camera_info', '/front/camera_info')]
     assert arguments['arguments'][-1] == 'debug'
+
+
+@pytest.mark.parametrize('image_topic, camera_info_topic', [
+    ('/camera/image_raw', '/camera/camera_info'),
+    ('/robot1/front/image_rect/', '/robot1/front/camera_info'),
+    ('/image', '/camera_info'),
+    ('image', 'camera_info'),        # relative: follows the namespace, like the image
+])
+def test_camera_info_is_the_one_beside_the_image(image_topic, camera_info_topic):
+    assert ('camera_info', camera_info_topic) in node_arguments(
+        image_topic=image_topic)['remappings']
+
+
+def test_camera_info_topic_and_parameter_overrides_can_be_given():
+    arguments = node_arguments(camera_info_topic='/calibration/info',
+                               overrides={'rectify': True}, map_dir='/maps/town')
+    assert ('camera_info', '/calibration/info') in arguments['remappings']
+    assert arguments['parameters'] == [default_params_file(), {'map_dir': '/maps/town'},
+                                       {'rectify': True}]
 
 
 def test_bad_launch_arguments_are_named(tmp_path):
@@ -53,7 +73,8 @@ def test_launch_file_describes_the_node():
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     names = [entity.name for entity in description.entities if hasattr(entity, 'name')]
-    assert {'params_file', 'namespace', 'image_topic', 'map_dir'} <= set(names)
+    assert {'params_file', 'namespace', 'image_topic', 'camera_info_topic', 'map_dir'} <= \
+        set(names)
     context = LaunchContext()
     for entity in description.entities:
         entity.visit(context)

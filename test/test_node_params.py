@@ -74,7 +74,7 @@ def test_every_default_passes_and_descriptors_carry_ranges_choices_and_read_only
     read_only = {param.name for param in NODE_PARAMS if descriptor(param).read_only}
     assert read_only == {'map_dir', 'model', 'backend', 'device', 'precision', 'export_dir',
                          'threads', 'cache_dir', 'image_transport', 'odom_topic', 'use_filter',
-                         'refine', 'publish_tf'}
+                         'refine', 'publish_tf', 'rectify'}
     top_k = descriptor(PARAMS_BY_NAME['top_k']).integer_range[0]
     assert (top_k.from_value, top_k.to_value) == (1, 1000)
     radius = descriptor(PARAMS_BY_NAME['neighbour_radius_m'])

@@ -12,6 +12,8 @@ from vl_attention.localization.place_filter import (Motion, PlaceFilter, PlaceFi
 from vl_attention.geometry.pnp import PnPConfig, project, solve_pnp, triangulate
 
 CAMERA = CameraModel(320, 240, 190.0, 190.0, 159.5, 119.5)
+# the likelihood that needs only the retrieved similarities (no map descriptors)
+SCORES_ONLY = dict(likelihood='map_calibrated', min_evidence=0.0)
 
 
 def _route(count=300):
@@ -30,7 +32,7 @@ def test_filter_converges_on_a_route_where_single_frames_mostly_fail():
     places = _route()
     place_filter = PlaceFilter(places, np.zeros(len(places)), temperature=0.05,
                                config=PlaceFilterConfig(max_speed_mps=3.0, cluster_radius_m=3.0,
-                                                        temperature_scale=1.0))
+                                                        temperature_scale=1.0, **SCORES_ONLY))
     single, filtered = [], []
     for frame in range(120):
         candidates, scores = _noisy_scores(rng, len(places), frame)
@@ -47,7 +49,7 @@ def test_filter_recovers_from_a_kidnap():
     places = _route()
     place_filter = PlaceFilter(places, np.zeros(len(places)), temperature=0.05,
                                config=PlaceFilterConfig(max_speed_mps=3.0, cluster_radius_m=3.0,
-                                                        temperature_scale=1.0))
+                                                        temperature_scale=1.0, **SCORES_ONLY))
     truth = list(range(60)) + list(range(200, 280))
     errors = []
     for frame, place in enumerate(truth):
@@ -59,10 +61,87 @@ def test_filter_recovers_from_a_kidnap():
     assert recovered - 60 < 40, f'took {recovered - 60} frames to relocalize'
 
 
+def _descriptor_route(rng, count=300, dim=64):
+    descriptors = rng.standard_normal((count, dim)).astype(np.float32)
+    return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
+
+
+def _query(rng, descriptors, place, signal):
+    query = signal * descriptors[place] + rng.standard_normal(descriptors.shape[1]) / 8.0
+    return (query / np.linalg.norm(query)).astype(np.float32)
+
+
+def _zscore_filter(descriptors):
+    return PlaceFilter(_route(len(descriptors)), np.zeros(len(descriptors)), temperature=0.05,
+                       config=PlaceFilterConfig(max_speed_mps=3.0, cluster_radius_m=3.0),
+                       descriptors=descriptors)
+
+
+def _retrieve(descriptors, query, count=20):
+    similarities = descriptors @ query
+    order = np.argsort(-similarities)[:count]
+    return order, similarities[order]
+
+
+def test_zscore_filter_tracks_places_that_retrieval_ranks_low():
+    rng = np.random.default_rng(4)
+    descriptors = _descriptor_route(rng)
+    place_filter = _zscore_filter(descriptors)
+    single, filtered, ranks = [], [], []
+    for frame in range(150):
+        query = _query(rng, descriptors, frame, signal=0.25)
+        candidates, similarities = _retrieve(descriptors, query)
+        ranks.append(int(np.sum(descriptors @ query > descriptors[frame] @ query)))
+        estimate = place_filter.step(candidates, similarities, Motion(dt_s=1.0), query=query)
+        single.append(candidates[0] == frame)
+        filtered.append(abs(estimate.place_index - frame) <= 1)
+    assert np.mean(single) < 0.5
+    assert np.mean(np.array(ranks) >= 20) > 0.2, 'the true place must often miss the top 20'
+    assert np.mean(filtered[50:]) > 0.95
+    assert estimate.state == TRACKING and estimate.evidence > 0.3
+
+
+def test_zscore_filter_does_not_claim_tracking_when_the_descriptor_says_nothing():
+    rng = np.random.default_rng(5)
+    descriptors = _descriptor_route(rng)
+    place_filter = _zscore_filter(descriptors)
+    states, evidence = [], []
+    for _ in range(200):
+        query = _query(rng, descriptors, 0, signal=0.0)    # unrelated to every place
+        candidates, similarities = _retrieve(descriptors, query)
+        estimate = place_filter.step(candidates, similarities, Motion(dt_s=1.0), query=query)
+        states.append(estimate.state)
+        evidence.append(estimate.evidence)
+    assert TRACKING not in states
+    assert np.mean(evidence) < 0.3
+
+
+def test_zscore_filter_needs_descriptors_and_the_query():
+    places = _route(20)
+    with pytest.raises(ValueError, match='descriptors'):
+        PlaceFilter(places, np.zeros(20), temperature=0.05)
+    place_filter = _zscore_filter(_descriptor_route(np.random.default_rng(0), 20))
+    with pytest.raises(ValueError, match='query descriptor'):
+        place_filter.step(np.array([0]), np.array([0.9]), Motion(dt_s=1.0))
+
+
+def test_an_extra_measurement_moves_the_belief_but_not_the_evidence():
+    rng = np.random.default_rng(6)
+    descriptors = _descriptor_route(rng, 50)
+    place_filter = _zscore_filter(descriptors)
+    query = _query(rng, descriptors, 10, signal=0.3)
+    place_filter.step(*_retrieve(descriptors, query), Motion(dt_s=1.0), query=query)
+    evidence = place_filter.evidence
+    place_filter.apply_ratios(np.array([30]), np.array([1e6]), evidence=False)
+    assert place_filter.evidence == evidence
+    assert place_filter.estimate().place_index == 30
+
+
 def test_odometry_moves_the_posterior_along_the_place_heading():
     places = np.array([[x, y, 0.0] for y in (0.0, 50.0) for x in range(0, 100, 2)], float)
     headings = np.where(places[:, 1] > 0, np.pi, 0.0)   # the north row faces west
-    place_filter = PlaceFilter(places, headings, temperature=0.05)
+    place_filter = PlaceFilter(places, headings, temperature=0.05,
+                               config=PlaceFilterConfig(**SCORES_ONLY))
     start = [10, 60]   # (20, 0) facing east and (20, 50) facing west
     place_filter.update(np.array(start + [0]), np.array([0.9, 0.9, 0.5]))
     place_filter.predict(Motion(dt_s=1.0, translation_m=np.array([6.0, 0.0]),
@@ -80,7 +159,8 @@ def test_odometry_moves_the_posterior_along_the_place_heading():
 def test_filter_resets_after_a_long_gap_and_reports_lost():
     places = _route(50)
     place_filter = PlaceFilter(places, np.zeros(50), temperature=0.05,
-                               config=PlaceFilterConfig(max_gap_s=5.0, temperature_scale=1.0))
+                               config=PlaceFilterConfig(max_gap_s=5.0, temperature_scale=1.0,
+                                                        **SCORES_ONLY))
     for frame in range(10):
         place_filter.step(np.array([frame]), np.array([0.9]), Motion(dt_s=1.0))
     assert len(place_filter.indices) > 0

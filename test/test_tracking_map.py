@@ -101,3 +101,24 @@ def test_a_textureless_frame_gets_a_clear_refinement_reason(tiny_map, embedder):
     result = localizer.localize(np.full((120, 160, 3), 90, np.uint8), stamp_s=0.0)
     assert result.pose_source != 'pnp'
     assert 'local features in the frame' in result.refinement
+
+
+@pytest.mark.parametrize('verification_frames', [4, 0])
+def test_a_filter_fix_needs_a_recent_pnp_verification(tiny_map, tiny_world, embedder,
+                                                      verification_frames):
+    localizer = Localizer(load_map(tiny_map), embedder=embedder,
+                          tracking=TrackingConfig(verification_frames=verification_frames))
+    frames = list(_frames(tiny_world, 'map_day'))
+    for frame, stamp, _ in frames:
+        result = localizer.localize(frame, stamp_s=stamp)
+    assert result.ok and result.pose_source == 'pnp'
+    # the route again, blurred: retrieval and the filter still place it, PnP cannot
+    blurred = [localizer.localize(cv2.GaussianBlur(frame, (0, 0), 4), stamp_s=stamp + 10.0)
+               for frame, stamp, _ in frames[:8]]
+    assert all(r.pose_source == 'filter' and r.filter_state == 'tracking' for r in blurred)
+    if verification_frames:
+        assert [r.ok for r in blurred] == [True] * 3 + [False] * 5
+        assert 'PnP verified no place near its estimate in the last 4 frames' in \
+            blurred[-1].reason
+    else:
+        assert all(r.ok for r in blurred)

@@ -171,6 +171,9 @@ def _add_evaluate_vpr(subparsers):
     parser.add_argument('--ratio-test-exclusion-frames', type=int, default=None,
                         help='the same for index-only datasets, in frames (default: '
                         '--sequential K, else 0 = plain ratio test)')
+    parser.add_argument('--filter', action='store_true',
+                        help='the queries are one route-ordered sequence: also run the '
+                        "node's place filter over them (filtered Recall@1, fixes, precision)")
     parser.add_argument('--no-progress', action='store_true',
                         help='no progress bars (they are also off when stderr is not a TTY)')
     _add_embedder_arguments(parser)
@@ -183,7 +186,8 @@ def _run_evaluate_vpr(args):
                         positive_distance_m=args.positive_distance_m,
                         sequential=args.sequential, progress=not args.no_progress,
                         ratio_test_exclusion_m=args.ratio_test_exclusion_m,
-                        ratio_test_exclusion_frames=args.ratio_test_exclusion_frames)
+                        ratio_test_exclusion_frames=args.ratio_test_exclusion_frames,
+                        filter=args.filter)
     out = main(cfg, args.dataset, args.out)
     print((out / 'report.md').read_text())
 
@@ -215,6 +219,9 @@ def _add_evaluate_bag(subparsers):
     parser.add_argument('--models', default='',
                         help='comma-separated model presets compared in one table')
     parser.add_argument('--export-dir', default='', help='a `vl-attention export` directory')
+    parser.add_argument('--tracking', choices=('full', 'filter', 'off'), default='full',
+                        help='offline pipeline: place filter + PnP (the node default), the '
+                             'filter only, or single frames (default: %(default)s)')
     localizer = parser.add_argument_group('localizer (as the node parameters)')
     for item in fields(LocalizerConfig):
         localizer.add_argument('--' + item.name.replace('_', '-'), type=type(item.default),
@@ -234,7 +241,7 @@ def _run_evaluate_bag(args):
         image_topic=args.image_topic, gt_topic=args.gt_topic,
         gt_origin=GeodeticOrigin(*args.gt_origin) if args.gt_origin else None,
         max_gap_s=args.max_gap_s, max_frames=args.max_frames, realtime=args.realtime,
-        rate=args.rate)
+        rate=args.rate, tracking=args.tracking)
     out = main(cfg, args.bag, args.map, args.out)
     print((out / 'report.md').read_text())
 

@@ -5,31 +5,40 @@ map onto them key by key; an unknown key is an error that lists the known
 ones, so a typo never silently falls back to a default.
 """
 
+from __future__ import annotations
+
 import collections.abc
 import dataclasses
 from pathlib import Path
 import sys
 import types
 import typing
+from typing import Any, Mapping, Optional, TYPE_CHECKING, TypeVar
 
 import yaml
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from vl_attention.io import StrPath
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
+_Config = TypeVar('_Config', bound='DataclassInstance')
 
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid; the message says how to fix it."""
 
 
-def _field_types(cls):
+def _field_types(cls: type[DataclassInstance]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
 
 
-def _coerce(value, field_type, where):
+def _coerce(value: Any, field_type: Any, where: str) -> Any:
     """Turn a YAML value into the field's declared type (nested dataclasses, tuples)."""
-    if dataclasses.is_dataclass(field_type):
-        return from_dict(field_type, value, where=where)
+    if dataclasses.is_dataclass(field_type):   # a field's type: a dataclass, not an instance
+        return from_dict(typing.cast('type[DataclassInstance]', field_type), value, where=where)
     origin = typing.get_origin(field_type)
     if (field_type is tuple or origin is tuple) and isinstance(value, (list, tuple)):
         items = typing.get_args(field_type)
@@ -47,7 +56,7 @@ def _coerce(value, field_type, where):
     return value
 
 
-def from_dict(cls, values, *, where=None):
+def from_dict(cls: type[_Config], values: object, *, where: Optional[str] = None) -> _Config:
     """Build the frozen dataclass ``cls`` from a mapping, rejecting unknown keys."""
     where = where or cls.__name__
     if values is None:
@@ -67,11 +76,11 @@ def from_dict(cls, values, *, where=None):
         raise ConfigError(f'{where}: {error}') from error
 
 
-def to_dict(config):
+def to_dict(config: DataclassInstance) -> dict[str, Any]:
     """Plain-data (JSON/YAML-ready) view of a frozen config dataclass."""
-    def plain(value):
+    def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
-            return to_dict(value)
+            return to_dict(typing.cast('DataclassInstance', value))
         if isinstance(value, types.MappingProxyType):
             return {key: plain(item) for key, item in value.items()}
         if isinstance(value, (tuple, list)):
@@ -82,7 +91,7 @@ def to_dict(config):
     return {field.name: plain(getattr(config, field.name)) for field in dataclasses.fields(config)}
 
 
-def read_yaml(path):
+def read_yaml(path: StrPath) -> dict[str, Any]:
     """Read a YAML mapping from ``path`` with a clear error for missing or malformed files."""
     path = Path(path)
     if not path.is_file():
@@ -98,17 +107,17 @@ def read_yaml(path):
     return values
 
 
-def load_config(cls, path):
+def load_config(cls: type[_Config], path: StrPath) -> _Config:
     """Load the frozen dataclass ``cls`` from a YAML file."""
     return from_dict(cls, read_yaml(path), where=str(path))
 
 
-def frozen_mapping(values=None):
+def frozen_mapping(values: Optional[Mapping[str, Any]] = None) -> types.MappingProxyType[str, Any]:
     """Read-only mapping for option dictionaries inside frozen configs."""
     return types.MappingProxyType(dict(values or {}))
 
 
-def config_search_dirs():
+def config_search_dirs() -> list[Path]:
     """Directories that may hold the package's ``config/`` tree, most specific first.
 
     The source checkout (``<repo>/config``), then the installed share directory
@@ -127,7 +136,7 @@ def config_search_dirs():
     return dirs
 
 
-def find_config_file(relative_path, *, what):
+def find_config_file(relative_path: StrPath, *, what: str) -> Path:
     """Locate ``config/<relative_path>`` in the source tree or the install space."""
     searched = config_search_dirs()
     for directory in searched:

@@ -9,9 +9,13 @@ Conventions used everywhere in the package:
   z up) in the ENU frame.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
+import numpy.typing as npt
 import pymap3d
 from scipy.spatial.transform import Rotation
 
@@ -24,7 +28,7 @@ class GeodeticOrigin:
     longitude_deg: float
     altitude_m: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not -90.0 <= self.latitude_deg <= 90.0:
             raise ValueError(
                 f'latitude_deg={self.latitude_deg} is outside [-90, 90]; '
@@ -35,7 +39,8 @@ class GeodeticOrigin:
                 'give the origin in decimal degrees')
 
 
-def geodetic_to_enu(latitude_deg, longitude_deg, altitude_m, origin):
+def geodetic_to_enu(latitude_deg: npt.ArrayLike, longitude_deg: npt.ArrayLike,
+                    altitude_m: npt.ArrayLike, origin: GeodeticOrigin) -> np.ndarray:
     """Convert WGS84 coordinates (scalars or arrays) to ENU metres, shape ``(..., 3)``."""
     east, north, up = pymap3d.geodetic2enu(
         np.asarray(latitude_deg, dtype=np.float64),
@@ -45,7 +50,8 @@ def geodetic_to_enu(latitude_deg, longitude_deg, altitude_m, origin):
     return np.stack([east, north, up], axis=-1)
 
 
-def enu_to_geodetic(enu_m, origin):
+def enu_to_geodetic(enu_m: npt.ArrayLike,
+                    origin: GeodeticOrigin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Convert ENU metres ``(..., 3)`` to ``(latitude_deg, longitude_deg, altitude_m)``."""
     enu_m = np.asarray(enu_m, dtype=np.float64)
     latitude, longitude, altitude = pymap3d.enu2geodetic(
@@ -54,7 +60,7 @@ def enu_to_geodetic(enu_m, origin):
     return np.asarray(latitude), np.asarray(longitude), np.asarray(altitude)
 
 
-def normalize_quaternion(quaternion_xyzw):
+def normalize_quaternion(quaternion_xyzw: npt.ArrayLike) -> np.ndarray:
     """Return unit quaternions ``(..., 4)``; a zero quaternion is an error."""
     quaternion_xyzw = np.asarray(quaternion_xyzw, dtype=np.float64)
     norm = np.linalg.norm(quaternion_xyzw, axis=-1, keepdims=True)
@@ -63,25 +69,30 @@ def normalize_quaternion(quaternion_xyzw):
     return quaternion_xyzw / norm
 
 
-def quaternion_from_yaw_pitch_roll(yaw_rad, pitch_rad=0.0, roll_rad=0.0):
+def quaternion_from_yaw_pitch_roll(yaw_rad: npt.ArrayLike, pitch_rad: npt.ArrayLike = 0.0,
+                                   roll_rad: npt.ArrayLike = 0.0) -> np.ndarray:
     """Quaternion ``(x, y, z, w)`` from intrinsic Z-Y-X (yaw, pitch, roll) angles."""
     angles = np.stack(np.broadcast_arrays(yaw_rad, pitch_rad, roll_rad), axis=-1)
     return Rotation.from_euler('ZYX', angles).as_quat()
 
 
-def quaternion_to_matrix(quaternion_xyzw):
+def quaternion_to_matrix(quaternion_xyzw: npt.ArrayLike) -> np.ndarray:
     """Rotation matrices ``(..., 3, 3)`` from quaternions ``(x, y, z, w)``."""
     return Rotation.from_quat(normalize_quaternion(quaternion_xyzw)).as_matrix()
 
 
-def rotation_angle_deg(quaternion_a_xyzw, quaternion_b_xyzw):
-    """Angle of the relative rotation between two orientations, in degrees."""
+def rotation_angle_deg(quaternion_a_xyzw: npt.ArrayLike,
+                       quaternion_b_xyzw: npt.ArrayLike) -> Union[float, np.ndarray]:
+    """Angle of the relative rotation between two orientations, in degrees.
+
+    A float for two orientations, an array for arrays of them.
+    """
     relative = (Rotation.from_quat(normalize_quaternion(quaternion_a_xyzw)).inv()
                 * Rotation.from_quat(normalize_quaternion(quaternion_b_xyzw)))
     return np.degrees(relative.magnitude())
 
 
-def headings_from_orientations(orientations_xyzw: np.ndarray) -> np.ndarray:
+def headings_from_orientations(orientations_xyzw: npt.ArrayLike) -> np.ndarray:
     """Return the yaw (rad, ENU, from east) of each camera's forward (x) axis."""
     q = np.asarray(orientations_xyzw, np.float64).reshape(-1, 4)
     x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]

@@ -1,5 +1,7 @@
 """Crash-safe file writes: a reader sees the old file or the new one, never half of one."""
 
+from __future__ import annotations
+
 import contextlib
 import glob
 import logging
@@ -9,6 +11,7 @@ import re
 import shutil
 import tempfile
 import time
+from typing import Any, Iterator, Union
 
 import numpy as np
 
@@ -18,10 +21,12 @@ STAGING_SUFFIX = '.staging'
 # the part of a staging name between ``.<name>.`` and ``.staging``: [<pid>-]<mkdtemp's 8 chars>
 _STAGING_MIDDLE = re.compile(r'(?:(?P<pid>[0-9]+)-)?[a-z0-9_]{8}')
 PROCESS_START_S = time.time()  # staging directories changed before this are a past process's
+# what the path arguments of the package accept (``Path(...)`` of it is taken)
+StrPath = Union[str, os.PathLike[str]]
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path: StrPath) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,20 +41,20 @@ def atomic_path(path):
             os.unlink(temporary)
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: StrPath, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
 
 
-def atomic_write_bytes(path, data):
+def atomic_write_bytes(path: StrPath, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
 
 
 @contextlib.contextmanager
-def atomic_directory(path):
+def atomic_directory(path: StrPath) -> Iterator[Path]:
     """Yield a fresh staging directory that replaces directory ``path`` when the block succeeds.
 
     An existing ``path`` is moved aside first and removed only once the new
@@ -80,7 +85,7 @@ def atomic_directory(path):
             shutil.rmtree(staging)
 
 
-def remove_stale_staging(path) -> list:
+def remove_stale_staging(path: StrPath) -> list[Path]:
     """Remove the staging directories of ``path`` that crashed writers left; return them.
 
     Only directories named ``.<name>.*.staging`` beside ``path`` are candidates,
@@ -131,13 +136,13 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _fsync_file(path):
+def _fsync_file(path: StrPath) -> None:
     if os.path.isfile(path):
         with open(path, 'rb') as handle:
             os.fsync(handle.fileno())
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """Replace non-finite floats (JSON has no NaN/inf) with None and numpy scalars, recursively."""
     if isinstance(value, dict):
         return {key: json_safe(item) for key, item in value.items()}

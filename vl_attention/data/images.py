@@ -312,6 +312,18 @@ def _check_png(data, max_image_pixels):
                            'the image short', reason='truncated')
 
 
+# libjpeg skips bytes it cannot use before a marker with only a warning: a few are camera
+# padding (some MJPEG webcams), hundreds mean a scrambled scan that decodes to garbage
+MAX_EXTRANEOUS_JPEG_BYTES = 32
+_EXTRANEOUS = re.compile(r'Corrupt JPEG data: (\d+) extraneous bytes before marker')
+
+
+def _extraneous_bytes(line):
+    """Return the bytes libjpeg says it skipped before a marker (0 for other lines)."""
+    found = _EXTRANEOUS.search(line)
+    return int(found.group(1)) if found else 0
+
+
 def _imdecode(data, width, height, container):
     flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
     with _codec_messages() as messages:
@@ -321,7 +333,7 @@ def _imdecode(data, width, height, container):
         raise ImageDecodeError(f'truncated {container} ({len(data)} bytes): decoder says '
                                f'{said!r}; the sender cut the image short', reason='truncated')
     if any(line.startswith(('Corrupt JPEG data: bad', 'Corrupt JPEG data: found marker'))
-           for line in messages):
+           or _extraneous_bytes(line) > MAX_EXTRANEOUS_JPEG_BYTES for line in messages):
         raise ImageDecodeError(f'corrupt {container} ({len(data)} bytes): decoder says '
                                f'{said!r}', reason='corrupt')
     if image is None or image.shape[:2] != (height, width):

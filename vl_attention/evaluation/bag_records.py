@@ -36,10 +36,14 @@ class BagRun:
     skipped: dict
     wall_s: float
     info: dict = field(default_factory=dict)
+    modes: dict = field(default_factory=dict)   # estimate name -> records (offline tracking)
 
 
 def record_from_result(truth, result, latency_ms):
-    """Turn one offline :class:`LocalizationResult` into a record."""
+    """Turn one offline :class:`LocalizationResult` into a record (``None``: no estimate)."""
+    if result is None:
+        return FrameRecord(truth, True, False, float('nan'), np.full(3, np.nan), None,
+                           np.full((3, 3), np.nan), latency_ms)
     return FrameRecord(truth, True, bool(result.ok), float(result.confidence),
                        np.asarray(result.position_enu_m, np.float64),
                        np.asarray(result.orientation_xyzw, np.float64),

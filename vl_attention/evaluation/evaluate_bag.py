@@ -4,7 +4,10 @@
 per-frame ``frames_<model>.csv`` and PNG plots (trajectory, error CDF) into ``out_dir``.
 
 * offline (default): the same :class:`~vl_attention.localization.Localizer` the node runs,
-  over every image with ground truth, as fast as possible;
+  over every image with ground truth in stamp order, as fast as possible. ``tracking``
+  (``full``, the node's default: place filter + PnP; ``filter``; ``off``: single frames)
+  picks the pipeline; with it on, ``modes`` scores the single-frame, filtered and final
+  (published) estimate of the same frames side by side;
 * ``realtime``: a live ``localize_node`` in its own process, fed the bag's image
   messages at recorded speed x ``rate`` (see :mod:`.realtime`).
 
@@ -38,10 +41,11 @@ from vl_attention.evaluation.bag_records import (BagRun, FrameRecord,  # noqa: F
 from vl_attention.evaluation.ground_truth import frames_with_truth, read_ground_truth
 from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import atomic_write_text
-from vl_attention.localization import Localizer, LocalizerConfig
+from vl_attention.localization import Localizer, LocalizerConfig, TrackingConfig
 from vl_attention.mapping.map_format import load_map, MANIFEST_FILE
 
 LOG = logging.getLogger(__name__)
+TRACKING_MODES = {'full': TrackingConfig(), 'filter': TrackingConfig(refine=False), 'off': None}
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,12 @@ class BagEvalConfig:
     rate: float = 1.0              # realtime replay speed, multiple of the recorded speed
     node_start_timeout_s: float = 180.0
     ros_domain_id: int = None      # realtime: None = a random isolated domain
+    tracking: str = 'full'         # offline: full | filter | off (see the module docstring)
 
     def __post_init__(self):
+        if self.tracking not in TRACKING_MODES:
+            raise ValueError(f'tracking {self.tracking!r} is not one of '
+                             f'{", ".join(TRACKING_MODES)}')
         if self.rate <= 0:
             raise ValueError(f'rate must be > 0 (a multiple of the recorded speed), got '
                              f'{self.rate}')
@@ -71,8 +79,10 @@ class BagEvalConfig:
 
 def localize_offline(cfg, bag_paths, map_, embedder, model):
     """Run the Localizer over every image of the bags that has ground truth."""
-    localizer = Localizer(map_, embedder=embedder, config=cfg.localizer)
+    localizer = Localizer(map_, embedder=embedder, config=cfg.localizer,
+                          tracking=TRACKING_MODES[cfg.tracking])
     skipped, records = collections.Counter(), []
+    modes = {'single_frame': [], 'filtered': []} if cfg.tracking != 'off' else {}
     with open_bags(bag_paths) as reader:
         truth = read_ground_truth(reader, cfg.gt_topic, map_origin=map_.manifest.geodetic_origin,
                                   gt_origin=cfg.gt_origin)
@@ -81,12 +91,18 @@ def localize_offline(cfg, bag_paths, map_, embedder, model):
                                                      max_gap_s=cfg.max_gap_s, skipped=skipped,
                                                      max_frames=cfg.max_frames):
             frame_started = time.perf_counter()
-            result = localizer.localize(decode())
+            result = localizer.localize(decode(), stamp_s=frame_truth.stamp_ns * 1e-9)
             latency_ms = (time.perf_counter() - frame_started) * 1e3
             records.append(record_from_result(frame_truth, result, latency_ms))
+            for mode, mode_records in modes.items():
+                mode_records.append(record_from_result(frame_truth, getattr(result, mode),
+                                                       latency_ms))
         wall_s = time.perf_counter() - started
-    info = {'mode': 'offline', 'backend': embedder.backend_description}
-    return BagRun(model, tuple(records), truth, dict(skipped), wall_s, info)
+    info = {'mode': 'offline', 'backend': embedder.backend_description,
+            'tracking': cfg.tracking}
+    modes = {mode: tuple(items) for mode, items in modes.items()} | (
+        {'output': tuple(records)} if modes else {})
+    return BagRun(model, tuple(records), truth, dict(skipped), wall_s, info, modes)
 
 
 def pose_summary(records):
@@ -128,7 +144,18 @@ def score_run(run):
               'latency': metrics.latency_summary(latencies, run.wall_s) if latencies else None}
     if len(estimated) > len(accepted):
         result['all_estimates'] = pose_summary(estimated)
+    if run.modes:
+        result['modes'] = {mode: mode_summary(items) for mode, items in run.modes.items()}
     return result | run.info
+
+
+def mode_summary(records):
+    """Summarise one estimate (single frame, filtered, output): fixes, errors, honesty."""
+    accepted = [r for r in records if r.accepted]
+    return {'acceptance_rate': len(accepted) / len(records),
+            'fraction_of_frames_within': fraction_of_frames_within(records),
+            'accepted': pose_summary(accepted) if accepted else None,
+            'covariance_honesty': covariance_summary(accepted) if accepted else None}
 
 
 def covariance_summary(records):
@@ -218,5 +245,6 @@ def main(cfg, bag_paths, map_dir, out_dir):
                    'image_topic': cfg.image_topic, 'gt_topic': cfg.gt_topic,
                    'max_gap_s': cfg.max_gap_s, 'mode': 'realtime' if cfg.realtime else 'offline',
                    'rate': cfg.rate if cfg.realtime else None,
-                   'localizer': asdict(cfg.localizer)}
+                   'localizer': asdict(cfg.localizer),
+                   'tracking': None if cfg.realtime else cfg.tracking}
     return write_bag_report(out_dir, description, runs)

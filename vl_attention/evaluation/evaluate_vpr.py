@@ -13,6 +13,10 @@ here is the PR-AUC of the node's ``confidence``:
   index stands in for the position, so the exclusion counts frames
   (``ratio_test_exclusion_frames``; default ``K`` for sequential sets, where
   frames within K of the best show its place, and 0, the plain ratio test, otherwise).
+
+``filter``: the queries are one route-ordered sequence; the node's place filter
+runs over them too (:mod:`.sequence`), giving filtered Recall@1, the share of
+frames it gives a fix (tracking) and the precision of those fixes.
 """
 
 from dataclasses import dataclass, field, replace
@@ -23,6 +27,7 @@ from tqdm import tqdm
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.report import write_vpr_report
+from vl_attention.evaluation.sequence import filter_sequence
 from vl_attention.evaluation.vpr_dataset import load_vpr_dataset
 from vl_attention.localization import LocalizerConfig
 from vl_attention.mapping.index import MapIndex
@@ -45,6 +50,7 @@ class VPREvalConfig:
     ratio_test_exclusion_m: float = NODE_DEFAULTS.ratio_test_exclusion_m
     ratio_test_exclusion_frames: int = None    # index-only datasets; None: sequential K or 0
     progress: bool = True                      # tqdm bars on a terminal (never in logs)
+    filter: bool = False                       # queries in route order: run the place filter
 
     def __post_init__(self):
         if self.ratio_test_candidates < 2:
@@ -119,6 +125,9 @@ def evaluate_model(cfg, dataset, embedder):
                        f'runner-up > {exclusion:g} {unit} from the best'),
         'embed_ms_per_image': (database_ms + query_ms) / 2, 'search_ms_per_query': search_ms,
     }
+    if cfg.filter:
+        result['sequence'] = filter_sequence(database, queries, dataset.positives,
+                                             database_xy_m=dataset.database_xy_m)['all']
     return result, dict(curve, indices=indices)
 
 

@@ -91,6 +91,13 @@ def markdown_table(results):
         cells += [f'{result["pr_auc"]:.3f}', f'{result["recall_at_100_precision"]:.3f}',
                   f'{result["embed_ms_per_image"]:.1f}', f'{result["search_ms_per_query"]:.3f}']
         lines.append('| ' + ' | '.join(cells) + ' |')
+    sequences = [(r['model'], r['sequence']) for r in results if 'sequence' in r]
+    if sequences:
+        lines += ['', '| model | single-frame R@1 | filtered R@1 | fixes | fix precision |',
+                  '|---|---|---|---|---|']
+        lines += [f'| {model} | {row["single_frame_recall_at_1"]:.3f} | '
+                  f'{row["filtered_recall_at_1"]:.3f} | {row["tracking_fraction"]:.3f} | '
+                  f'{_number(row["fix_precision"], 3)} |' for model, row in sequences]
     return '\n'.join(lines)
 
 
@@ -145,6 +152,33 @@ def bag_markdown_table(results):
     return '\n'.join(lines)
 
 
+def mode_markdown_table(results):
+    """One row per model and estimate: single frame, filtered and the published output."""
+    rows = [(result['model'], mode, summary) for result in results
+            for mode, summary in result.get('modes', {}).items()]
+    if not rows:
+        return ''
+    within_keys = list(dict.fromkeys(key for _, _, summary in rows
+                                     for key in summary['fraction_of_frames_within']))
+    header = ['model', 'estimate', 'fixes', 'median m', 'p95 m'] + \
+        [f'<= {key}' for key in within_keys] + ['in 95% ellipse', 'NEES (2)']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for model, mode, summary in rows:
+        pose = summary['accepted'] or {}
+        honesty = summary['covariance_honesty'] or {}
+        cells = [model, mode, f'{summary["acceptance_rate"]:.3f}',
+                 _number(pose.get('position_median_m')), _number(pose.get('position_p95_m'))]
+        cells += [_number(summary['fraction_of_frames_within'].get(key), 3)
+                  for key in within_keys]
+        cells += [_number(honesty.get('inside_ellipse_fraction'), 3),
+                  _number(honesty.get('nees_mean'))]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    note = ('The same frames through each stage: `single_frame` (retrieval alone), '
+            '`filtered` (the place filter), `output` (after PnP refinement: what the node '
+            'publishes).')
+    return '\n'.join(lines + ['', note, ''])
+
+
 def _bag_notes(result):
     notes = [f'* `{result["model"]}` ({result["mode"]}, {result.get("backend", "")}): ground '
              f'truth {result["ground_truth"]["type"]} on `{result["ground_truth"]["topic"]}`, '
@@ -170,9 +204,11 @@ def write_bag_report(out_dir, description, runs):
         plot_trajectory(run, map_.records.position_enu_m, out_dir / f'trajectory_{name}.png',
                         title=f'{result["model"]} ({result["mode"]})')
         images.append(f'![trajectory {name}](trajectory_{name}.png)')
-        accepted = [r for r in run.records if r.accepted]
-        curves.append((result['model'], np.linalg.norm(horizontal_errors(accepted), axis=1),
-                       rotation_errors_deg(accepted)))
+        for mode, records in (run.modes or {'': run.records}).items():
+            accepted = [r for r in records if r.accepted]
+            curves.append((f'{result["model"]} {mode}'.strip(),
+                           np.linalg.norm(horizontal_errors(accepted), axis=1),
+                           rotation_errors_deg(accepted) if accepted else None))
     plot_error_cdf(curves, out_dir / 'error_cdf.png')
     created = datetime.datetime.now(datetime.timezone.utc).isoformat()
     document = {'evaluation': description, 'runs': results, 'software': software_versions(),
@@ -182,7 +218,7 @@ def write_bag_report(out_dir, description, runs):
         f'# Localization on {len(description["bags"])} bag(s) ({description["mode"]})', '',
         f'Bags: {", ".join(f"`{Path(b).name}`" for b in description["bags"])}; images '
         f'`{description["image_topic"]}`.', '',
-        bag_markdown_table(results), '',
+        bag_markdown_table(results), '', mode_markdown_table(results),
         'Errors are horizontal, over accepted frames (confidence >= min_confidence); the '
         '`<=` columns count accepted frames within the bound over all frames with ground '
         'truth (rejected frames are failures). NEES should be near 2, the ellipse fraction '

@@ -13,14 +13,19 @@ Pose convention of the map (REP 103): a record's orientation is the camera
 y down, z forward) is ``body @ OPTICAL_IN_BODY``.
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy.spatial.transform import Rotation
 import yaml
 
 from vl_attention.errors import VLAttentionError
+from vl_attention.io import StrPath
 
 # Columns: optical axes (x right, y down, z forward) written in the camera body frame.
 OPTICAL_IN_BODY = np.array([[0.0, 0.0, 1.0],
@@ -44,9 +49,9 @@ class CameraModel:
     cx: float
     cy: float
     distortion_model: str = 'plumb_bob'
-    distortion: tuple = field(default_factory=tuple)
+    distortion: tuple[float, ...] = field(default_factory=tuple)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:
             raise CameraModelError(f'camera size {self.width}x{self.height} must be positive')
         values = (self.fx, self.fy, self.cx, self.cy) + tuple(self.distortion)
@@ -68,7 +73,7 @@ class CameraModel:
         coefficients = np.asarray(self.distortion, np.float64)
         return coefficients if coefficients.size else np.zeros(5)
 
-    def scaled_to(self, width: int, height: int) -> 'CameraModel':
+    def scaled_to(self, width: int, height: int) -> CameraModel:
         """Return the same camera seen at another resolution (a resized image stream)."""
         if (width, height) == (self.width, self.height):
             return self
@@ -77,13 +82,13 @@ class CameraModel:
                        fy=self.fy * sy, cx=(self.cx + 0.5) * sx - 0.5,
                        cy=(self.cy + 0.5) * sy - 0.5)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Return JSON-ready values."""
         return asdict(self) | {'distortion': list(self.distortion)}
 
     @classmethod
-    def from_dict(cls, values: dict, *, where: str = 'camera model') -> 'CameraModel':
-        """Build from either YAML layout (see the module docs)."""
+    def from_dict(cls, values: object, *, where: str = 'camera model') -> CameraModel:
+        """Build from either YAML layout (see the module docs); anything else is refused."""
         if not isinstance(values, dict):
             raise CameraModelError(f'{where}: expected a mapping, got {type(values).__name__}')
         try:
@@ -101,7 +106,7 @@ class CameraModel:
                 'calibration file with image_width, image_height, camera_matrix)') from error
 
     @classmethod
-    def from_yaml(cls, path) -> 'CameraModel':
+    def from_yaml(cls, path: StrPath) -> CameraModel:
         """Read a camera YAML file."""
         path = Path(path)
         if not path.is_file():
@@ -113,7 +118,7 @@ class CameraModel:
         return cls.from_dict(values, where=str(path))
 
 
-def _from_ros_calibration(values: dict) -> CameraModel:
+def _from_ros_calibration(values: dict[str, Any]) -> CameraModel:
     k = np.asarray(values['camera_matrix']['data'], np.float64).reshape(3, 3)
     distortion = values.get('distortion_coefficients') or {}
     return CameraModel(int(values['image_width']), int(values['image_height']), float(k[0, 0]),
@@ -122,14 +127,16 @@ def _from_ros_calibration(values: dict) -> CameraModel:
                        tuple(float(v) for v in distortion.get('data', ()) or ()))
 
 
-def world_to_optical(position_enu_m: np.ndarray, orientation_xyzw: np.ndarray):
+def world_to_optical(position_enu_m: npt.ArrayLike,
+                     orientation_xyzw: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Return OpenCV extrinsics (R, t) mapping ENU points into the optical frame of a pose."""
     body_in_enu = Rotation.from_quat(orientation_xyzw).as_matrix()
     rotation = (body_in_enu @ OPTICAL_IN_BODY).T
     return rotation, -rotation @ np.asarray(position_enu_m, np.float64)
 
 
-def optical_to_body_pose(rotation: np.ndarray, translation: np.ndarray):
+def optical_to_body_pose(rotation: np.ndarray,
+                         translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the body pose (position ENU m, quaternion xyzw) of OpenCV extrinsics (R, t)."""
     optical_in_enu = rotation.T
     body_in_enu = optical_in_enu @ OPTICAL_IN_BODY.T

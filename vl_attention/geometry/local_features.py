@@ -10,8 +10,10 @@ overcast and dusk at another lane): it refined 15/16, 13/16 and 6/16 of their
 frames, against 10/16, 4/16 and 1/16 for plain SIFT at 1000 keypoints.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -29,7 +31,7 @@ class LocalFeatureConfig:
     max_keypoints: int = 2000
     ratio_test: float = 0.9
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         LOCAL_FEATURES.get(self.kind)
         if self.max_keypoints < 8:
             raise ValueError(f'max_keypoints={self.max_keypoints} must be >= 8 (PnP needs '
@@ -48,13 +50,15 @@ class Features(NamedTuple):
 class _Extractor:
     """OpenCV detector + its descriptor norm."""
 
-    norm = cv2.NORM_L2
+    norm: int = cv2.NORM_L2
+    descriptor_bytes: int   # set by each detector's class
 
-    def __init__(self, detector):
+    def __init__(self, detector: cv2.Feature2D) -> None:
         self.detector = detector
 
     def __call__(self, image_gray: np.ndarray) -> Features:
-        keypoints, descriptors = self.detector.detectAndCompute(image_gray, None)
+        no_mask: Any = None   # OpenCV 4's stubs (Python 3.10) refuse None, OpenCV 5's take it
+        keypoints, descriptors = self.detector.detectAndCompute(image_gray, no_mask)
         if descriptors is None or not keypoints:
             return empty_features(self.descriptor_bytes)
         points = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2)
@@ -74,8 +78,8 @@ class OrbExtractor(_Extractor):
     norm = cv2.NORM_HAMMING
     descriptor_bytes = 32
 
-    def __init__(self, *, max_keypoints: int):
-        super().__init__(cv2.ORB_create(nfeatures=max_keypoints, fastThreshold=10))
+    def __init__(self, *, max_keypoints: int) -> None:
+        super().__init__(cv2.ORB.create(nfeatures=max_keypoints, fastThreshold=10))
 
 
 @LOCAL_FEATURES.register('sift')
@@ -84,8 +88,8 @@ class SiftExtractor(_Extractor):
 
     descriptor_bytes = 128
 
-    def __init__(self, *, max_keypoints: int):
-        super().__init__(cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=0.01))
+    def __init__(self, *, max_keypoints: int) -> None:
+        super().__init__(cv2.SIFT.create(nfeatures=max_keypoints, contrastThreshold=0.01))
 
     @staticmethod
     def normalise(descriptors: np.ndarray) -> np.ndarray:
@@ -116,7 +120,8 @@ def match_features(query: np.ndarray, reference: np.ndarray, *, norm: int,
         return np.zeros((0, 2), np.int64)
     matcher = cv2.BFMatcher(norm)
     as_type = np.float32 if norm == cv2.NORM_L2 else np.uint8
-    q, r = query.astype(as_type), reference.astype(as_type)
+    q: np.ndarray = query.astype(as_type)
+    r: np.ndarray = reference.astype(as_type)
     forward = matcher.knnMatch(q, r, k=2)
     pairs = [(m[0].queryIdx, m[0].trainIdx) for m in forward
              if len(m) == 2 and m[0].distance < ratio_test * m[1].distance]

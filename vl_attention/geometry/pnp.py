@@ -11,10 +11,13 @@
   the degrees of freedom removed, so a loose fit reports a loose pose.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from scipy.spatial.transform import Rotation
 
 from vl_attention.geometry.camera_model import (CameraModel, optical_to_body_pose,
@@ -32,7 +35,7 @@ class PnPConfig:
     confidence: float = 0.999
     min_pixel_sigma_px: float = 0.5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.min_inliers < 6:
             raise ValueError(f'min_inliers={self.min_inliers} must be >= 6 (6 pose DoF)')
         if self.reprojection_error_px <= 0:
@@ -59,13 +62,15 @@ def failed(reason: str, correspondences: int = 0, inliers: int = 0) -> PnPResult
                      np.full((6, 6), np.nan), inliers, correspondences, float('nan'))
 
 
-def projection_matrix(camera: CameraModel, position_enu_m, orientation_xyzw) -> np.ndarray:
+def projection_matrix(camera: CameraModel, position_enu_m: npt.ArrayLike,
+                      orientation_xyzw: npt.ArrayLike) -> np.ndarray:
     """Return the 3x4 projection P = K [R | t] of a camera body pose."""
     rotation, translation = world_to_optical(position_enu_m, orientation_xyzw)
     return camera.matrix @ np.hstack([rotation, translation[:, None]])
 
 
-def project(camera: CameraModel, points_enu_m, position_enu_m, orientation_xyzw):
+def project(camera: CameraModel, points_enu_m: npt.ArrayLike, position_enu_m: npt.ArrayLike,
+            orientation_xyzw: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Return pixels ``(N, 2)`` and depths ``(N,)`` of ENU points (no distortion)."""
     rotation, translation = world_to_optical(position_enu_m, orientation_xyzw)
     optical = np.asarray(points_enu_m, np.float64) @ rotation.T + translation
@@ -85,8 +90,10 @@ class TriangulationConfig:
     max_depth_m: float = 200.0
 
 
-def triangulate(camera: CameraModel, pose_a, pose_b, pixels_a, pixels_b,
-                config: TriangulationConfig = TriangulationConfig()):
+def triangulate(camera: CameraModel, pose_a: tuple[npt.ArrayLike, npt.ArrayLike],
+                pose_b: tuple[npt.ArrayLike, npt.ArrayLike], pixels_a: npt.ArrayLike,
+                pixels_b: npt.ArrayLike,
+                config: TriangulationConfig = TriangulationConfig()) -> np.ndarray:
     """Triangulate ENU points ``(N, 3)`` from two posed views; NaN rows where rejected.
 
     ``pose_a``/``pose_b`` are ``(position_enu_m, orientation_xyzw)`` camera body poses.
@@ -110,7 +117,8 @@ def triangulate(camera: CameraModel, pose_a, pose_b, pixels_a, pixels_b,
     return points
 
 
-def _parallax_deg(points, centre_a, centre_b):
+def _parallax_deg(points: np.ndarray, centre_a: npt.ArrayLike,
+                  centre_b: npt.ArrayLike) -> np.ndarray:
     with np.errstate(invalid='ignore'):
         ray_a = points - np.asarray(centre_a)
         ray_b = points - np.asarray(centre_b)
@@ -119,7 +127,7 @@ def _parallax_deg(points, centre_a, centre_b):
     return np.degrees(np.arccos(np.clip(np.nan_to_num(cosine, nan=1.0), -1.0, 1.0)))
 
 
-def solve_pnp(points_enu_m, pixels, camera: CameraModel,
+def solve_pnp(points_enu_m: npt.ArrayLike, pixels: npt.ArrayLike, camera: CameraModel,
               config: PnPConfig = PnPConfig()) -> PnPResult:
     """Solve the camera body pose from 2-D/3-D matches; a reason instead on failure."""
     points = np.ascontiguousarray(points_enu_m, np.float64).reshape(-1, 3)
@@ -154,7 +162,8 @@ def _degenerate(points: np.ndarray) -> bool:
     return singular[0] <= 0 or singular[1] / singular[0] < 1e-3
 
 
-def _pose_result(points, pixels, rvec, tvec, camera, config, count) -> PnPResult:
+def _pose_result(points: np.ndarray, pixels: np.ndarray, rvec: np.ndarray, tvec: np.ndarray,
+                 camera: CameraModel, config: PnPConfig, count: int) -> PnPResult:
     rotation = cv2.Rodrigues(rvec)[0]
     position, orientation = optical_to_body_pose(rotation, tvec.reshape(3))
     residuals = _reprojection_residuals(points, pixels, camera, position, orientation)
@@ -170,12 +179,14 @@ def _pose_result(points, pixels, rvec, tvec, camera, config, count) -> PnPResult
     return PnPResult(True, '', position, orientation, covariance, len(points), count, rms_px)
 
 
-def _reprojection_residuals(points, pixels, camera, position, orientation):
+def _reprojection_residuals(points: np.ndarray, pixels: np.ndarray, camera: CameraModel,
+                            position: np.ndarray, orientation: np.ndarray) -> np.ndarray:
     projected, _ = project(camera, points, position, orientation)
     return (projected - pixels).reshape(-1)
 
 
-def _pose_jacobian(points, camera, position, orientation, step=1e-6):
+def _pose_jacobian(points: np.ndarray, camera: CameraModel, position: np.ndarray,
+                   orientation: np.ndarray, step: float = 1e-6) -> np.ndarray:
     """d(reprojection)/d(position, ENU rotation vector), by central differences."""
     columns = []
     base = Rotation.from_quat(orientation)
@@ -188,6 +199,7 @@ def _pose_jacobian(points, camera, position, orientation, step=1e-6):
     return np.stack(columns, axis=1)
 
 
-def _perturbed(points, camera, position, base, delta):
+def _perturbed(points: np.ndarray, camera: CameraModel, position: np.ndarray, base: Rotation,
+               delta: np.ndarray) -> np.ndarray:
     rotated = (Rotation.from_rotvec(delta[3:]) * base).as_quat()
     return project(camera, points, position + delta[:3], rotated)[0].reshape(-1)

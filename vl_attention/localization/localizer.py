@@ -109,6 +109,15 @@ class TrackingConfig:
     filter: PlaceFilterConfig = field(default_factory=PlaceFilterConfig)
     refine: bool = True
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
+    # a PnP pose at a place is a measurement of the filter: that place's belief x this ratio
+    verification_ratio: float = 20.0
+    # with refinement on, a filter estimate is a fix only if PnP verified a place within
+    # the filter's cluster radius in the last ``verification_frames`` frames (0: never required)
+    verification_frames: int = 20   # chosen on the synthetic validation town (10 / 20 / 30)
+
+    def __post_init__(self):
+        if self.verification_ratio < 1.0 or self.verification_frames < 0:
+            raise ValueError('need verification_ratio >= 1 and verification_frames >= 0')
 
 
 class Localizer:
@@ -117,7 +126,11 @@ class Localizer:
     :meth:`estimate` is the single-frame estimate; :meth:`localize` runs the
     whole pipeline: single frame -> place filter -> PnP refinement, as
     ``tracking`` (a :class:`TrackingConfig`) asks; ``tracking=None`` keeps
-    every frame on its own (single-frame localization, no refinement).
+    every frame on its own (single-frame localization, no refinement). With
+    refinement, a PnP pose is also a measurement of the filter, and a filter
+    estimate is a fix only while PnP has verified a place near it within
+    ``verification_frames`` frames: a weak descriptor can lock the filter
+    onto a look-alike place, and geometry is what tells them apart.
     """
 
     def __init__(self, map_, *, embedder=None, config=LocalizerConfig(), tracking=None):
@@ -134,6 +147,7 @@ class Localizer:
         self.place_filter = _create_filter(map_, tracking) if tracking.use_filter else None
         self.refiner, self.refinement_note = _create_refiner(map_, tracking)
         self._last_stamp_s = None
+        self._frames_since_verified = None
 
     @classmethod
     def from_map(cls, map_dir, *, backend='auto', threads=0, config=LocalizerConfig(),
@@ -160,6 +174,7 @@ class Localizer:
         if self.place_filter is not None:
             self.place_filter.reset()
         self._last_stamp_s = None
+        self._frames_since_verified = None
 
     def localize(self, frame, *, stamp_s=None, motion=None):
         """Embed one uint8 RGB frame and run the whole pipeline.
@@ -180,15 +195,43 @@ class Localizer:
                 motion = motion_without_odometry(self._last_stamp_s, stamp_s,
                                                  self.tracking.filter.default_dt_s)
             estimate = self.place_filter.step(indices, similarities, motion, stamp_s=stamp_s,
-                                              reference=reference)
+                                              reference=reference, query=descriptor)
             result = filtered = replace(self._filtered(single, estimate),
                                         motion_source=motion.source)
         self._last_stamp_s = stamp_s if stamp_s is not None else self._last_stamp_s
         if frame is not None and self.refiner is not None:
-            result = self._refined(result, frame, indices)
+            refined = self._verify(result, frame, indices)
+            result = self._refined(result, refined)
         elif self.refinement_note:
             result = replace(result, refinement=self.refinement_note)
         return replace(result, single_frame=single, filtered=filtered)
+
+    def _verify(self, result, frame, indices):
+        """Run PnP on the candidate places; feed a pose found back to the filter."""
+        started = time.perf_counter()
+        places = _refinement_places(result, indices, self.tracking.refinement.candidates)
+        refined = self.refiner.refine(frame, places)
+        if self._frames_since_verified is not None:
+            self._frames_since_verified += 1
+        if refined.ok and self.place_filter is not None:
+            self.place_filter.apply_ratios(np.array([refined.place_index]),
+                                           np.array([self.tracking.verification_ratio]),
+                                           evidence=False)
+            radius = self.tracking.filter.cluster_radius_m
+            if result.place_index >= 0 and np.linalg.norm(
+                    refined.position_enu_m[:2] - result.position_enu_m[:2]) <= radius:
+                self._frames_since_verified = 0
+        return refined, (time.perf_counter() - started) * 1e3
+
+    def _unverified(self, result):
+        """Return the filter's fix withdrawn when PnP has not verified its track recently."""
+        frames = self.tracking.verification_frames
+        since = self._frames_since_verified
+        if not (result.ok and result.pose_source == 'filter' and frames) or \
+                (since is not None and since < frames):
+            return result
+        return replace(result, ok=False, reason=f'filter tracking, but PnP verified no place '
+                       f'near its estimate in the last {frames} frames')
 
     def _single_frame(self, descriptor):
         """Single-frame result, the candidates' similarities and indices, and the reference."""
@@ -208,9 +251,11 @@ class Localizer:
 
     def _filtered(self, single, estimate):
         ok = estimate.state == TRACKING
+        cfg = self.tracking.filter
         reason = '' if ok else (f'filter {estimate.state}: posterior mass {estimate.mass:.2f} '
-                                f'near the best place (tracking needs '
-                                f'{self.tracking.filter.tracking_mass:.2f})')
+                                f'near the best place, evidence {estimate.evidence:.2f} '
+                                f'nats/frame (tracking needs {cfg.tracking_mass:.2f} and '
+                                f'{cfg.min_evidence:.2f})')
         if estimate.place_index < 0:
             return replace(single, ok=False, reason=reason, pose_source='filter',
                            filter_state=estimate.state, filter_mass=estimate.mass)
@@ -228,20 +273,17 @@ class Localizer:
                        filter_state=estimate.state, filter_mass=estimate.mass,
                        place_index=estimate.place_index)
 
-    def _refined(self, result, frame, indices):
-        started = time.perf_counter()
-        places = _refinement_places(result, indices, self.tracking.refinement.candidates)
-        refined = self.refiner.refine(frame, places)
-        refine_ms = (time.perf_counter() - started) * 1e3
+    def _refined(self, result, verification):
+        refined, refine_ms = verification
         if not refined.ok:
-            return replace(result, refinement=refined.reason, inliers=refined.inliers,
-                           refine_ms=refine_ms)
+            return replace(self._unverified(result), refinement=refined.reason,
+                           inliers=refined.inliers, refine_ms=refine_ms)
         gate = self.tracking.refinement.max_offset_from_filter_m
         offset = float(np.linalg.norm(refined.position_enu_m[:2] - result.position_enu_m[:2]))
         if result.pose_source == 'filter' and result.ok and offset > gate:
-            return replace(result, refinement=f'PnP pose {offset:.1f} m from the filter '
-                           f'estimate (> max_offset_from_filter_m {gate:g}); kept the filter',
-                           inliers=refined.inliers, refine_ms=refine_ms)
+            return replace(self._unverified(result), refinement=f'PnP pose {offset:.1f} m from '
+                           f'the filter estimate (> max_offset_from_filter_m {gate:g}); kept '
+                           'the filter', inliers=refined.inliers, refine_ms=refine_ms)
         latitude, longitude, altitude = enu_to_geodetic(refined.position_enu_m,
                                                         self.map.manifest.geodetic_origin)
         return replace(result, ok=True, reason='', position_enu_m=refined.position_enu_m,
@@ -305,7 +347,7 @@ def _create_filter(map_, tracking):
     return PlaceFilter(map_.records.position_enu_m,
                        headings_from_orientations(map_.records.orientation_xyzw),
                        temperature=calibration['impostor_similarity_std'],
-                       config=tracking.filter)
+                       config=tracking.filter, descriptors=map_.index.descriptors)
 
 
 def _create_refiner(map_, tracking):

@@ -34,8 +34,8 @@ class OdometryBuffer:
 
     def __init__(self, config: OdometryConfig = OdometryConfig()):
         self.config = config
-        self.poses = deque(maxlen=config.history)
-        self.rejected = Counter()
+        self.poses: deque[np.ndarray] = deque(maxlen=config.history)   # (stamp, x, y, yaw)
+        self.rejected: Counter[str] = Counter()
 
     def add(self, stamp_s: float, x_m: float, y_m: float, yaw_rad: float) -> str:
         """Store a pose; returns '' or the reason it was not used."""
@@ -73,7 +73,7 @@ class OdometryBuffer:
         local = np.array([cos * delta[0] + sin * delta[1], -sin * delta[0] + cos * delta[1]])
         return Motion(dt_s=dt, translation_m=local, source='odometry')
 
-    def pose_at(self, stamp_s: float):
+    def pose_at(self, stamp_s: float) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """Return the planar odom pose ``(position, quaternion xyzw)`` at ``stamp_s`` or None."""
         if self._coverage_problem(stamp_s, stamp_s):
             return None

@@ -17,20 +17,38 @@ uniform "anywhere else" mass that makes global relocalization possible.
   the robot frame -- spread over the neighbouring places (KD-tree) by a
   Gaussian. A fraction ``relocalization_mix`` of the mass then returns to the
   uniform component (kidnapping, a wrong lock).
-* **Update.** A retrieved place with cosine similarity ``s`` gets the
-  likelihood ratio ``exp((s - s_floor) / T)`` against the places not
-  retrieved (ratio 1), ``s_floor`` being the weakest retrieved similarity.
-  ``likelihood='map_calibrated'`` (default): ``T`` = ``temperature_scale`` x
-  the impostor spread calibrated on the map (:mod:`.calibration`).
-  ``likelihood='query_normalised'``: ``T`` = ``temperature_scale`` x the
-  spread of this query's own top similarities (``reference``), which follows
-  a condition change that shifts every similarity of the query.
+* **Update.** ``likelihood='query_zscore'`` (default, needs the map's
+  descriptors): every place the filter evaluates -- the retrieved candidates
+  and the places its hypotheses sit on, scored directly against the query --
+  gets ``z = (s - median) / spread`` against the query's similarities to a
+  fixed sample of ``reference_samples`` map places, and the likelihood
+  ``L(z) = alpha + (1 - alpha) exp(z / temperature_scale)``: a tracked place
+  that scores low this frame is not dropped (``alpha`` = ``outlier_mix``, the
+  chance the descriptor says nothing), and a condition change that shifts all
+  of a query's similarities cancels. Places not evaluated get the sample's
+  mean ``L``; each evaluated place's ratio is ``L(z_j) / mean L``.
+  ``likelihood='map_calibrated'``: a retrieved place gets ``exp((s - s_floor)
+  / T)`` against the places not retrieved (ratio 1), ``s_floor`` being the
+  weakest retrieved similarity and ``T`` = ``temperature_scale`` x the
+  impostor spread calibrated on the map (:mod:`.calibration`).
+  ``likelihood='query_normalised'``: the same with ``T`` = ``temperature_scale``
+  x the spread of this query's own top similarities (``reference``).
 * **Estimate.** The most probable place and the hypotheses within
   ``cluster_radius_m`` of it give the position (weighted mean), its covariance
   (weighted spread plus the place spacing's discretisation variance) and the
-  cluster's probability mass, which drives the state: initialising until it
-  first exceeds ``tracking_mass``, tracking while it stays above
-  ``lost_mass``, lost below.
+  cluster's probability mass.
+* **Evidence.** Before normalising, the update's total is the predictive
+  likelihood of the frame under the filter against the uninformed model (a
+  uniform belief, for which every ratio averages 1): ``log`` of it is the
+  frame's Bayes factor for "the filter knows where it is". Its running mean
+  over ``evidence_frames`` frames is the ``evidence`` (nats per frame). With a
+  descriptor that says nothing it stays near 0 however concentrated the
+  posterior is. A consistent look-alike (aliasing) still counts as evidence:
+  that is what :class:`~vl_attention.localization.Localizer` asks PnP to rule out.
+* **State.** Initialising until the cluster mass first exceeds
+  ``tracking_mass`` with ``evidence >= min_evidence``; tracking while the mass
+  stays above ``lost_mass`` and the evidence above half ``min_evidence``;
+  lost below.
 """
 
 from dataclasses import dataclass
@@ -41,7 +59,8 @@ from scipy.spatial import cKDTree
 
 INITIALISING, TRACKING, LOST = 'initialising', 'tracking', 'lost'
 FILTER_STATES = (INITIALISING, TRACKING, LOST)
-LIKELIHOODS = ('map_calibrated', 'query_normalised')
+LIKELIHOODS = ('query_zscore', 'map_calibrated', 'query_normalised')
+REFERENCE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -50,14 +69,18 @@ class PlaceFilterConfig:
 
     max_speed_mps: float = 15.0
     speed_bins: int = 7
-    speed_change: float = 0.1
+    speed_change: float = 0.02         # per frame; chosen on Nordland 0-899 + synthetic validation
     allow_reverse: bool = False
     odometry_sigma_m: float = 1.0
     odometry_sigma_fraction: float = 0.1
     relocalization_mix: float = 0.02
-    likelihood: str = 'map_calibrated'
+    likelihood: str = 'query_zscore'
     reference_candidates: int = 100    # query_normalised: similarities its spread comes from
-    temperature_scale: float = 0.35   # chosen on Nordland places 0-899
+    reference_samples: int = 512       # query_zscore: map places the z-score comes from
+    outlier_mix: float = 0.05          # query_zscore: alpha of L(z)
+    # query_zscore: tau of exp(z / tau); chosen on Nordland 0-899 and a synthetic validation
+    # town (map_calibrated and query_normalised use it as a factor on their spread: ~0.35 / 2)
+    temperature_scale: float = 2.0
     max_hypotheses: int = 2000
     prune_ratio: float = 1e-6
     cluster_radius_m: float = 10.0
@@ -66,11 +89,13 @@ class PlaceFilterConfig:
     position_floor_m: float = 0.85
     tracking_mass: float = 0.5
     lost_mass: float = 0.2
+    evidence_frames: int = 10      # window of the evidence's running mean
+    min_evidence: float = 0.3      # nats per frame to enter tracking
     min_updates: int = 3           # frames seen before the state may leave initialising
     max_gap_s: float = 10.0
     default_dt_s: float = 0.1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.max_speed_mps <= 0 or self.speed_bins < 2:
             raise ValueError('need max_speed_mps > 0 and speed_bins >= 2')
         if not 0.0 <= self.speed_change <= 0.5:
@@ -81,6 +106,10 @@ class PlaceFilterConfig:
             raise ValueError('need 0 < lost_mass <= tracking_mass <= 1')
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f'likelihood {self.likelihood!r} is not one of {LIKELIHOODS}')
+        if self.evidence_frames < 1 or self.min_evidence < 0:
+            raise ValueError('need evidence_frames >= 1 and min_evidence >= 0')
+        if not 0.0 < self.outlier_mix < 1.0 or self.reference_samples < 16:
+            raise ValueError('need 0 < outlier_mix < 1 and reference_samples >= 16')
         if self.temperature_scale <= 0 or self.max_hypotheses < 1 or self.max_gap_s <= 0:
             raise ValueError('temperature_scale, max_hypotheses and max_gap_s must be > 0')
 
@@ -104,13 +133,20 @@ class FilterEstimate:
     position_covariance_m2: np.ndarray
     mass: float
     hypotheses: int
+    evidence: float = 0.0          # nats per frame, see the module docstring
 
 
 class PlaceFilter:
     """The HMM over the places of one map (positions ``(N, 3)`` and headings ``(N,)``)."""
 
     def __init__(self, positions_enu_m: np.ndarray, headings_rad: np.ndarray, *,
-                 temperature: float, config: PlaceFilterConfig = PlaceFilterConfig()):
+                 temperature: float, config: PlaceFilterConfig = PlaceFilterConfig(),
+                 descriptors: Optional[np.ndarray] = None):
+        if config.likelihood == 'query_zscore' and descriptors is None:
+            raise ValueError("likelihood 'query_zscore' scores places against the map's "
+                             "descriptors; pass descriptors=, or use 'query_normalised'")
+        self.descriptors = descriptors
+        self.reference_places = _reference_places(len(positions_enu_m), config.reference_samples)
         self.positions = np.asarray(positions_enu_m, np.float64)
         self.headings = np.asarray(headings_rad, np.float64)
         self.tree = cKDTree(self.positions[:, :2])
@@ -135,18 +171,21 @@ class PlaceFilter:
 
     def reset(self) -> None:
         """Forget everything: a uniform belief, state initialising."""
-        self.indices = np.zeros(0, np.int64)
-        self.weights = np.zeros(0)
+        self.indices: np.ndarray = np.zeros(0, np.int64)
+        self.weights: np.ndarray = np.zeros(0)
         self.epsilon = 1.0 / self.states
         self.state = INITIALISING
         self.updates = 0
-        self.last_stamp_s = None
+        self.evidence = 0.0
+        self.last_stamp_s: Optional[float] = None
 
     def step(self, candidates: np.ndarray, similarities: np.ndarray, motion: Motion,
-             *, stamp_s: Optional[float] = None,
-             reference: Optional[np.ndarray] = None) -> FilterEstimate:
+             *, stamp_s: Optional[float] = None, reference: Optional[np.ndarray] = None,
+             query: Optional[np.ndarray] = None) -> FilterEstimate:
         """Predict with ``motion``, update with the retrieved candidates, estimate.
 
+        ``query``: the frame's descriptor ``(D,)``, which ``query_zscore``
+        scores the hypotheses' places with (required there).
         ``reference``: a longer list of this query's top similarities, whose
         spread sets the temperature with ``likelihood='query_normalised'``
         (default: ``similarities``).
@@ -160,8 +199,14 @@ class PlaceFilter:
             self.reset()
         elif len(self.indices):
             self.predict(motion)
-        self.update(np.asarray(candidates, np.int64), np.asarray(similarities, np.float64),
-                    temperature=self._temperature(similarities, reference))
+        candidates = np.asarray(candidates, np.int64)
+        if self.config.likelihood == 'query_zscore':
+            if query is None:
+                raise ValueError("likelihood 'query_zscore' needs the query descriptor (query=)")
+            self.update_scored(candidates, np.asarray(query, np.float32))
+        else:
+            self.update(candidates, np.asarray(similarities, np.float64),
+                        temperature=self._temperature(similarities, reference))
         self.updates += 1
         self.last_stamp_s = stamp_s
         return self.estimate()
@@ -199,7 +244,7 @@ class PlaceFilter:
             masses.append(self.weights * change)
         self._set_sparse(np.concatenate(keys), np.concatenate(masses))
 
-    def _motion_targets(self, motion: Motion):
+    def _motion_targets(self, motion: Motion) -> tuple[np.ndarray, float]:
         """Return the expected positions after ``motion`` and the kernel width (m)."""
         cfg = self.config
         places, bins = np.divmod(self.indices, self.speed_count)
@@ -223,7 +268,8 @@ class PlaceFilter:
         self.indices = unique
         self.weights = np.bincount(inverse, weights=masses, minlength=len(unique))
 
-    def _temperature(self, similarities, reference) -> float:
+    def _temperature(self, similarities: np.ndarray,
+                     reference: Optional[np.ndarray]) -> float:
         if self.config.likelihood == 'map_calibrated':
             return self.temperature
         spread = np.std(similarities if reference is None else reference)
@@ -231,17 +277,46 @@ class PlaceFilter:
 
     def update(self, candidates: np.ndarray, similarities: np.ndarray, *,
                temperature: Optional[float] = None) -> None:
-        """Multiply in the likelihood ratios of the retrieved places and normalise."""
+        """Multiply in ``exp((s - s_floor) / T)`` for the retrieved places and normalise."""
         temperature = temperature or self.temperature
         valid = candidates >= 0
         candidates, similarities = candidates[valid], similarities[valid]
         if len(candidates) == 0:
             return
         floor = similarities.min()
-        ratio = np.exp(np.clip((similarities - floor) / temperature, -50.0, 50.0))
-        keys = (candidates[:, None] * self.speed_count
+        self.apply_ratios(candidates,
+                          np.exp(np.clip((similarities - floor) / temperature, -50.0, 50.0)))
+
+    def update_scored(self, candidates: np.ndarray, query: np.ndarray) -> None:
+        """Score the candidates and the hypotheses' places against ``query``; multiply in L(z)."""
+        assert self.descriptors is not None   # checked in __init__ for this likelihood
+        places = np.union1d(candidates[candidates >= 0], self.indices // self.speed_count)
+        reference = np.asarray(self.descriptors[self.reference_places], np.float32) @ query
+        median = float(np.median(reference))
+        spread = max(float(np.std(reference)), 1e-6)
+        scores = np.asarray(self.descriptors[places], np.float32) @ query
+        likelihood = self._zscore_likelihood((scores - median) / spread)
+        self.apply_ratios(places, likelihood
+                          / self._zscore_likelihood((reference - median) / spread).mean())
+
+    def _zscore_likelihood(self, z: np.ndarray) -> np.ndarray:
+        alpha = self.config.outlier_mix
+        exponent = np.clip(np.asarray(z, np.float64) / self.config.temperature_scale, -50.0, 50.0)
+        return alpha + (1.0 - alpha) * np.exp(exponent)
+
+    def apply_ratios(self, places: np.ndarray, ratios: np.ndarray, *,
+                     evidence: bool = True) -> None:
+        """Multiply place ``places[i]``'s belief (every speed bin) by ``ratios[i]``; normalise.
+
+        Places not listed keep ratio 1 (the uniform component). ``evidence``:
+        count the update's Bayes factor in the running evidence (a frame's
+        retrieval update does; an extra measurement of the same frame does not).
+        """
+        if len(places) == 0:
+            return
+        keys = (np.asarray(places, np.int64)[:, None] * self.speed_count
                 + np.arange(self.speed_count)[None]).reshape(-1)
-        ratio = np.repeat(ratio, self.speed_count)
+        ratio = np.repeat(np.asarray(ratios, np.float64), self.speed_count)
         merged = np.union1d(self.indices, keys)
         weights = np.zeros(len(merged))
         weights[np.searchsorted(merged, self.indices)] = self.weights
@@ -250,9 +325,16 @@ class PlaceFilter:
         weights[position] = np.maximum((weights[position] + self.epsilon) * ratio - self.epsilon,
                                        0.0)
         total = weights.sum() + self.epsilon * self.states
+        if evidence:
+            self._record_evidence(float(np.log(max(total, 1e-300))))
         self.indices, self.weights = merged, weights / total
         self.epsilon /= total
         self._prune()
+
+    def _record_evidence(self, log_bayes_factor: float) -> None:
+        """Update the running mean of the per-frame log Bayes factor."""
+        window = min(self.updates + 1, self.config.evidence_frames)
+        self.evidence += (log_bayes_factor - self.evidence) / window
 
     def _prune(self) -> None:
         if not len(self.weights):
@@ -285,7 +367,7 @@ class PlaceFilter:
                                                   + self.config.position_floor_m ** 2)
         self.state = self._next_state(mass)
         return FilterEstimate(self.state, int(places[best]), mean, covariance, mass,
-                              len(self.indices))
+                              len(self.indices), self.evidence)
 
     def _no_estimate(self) -> FilterEstimate:
         self.state = LOST if self.state != INITIALISING else INITIALISING
@@ -294,11 +376,20 @@ class PlaceFilter:
     def _next_state(self, mass: float) -> str:
         if self.updates < self.config.min_updates:
             return INITIALISING
-        if mass >= self.config.tracking_mass:
+        cfg = self.config
+        if mass >= cfg.tracking_mass and self.evidence >= cfg.min_evidence:
             return TRACKING
-        if self.state == TRACKING and mass >= self.config.lost_mass:
+        if self.state == TRACKING and mass >= cfg.lost_mass \
+                and self.evidence >= 0.5 * cfg.min_evidence:
             return TRACKING
         return INITIALISING if self.state == INITIALISING else LOST
+
+
+def _reference_places(count: int, samples: int) -> np.ndarray:
+    """Return a fixed, seeded sample of place indices (all of them on small maps)."""
+    if count <= samples:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(REFERENCE_SEED).choice(count, samples, replace=False))
 
 
 def _median_spacing(tree: cKDTree, positions: np.ndarray) -> float:

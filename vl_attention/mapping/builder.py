@@ -5,29 +5,34 @@ Frames come from a source (:mod:`.sources`), are thinned to keyframes
 indexed (:mod:`.index`) and saved atomically (:mod:`.map_format`).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field, replace
 import logging
 from pathlib import Path
 import time
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
 
 from vl_attention.config import to_dict
-from vl_attention.engine.embedder import create_embedder, EmbedderConfig
+from vl_attention.engine.embedder import create_embedder, Embedder, EmbedderConfig
 from vl_attention.geo import GeodeticOrigin
+from vl_attention.io import StrPath
 from vl_attention.mapping.calibration import calibrate_similarities
 from vl_attention.geometry.camera_model import CameraModel
 from vl_attention.geometry.local_features import LOCAL_FEATURES, LocalFeatureConfig
 from vl_attention.mapping.checkpoints import CheckpointStore, COLUMNS, partial_dir
 from vl_attention.mapping.local_feature_map import (build_local_feature_map,
                                                     concatenate_local_feature_maps, extract_all,
-                                                    LocalFeatureBuildConfig)
+                                                    LocalFeatureBuildConfig, LocalFeatureMap)
 from vl_attention.mapping.index import IndexParams, MapIndex
 from vl_attention.mapping.map_format import load_map, map_model_dir, MapManifest, save_map
-from vl_attention.mapping.records import concatenate_records, records_from_columns
-from vl_attention.mapping.sources import (BagSource, FolderSource, ImageReadError,  # noqa: F401
-                                          read_rgb)
+from vl_attention.mapping.records import (concatenate_records, PlaceRecords,
+                                          records_from_columns)
+from vl_attention.mapping.sources import (BagSource, FolderSource, FrameSource,  # noqa: F401
+                                          ImageReadError, read_rgb, SourceFrame)
 from vl_attention.mapping.subsampling import KeyframeConfig, KeyframeSelector
 
 LOG = logging.getLogger(__name__)
@@ -37,7 +42,7 @@ LOG = logging.getLogger(__name__)
 class BagInput:
     """Rosbag2 input: bag paths, image topic, position topic, association gap."""
 
-    bags: tuple
+    bags: tuple[StrPath, ...]
     image_topic: str = '/camera/image_raw'
     position_topic: str = '/gps/fix'
     max_gap_s: float = 1.0
@@ -51,7 +56,7 @@ class MapBuildConfig:
     index_type: str = 'auto'
     index_params: IndexParams = field(default_factory=IndexParams)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
-    origin: GeodeticOrigin = None  # None: the first pose (pose topics of bags: required)
+    origin: Optional[GeodeticOrigin] = None  # None: the first pose (bag pose topics: required)
     checkpoint_frames: int = 512   # frames per resumable batch
     restart: bool = False          # discard a partial build instead of resuming it
     progress: bool = False
@@ -59,12 +64,13 @@ class MapBuildConfig:
     max_keypoints: int = 2000
     camera_info: str = ''          # camera YAML ('' = camera_info.yaml beside the images)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.local_features != 'none':
             LOCAL_FEATURES.get(self.local_features)
 
 
-def make_source(inputs, origin=None):
+def make_source(inputs: Union[BagInput, tuple[StrPath, StrPath]],
+                origin: Optional[GeodeticOrigin] = None) -> Union[BagSource, FolderSource]:
     """Source for ``(images_dir, poses_file)`` or a :class:`BagInput`."""
     if isinstance(inputs, BagInput):
         return BagSource(inputs.bags, image_topic=inputs.image_topic,
@@ -74,10 +80,12 @@ def make_source(inputs, origin=None):
     return FolderSource(images_dir, poses_path, origin=origin)
 
 
-def build_map(source, out_dir, *, embedder, cfg=MapBuildConfig()):
+def build_map(source: FrameSource, out_dir: StrPath, *, embedder: Embedder,
+              cfg: MapBuildConfig = MapBuildConfig()) -> Path:
     """Embed the keyframes of ``source`` (resuming a partial build) and save the map."""
     columns = embed_source(source, partial_dir(out_dir), embedder=embedder, cfg=cfg)
     origin = cfg.origin or source.origin
+    assert origin is not None, 'a source sets its origin while it yields frames'
     records = _records(columns, origin)
     index = MapIndex.build(columns['descriptors'], cfg.index_type, params=cfg.index_params)
     LOG.info('indexed %d descriptors with %s', len(index), index.index_type)
@@ -98,7 +106,8 @@ def build_map(source, out_dir, *, embedder, cfg=MapBuildConfig()):
     return path
 
 
-def _local_features(source, cfg, records, camera=None):
+def _local_features(source: FrameSource, cfg: MapBuildConfig, records: PlaceRecords,
+                    camera: Optional[CameraModel] = None) -> Optional[LocalFeatureMap]:
     """Features + triangulated points of the keyframes (a second pass over the source)."""
     if cfg.local_features == 'none':
         return None
@@ -125,7 +134,7 @@ def _local_features(source, cfg, records, camera=None):
     return local_map
 
 
-def _camera_model(source, cfg):
+def _camera_model(source: FrameSource, cfg: MapBuildConfig) -> Optional[CameraModel]:
     if cfg.camera_info:
         return CameraModel.from_yaml(cfg.camera_info)
     images_dir = getattr(source, 'images_dir', None)
@@ -133,7 +142,8 @@ def _camera_model(source, cfg):
     return CameraModel.from_yaml(beside) if beside is not None and beside.is_file() else None
 
 
-def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
+def add_to_map(map_dir: StrPath, source: FrameSource, *, embedder: Embedder,
+               cfg: MapBuildConfig = MapBuildConfig()) -> Path:
     """Append the keyframes of ``source`` to the map at ``map_dir`` (saved atomically)."""
     loaded = load_map(map_dir, expected_fingerprint=embedder.fingerprint, mmap=False)
     work_dir = partial_dir(map_dir, f'add-{loaded.manifest.count}')
@@ -144,6 +154,7 @@ def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
     records = concatenate_records([loaded.records, added])
     build = dict(loaded.manifest.build)
     build['additions'] = list(build.get('additions', [])) + [_build_info(source, cfg)]
+    assert index.descriptors is not None, 'load_map keeps the descriptors beside the index'
     calibration = calibrate_similarities(index, index.descriptors, records.position_enu_m)
     manifest = replace(loaded.manifest, count=len(records), build=build, created_utc='',
                        calibration=calibration.as_dict())
@@ -152,6 +163,7 @@ def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
         # the added images are triangulated among themselves, with the map's camera
         new = _local_features(source, replace(cfg, local_features=loaded.local_features.kind),
                               added, camera=loaded.local_features.camera)
+        assert new is not None, 'the map camera is given, so there are features'
         local_features = concatenate_local_feature_maps([loaded.local_features, new])
     path = save_map(map_dir, manifest, index, records, local_features,
                     model_dir=map_model_dir(map_dir) or embedder.export_dir)
@@ -160,7 +172,8 @@ def add_to_map(map_dir, source, *, embedder, cfg=MapBuildConfig()):
     return path
 
 
-def embed_source(source, work_dir, *, embedder, cfg):
+def embed_source(source: FrameSource, work_dir: StrPath, *, embedder: Embedder,
+                 cfg: MapBuildConfig) -> dict[str, np.ndarray]:
     """Columns (descriptors + poses) of the keyframes of ``source``, resumable."""
     batch_size = cfg.embedder.batch_size
     per_checkpoint = max(1, cfg.checkpoint_frames // batch_size) * batch_size
@@ -168,7 +181,7 @@ def embed_source(source, work_dir, *, embedder, cfg):
     saved = store.load()
     done = len(saved.get('stamp_ns', ()))
     parts, pending = ([saved] if saved else []), _Pending()
-    started = time.perf_counter()
+    started, embedded = time.perf_counter(), 0
     with tqdm(initial=done, unit='img', disable=not cfg.progress, desc='embedding') as bar:
         # images are decoded while the source is open, one embedding batch at a time
         for frame in _keyframes(source, cfg.keyframes, skip=done):
@@ -176,10 +189,13 @@ def embed_source(source, work_dir, *, embedder, cfg):
             if len(pending.frames) == per_checkpoint:
                 parts.append(pending.flush(embedder, store))
                 bar.update(per_checkpoint)
+                embedded += per_checkpoint
         if pending.frames:
             bar.update(len(pending.frames))
+            embedded += len(pending.frames)
             parts.append(pending.flush(embedder, store))
-    _log_rate(bar.n - done, time.perf_counter() - started, source)
+    # (a disabled tqdm bar counts nothing, so the count is kept here)
+    _log_rate(embedded, time.perf_counter() - started, source)
     if not parts:
         raise ValueError(f'no frames to map from {source.describe()} ({dict(source.stats)})')
     return {name: np.concatenate([part[name] for part in parts]) for name in COLUMNS}
@@ -188,17 +204,19 @@ def embed_source(source, work_dir, *, embedder, cfg):
 class _Pending:
     """Frames of the current checkpoint, embedded in batches of the embedder's size."""
 
-    def __init__(self):
-        self.frames, self.images, self.descriptors = [], [], []
+    def __init__(self) -> None:
+        self.frames: list[SourceFrame] = []
+        self.images: list[np.ndarray] = []
+        self.descriptors: list[np.ndarray] = []
 
-    def add(self, frame, embedder, batch_size):
+    def add(self, frame: SourceFrame, embedder: Embedder, batch_size: int) -> None:
         self.frames.append(frame)
         self.images.append(frame.load())
         if len(self.images) == batch_size:
             self.descriptors.append(embedder.embed(self.images))
             self.images = []
 
-    def flush(self, embedder, store):
+    def flush(self, embedder: Embedder, store: CheckpointStore) -> dict[str, np.ndarray]:
         if self.images:
             self.descriptors.append(embedder.embed(self.images))
         columns = _columns(self.frames, np.concatenate(self.descriptors))
@@ -207,7 +225,8 @@ class _Pending:
         return columns
 
 
-def _keyframes(source, keyframes, *, skip):
+def _keyframes(source: FrameSource, keyframes: KeyframeConfig, *,
+               skip: int) -> Iterator[SourceFrame]:
     selector = KeyframeSelector(keyframes)
     kept = 0
     for frame in source.frames():
@@ -219,7 +238,7 @@ def _keyframes(source, keyframes, *, skip):
             yield frame
 
 
-def _columns(frames, descriptors):
+def _columns(frames: Sequence[SourceFrame], descriptors: np.ndarray) -> dict[str, np.ndarray]:
     columns = {'descriptors': descriptors,
                'image_id': np.array([frame.image_id for frame in frames], dtype=np.str_),
                'stamp_ns': np.array([frame.stamp_ns for frame in frames], np.int64),
@@ -231,38 +250,40 @@ def _columns(frames, descriptors):
     return columns
 
 
-def _records(columns, origin):
+def _records(columns: Mapping[str, np.ndarray], origin: GeodeticOrigin) -> PlaceRecords:
     return records_from_columns(columns['image_id'], columns['stamp_ns'],
                                 columns['latitude_deg'], columns['longitude_deg'],
                                 columns['altitude_m'], columns['orientation_xyzw'], origin)
 
 
-def _signature(source, embedder, cfg):
+def _signature(source: FrameSource, embedder: Embedder, cfg: MapBuildConfig) -> dict[str, Any]:
     return {'source': source.describe(), 'model_fingerprint': embedder.fingerprint,
             'keyframes': to_dict(cfg.keyframes), 'batch_size': cfg.embedder.batch_size,
             'checkpoint_frames': cfg.checkpoint_frames,
             'origin': to_dict(cfg.origin) if cfg.origin else None}
 
 
-def _build_info(source, cfg):
+def _build_info(source: FrameSource, cfg: MapBuildConfig) -> dict[str, Any]:
     return {'source': source.describe(), 'frames': dict(source.stats),
             'keyframes': to_dict(cfg.keyframes)}
 
 
-def _log_rate(count, seconds, source):
+def _log_rate(count: int, seconds: float, source: FrameSource) -> None:
     LOG.info('embedded %d new images in %.1f s (%.1f images/s); source: %s', count, seconds,
              count / max(seconds, 1e-9), dict(source.stats))
 
 
-def build_map_from_folder(images_dir, poses_csv, out_dir, *, embedder, index_type='auto',
-                          origin=None, **settings):
+def build_map_from_folder(images_dir: StrPath, poses_csv: StrPath, out_dir: StrPath, *,
+                          embedder: Embedder, index_type: str = 'auto',
+                          origin: Optional[GeodeticOrigin] = None, **settings: Any) -> Path:
     """Embed every image listed in ``poses_csv`` and save the map to ``out_dir``."""
     cfg = MapBuildConfig(index_type=index_type, origin=origin, **settings)
     return build_map(FolderSource(images_dir, poses_csv, origin=origin), out_dir,
                      embedder=embedder, cfg=cfg)
 
 
-def main(cfg, inputs, out_dir):
+def main(cfg: MapBuildConfig, inputs: Union[BagInput, tuple[StrPath, StrPath]],
+         out_dir: StrPath) -> Path:
     """Build a map from ``inputs`` (``(images_dir, poses_file)`` or :class:`BagInput`)."""
     embedder = create_embedder(cfg.embedder)
     return build_map(make_source(inputs, cfg.origin), Path(out_dir), embedder=embedder, cfg=cfg)

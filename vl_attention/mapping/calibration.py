@@ -8,9 +8,15 @@ sampled map image is searched against the map, every result farther than
 of the impostors' top similarities is the temperature's unit.
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vl_attention.mapping.index import MapIndex
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,13 @@ class SimilarityCalibration:
     exclusion_m: float
     top_k: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
         return asdict(self)
 
 
-def calibrate_similarities(index, descriptors: np.ndarray, positions_enu_m: np.ndarray, *,
+def calibrate_similarities(index: MapIndex, descriptors: np.ndarray,
+                           positions_enu_m: np.ndarray, *,
                            exclusion_m: float = 25.0, top_k: int = 20,
                            max_samples: int = 2000) -> SimilarityCalibration:
     """Impostor similarity statistics of a map (``index`` is its :class:`MapIndex`)."""

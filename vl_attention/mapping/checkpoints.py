@@ -8,15 +8,18 @@ are multiples of the embedding batch size, so the descriptors are bit-identical
 to an uninterrupted build. Any other ``build.json`` is refused unless restarted.
 """
 
+from __future__ import annotations
+
 import io
 import json
 import logging
 from pathlib import Path
 import shutil
+from typing import Any, cast, Mapping
 
 import numpy as np
 
-from vl_attention.io import atomic_write_bytes, atomic_write_text
+from vl_attention.io import atomic_write_bytes, atomic_write_text, StrPath
 
 LOG = logging.getLogger(__name__)
 SIGNATURE_FILE = 'build.json'
@@ -28,7 +31,7 @@ class ResumeError(RuntimeError):
     """A partial build of different inputs is in the way."""
 
 
-def partial_dir(out_dir, suffix='partial'):
+def partial_dir(out_dir: StrPath, suffix: str = 'partial') -> Path:
     """Work directory of a build into ``out_dir``."""
     out_dir = Path(out_dir)
     return out_dir.parent / f'.{out_dir.name}.{suffix}'
@@ -37,14 +40,15 @@ def partial_dir(out_dir, suffix='partial'):
 class CheckpointStore:
     """Batches of an in-progress build."""
 
-    def __init__(self, directory, signature, *, restart=False):
+    def __init__(self, directory: StrPath, signature: Mapping[str, Any], *,
+                 restart: bool = False) -> None:
         self.directory = Path(directory)
         if restart and self.directory.exists():
             shutil.rmtree(self.directory)
         self._check_signature(signature)
         self.batches = sorted(self.directory.glob('batch_*.npz'))
 
-    def _check_signature(self, signature):
+    def _check_signature(self, signature: Mapping[str, Any]) -> None:
         text = json.dumps(signature, indent=2, sort_keys=True)
         path = self.directory / SIGNATURE_FILE
         if path.is_file() and path.read_text() != text:
@@ -54,7 +58,7 @@ class CheckpointStore:
         if not path.is_file():
             atomic_write_text(path, text)
 
-    def load(self):
+    def load(self) -> dict[str, np.ndarray]:
         """Columns of every saved batch, concatenated (empty dict when none)."""
         parts = []
         for path in self.batches:
@@ -66,14 +70,15 @@ class CheckpointStore:
         return {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS} \
             if parts else {}
 
-    def save(self, columns):
+    def save(self, columns: Mapping[str, np.ndarray]) -> None:
         """Append one batch atomically."""
         path = self.directory / f'batch_{len(self.batches):06d}.npz'
         buffer = io.BytesIO()
-        np.savez(buffer, **columns)
+        # Any: numpy 2's stubs read ** as possibly holding allow_pickle
+        np.savez(buffer, **cast('Mapping[str, Any]', columns))
         atomic_write_bytes(path, buffer.getvalue())
         self.batches.append(path)
 
-    def remove(self):
+    def remove(self) -> None:
         """Delete the work directory (after the map is saved)."""
         shutil.rmtree(self.directory, ignore_errors=True)

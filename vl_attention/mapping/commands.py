@@ -4,13 +4,19 @@ This is the command-line layer of :mod:`vl_attention.mapping` (``vl_attention.cl
 calls it); the argparse Namespace stops here and only frozen configs go on.
 """
 
+from __future__ import annotations
+
+import argparse
 from dataclasses import asdict
 import json
 from pathlib import Path
+from typing import Any, Mapping, Union
 
 import numpy as np
 
+from vl_attention.engine.embedder import EmbedderConfig
 from vl_attention.geo import GeodeticOrigin
+from vl_attention.io import StrPath
 from vl_attention.geometry.local_features import LOCAL_FEATURES
 from vl_attention.mapping.builder import BagInput, MapBuildConfig
 from vl_attention.mapping.index import INDEX_TYPES, IndexParams
@@ -22,7 +28,7 @@ EPILOG = ('inputs: either --images DIR --poses FILE (CSV or JSON), or one or mor
           'PoseWithCovarianceStamped or Odometry; pose/odometry topics need --origin)')
 
 
-def add_source_arguments(parser):
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the folder / rosbag2 input options."""
     group = parser.add_argument_group('input')
     group.add_argument('--images', type=Path, help='folder of database images')
@@ -58,7 +64,7 @@ def add_source_arguments(parser):
                             'camera_info.yaml beside --images)')
 
 
-def add_index_arguments(parser):
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the index type and its build/search parameters."""
     defaults = IndexParams()
     group = parser.add_argument_group('index')
@@ -71,7 +77,7 @@ def add_index_arguments(parser):
                            help=f'(default: {getattr(defaults, name)})')
 
 
-def source_inputs(args):
+def source_inputs(args: argparse.Namespace) -> Union[tuple[Path, Path], BagInput]:
     """``(images, poses)`` or a :class:`BagInput` from the arguments, with clear errors."""
     if args.bag and (args.images or args.poses):
         raise ValueError('give either --images/--poses or --bag, not both')
@@ -83,15 +89,17 @@ def source_inputs(args):
     return (args.images, args.poses)
 
 
-def build_config(args, embedder_config, *, with_index=True):
+def build_config(args: argparse.Namespace, embedder_config: EmbedderConfig, *,
+                 with_index: bool = True) -> MapBuildConfig:
     """Return the :class:`MapBuildConfig` of the arguments."""
-    values = dict(embedder=embedder_config,
-                  keyframes=KeyframeConfig(args.keyframe_distance_m, args.keyframe_angle_deg),
-                  origin=GeodeticOrigin(*args.origin) if args.origin else None,
-                  checkpoint_frames=args.checkpoint_frames, restart=args.restart,
-                  progress=not args.no_progress,
-                  local_features=getattr(args, 'local_features', MapBuildConfig.local_features),
-                  camera_info=str(getattr(args, 'camera_info', None) or ''))
+    values: dict[str, Any] = dict(
+        embedder=embedder_config,
+        keyframes=KeyframeConfig(args.keyframe_distance_m, args.keyframe_angle_deg),
+        origin=GeodeticOrigin(*args.origin) if args.origin else None,
+        checkpoint_frames=args.checkpoint_frames, restart=args.restart,
+        progress=not args.no_progress,
+        local_features=getattr(args, 'local_features', MapBuildConfig.local_features),
+        camera_info=str(getattr(args, 'camera_info', None) or ''))
     if with_index:
         values['index_type'] = args.index_type
         values['index_params'] = IndexParams(**{name: getattr(args, name) for name in (
@@ -100,7 +108,7 @@ def build_config(args, embedder_config, *, with_index=True):
     return MapBuildConfig(**values)
 
 
-def map_info(map_dir, *, verify='auto'):
+def map_info(map_dir: StrPath, *, verify: str = 'auto') -> dict[str, Any]:
     """Manifest plus statistics of a map, as a JSON-ready dict."""
     loaded = load_map(map_dir, verify=verify)
     records = loaded.records
@@ -117,6 +125,6 @@ def map_info(map_dir, *, verify='auto'):
         'disk_bytes': int(disk_bytes), 'verified': verify}}
 
 
-def format_map_info(info):
+def format_map_info(info: Mapping[str, Any]) -> str:
     """Pretty JSON of :func:`map_info`."""
     return json.dumps(info, indent=2, default=str)

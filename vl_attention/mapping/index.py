@@ -16,13 +16,18 @@ vectors the inner product s and the Euclidean distance d are tied by
 used for searching when the installed FAISS has GPUs (``use_gpu``).
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass, replace
 import logging
 import math
+from typing import Any, Optional
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 
+from vl_attention.io import StrPath
 from vl_attention.registry import Registry
 
 LOG = logging.getLogger(__name__)
@@ -51,18 +56,18 @@ class IndexParams:
     rerank_k: int = 256          # re-rank this many approximate hits exactly; 0: off
     use_gpu: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if min(self.nlist, self.pq_bytes, self.rerank_k) < 0 or \
                 min(self.nprobe, self.ef_search, self.hnsw_m, self.train_sample) < 1:
             raise ValueError(f'invalid index parameters {self}; counts must be >= 1 '
                              '(nlist, pq_bytes, rerank_k >= 0)')
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest."""
         return asdict(self)
 
 
-def choose_index_type(count, dim):
+def choose_index_type(count: int, dim: int) -> str:
     """Index type for ``count`` descriptors of ``dim``: exact when small, RAM-lean when huge."""
     if count <= AUTO_FLAT_MAX_COUNT:
         return 'flat_ip'
@@ -72,19 +77,20 @@ def choose_index_type(count, dim):
 
 
 @INDEX_TYPES.register('flat_ip')
-def _flat_inner_product(*, dim, count=0, params=IndexParams()):
+def _flat_inner_product(*, dim: int, count: int = 0,
+                        params: IndexParams = IndexParams()) -> faiss.Index:
     return faiss.IndexFlatIP(dim)
 
 
 @INDEX_TYPES.register('hnsw')
-def _hnsw(*, dim, count=0, params=IndexParams()):
+def _hnsw(*, dim: int, count: int = 0, params: IndexParams = IndexParams()) -> faiss.Index:
     index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params.ef_construction
     return index
 
 
 @INDEX_TYPES.register('ivf_pq')
-def _ivf_pq(*, dim, count=0, params=IndexParams()):
+def _ivf_pq(*, dim: int, count: int = 0, params: IndexParams = IndexParams()) -> faiss.Index:
     nlist = params.nlist or int(min(65536, max(16, 4 * math.sqrt(max(count, 1)))))
     pq_bytes = params.pq_bytes or max(1, dim // 4)
     if dim % (2 * pq_bytes):
@@ -102,17 +108,20 @@ class MapIndex:
     kept beside the FAISS index for exact re-ranking and for saving the map.
     """
 
-    def __init__(self, faiss_index, index_type, *, params=IndexParams(), descriptors=None):
+    def __init__(self, faiss_index: faiss.Index, index_type: str, *,
+                 params: IndexParams = IndexParams(),
+                 descriptors: Optional[np.ndarray] = None) -> None:
         self.faiss_index = faiss_index
         self.index_type = index_type
         self.params = params
         self.descriptors = descriptors
         self.read_only = False
-        self._gpu_index = None
+        self._gpu_index: Optional[faiss.Index] = None
         self.apply_search_params()
 
     @classmethod
-    def create(cls, index_type, dim, *, count=0, params=IndexParams()):
+    def create(cls, index_type: str, dim: int, *, count: int = 0,
+               params: IndexParams = IndexParams()) -> MapIndex:
         """Create an empty index of a registered type (``'auto'`` needs ``count``)."""
         if index_type == 'auto':
             index_type = choose_index_type(count, dim)
@@ -122,7 +131,8 @@ class MapIndex:
                    descriptors=np.zeros((0, int(dim)), np.float32))
 
     @classmethod
-    def build(cls, descriptors, index_type='auto', *, params=IndexParams()):
+    def build(cls, descriptors: npt.ArrayLike, index_type: str = 'auto', *,
+              params: IndexParams = IndexParams()) -> MapIndex:
         """Create, train (on a sample) and fill an index from descriptors ``(N, D)``."""
         descriptors = _as_queries(descriptors, np.shape(descriptors)[-1])
         index = cls.create(index_type, descriptors.shape[1], count=len(descriptors),
@@ -131,21 +141,21 @@ class MapIndex:
         return index
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         """Return the descriptor dimension."""
         return self.faiss_index.d
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Return the number of descriptors held."""
         return self.faiss_index.ntotal
 
-    def with_search_params(self, **changes):
+    def with_search_params(self, **changes: Any) -> MapIndex:
         """Change search parameters (``nprobe``, ``ef_search``, ``rerank_k``) in place."""
         self.params = replace(self.params, **changes)
         self.apply_search_params()
         return self
 
-    def apply_search_params(self):
+    def apply_search_params(self) -> None:
         """Push ``params`` into the FAISS index."""
         if hasattr(self.faiss_index, 'nprobe'):
             self.faiss_index.nprobe = self.params.nprobe
@@ -153,7 +163,7 @@ class MapIndex:
             self.faiss_index.hnsw.efSearch = self.params.ef_search
         self._gpu_index = None
 
-    def add(self, descriptors):
+    def add(self, descriptors: npt.ArrayLike) -> None:
         """Append descriptors ``(N, D)``; they get the next record indices."""
         if self.read_only:
             raise ValueError('this index is memory-mapped read-only; load the map with '
@@ -166,7 +176,7 @@ class MapIndex:
             self.descriptors = np.concatenate([self.descriptors, descriptors])
         self._gpu_index = None
 
-    def _train(self, descriptors):
+    def _train(self, descriptors: np.ndarray) -> None:
         nlist = getattr(self.faiss_index, 'nlist', 1)
         if len(descriptors) < nlist:
             raise ValueError(f'{self.index_type} needs at least {nlist} descriptors to train '
@@ -178,33 +188,36 @@ class MapIndex:
         LOG.info('training %s on %d descriptors', self.index_type, sample_size)
         self.faiss_index.train(descriptors[np.sort(rows)])
 
-    def search(self, queries, k):
+    def search(self, queries: npt.ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(similarities, indices)``, each ``(Q, k')`` with ``k' = min(k, N)``."""
         k = min(int(k), len(self))
         if k <= 0:
             raise ValueError('search needs a non-empty map and k >= 1')
         queries = _as_queries(queries, self.dim)
-        if not self._reranks():
+        descriptors = self.descriptors
+        if descriptors is None or not self._reranks():
             return self._searcher().search(queries, k)
         shortlist = min(max(k, self.params.rerank_k), len(self))
         _, candidates = self._searcher().search(queries, shortlist)
-        return rerank(queries, candidates, self.descriptors, k)
+        return rerank(queries, candidates, descriptors, k)
 
-    def _reranks(self):
+    def _reranks(self) -> bool:
         return (self.index_type == 'ivf_pq' and self.params.rerank_k > 0
                 and self.descriptors is not None and len(self.descriptors) == len(self))
 
-    def _searcher(self):
+    def _searcher(self) -> faiss.Index:
         if self._gpu_index is None:
             self._gpu_index = _to_gpu(self.faiss_index, self.params) or self.faiss_index
         return self._gpu_index
 
-    def serialize(self):
+    def serialize(self) -> bytes:
         """Index as bytes (FAISS's own format, no pickle)."""
         return faiss.serialize_index(self.faiss_index).tobytes()
 
     @classmethod
-    def deserialize(cls, data, index_type, *, source, params=IndexParams(), descriptors=None):
+    def deserialize(cls, data: bytes, index_type: str, *, source: object,
+                    params: IndexParams = IndexParams(),
+                    descriptors: Optional[np.ndarray] = None) -> MapIndex:
         """Index from bytes written by :meth:`serialize`; damaged data raises IndexFileError."""
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
@@ -214,7 +227,9 @@ class MapIndex:
         return cls(index, index_type, params=params, descriptors=descriptors)
 
     @classmethod
-    def read(cls, path, index_type, *, mmap=False, params=IndexParams(), descriptors=None):
+    def read(cls, path: StrPath, index_type: str, *, mmap: bool = False,
+             params: IndexParams = IndexParams(),
+             descriptors: Optional[np.ndarray] = None) -> MapIndex:
         """Index from a file; ``mmap`` maps the codes instead of reading them into RAM."""
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
@@ -227,7 +242,8 @@ class MapIndex:
         return loaded
 
 
-def rerank(queries, candidates, descriptors, k):
+def rerank(queries: np.ndarray, candidates: np.ndarray, descriptors: np.ndarray,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` among ``candidates`` ``(Q, C)`` (-1 = none) by inner product."""
     similarities = np.full((len(queries), k), -np.inf, np.float32)
     indices = np.full((len(queries), k), -1, np.int64)
@@ -240,12 +256,12 @@ def rerank(queries, candidates, descriptors, k):
     return similarities, indices
 
 
-def gpu_available():
+def gpu_available() -> bool:
     """Return True when the installed FAISS has CUDA GPUs."""
     return hasattr(faiss, 'StandardGpuResources') and faiss.get_num_gpus() > 0
 
 
-def _to_gpu(faiss_index, params):
+def _to_gpu(faiss_index: faiss.Index, params: IndexParams) -> Optional[faiss.Index]:
     if not params.use_gpu or not gpu_available() or isinstance(faiss_index, faiss.IndexHNSW):
         return None
     try:
@@ -255,7 +271,7 @@ def _to_gpu(faiss_index, params):
         return None
 
 
-def _as_queries(vectors, dim):
+def _as_queries(vectors: npt.ArrayLike, dim: int) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim == 1:
         vectors = vectors[None]

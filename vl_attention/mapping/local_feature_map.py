@@ -14,12 +14,15 @@ within ``max_heading_difference_deg``); a keypoint keeps the first point that
 passes the reprojection, depth and parallax checks.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 import json
 from pathlib import Path
-from typing import Iterable, Tuple
+from typing import Any, Iterable, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 from scipy.spatial import cKDTree
 
 from vl_attention.geo import headings_from_orientations
@@ -27,6 +30,7 @@ from vl_attention.geometry.camera_model import CameraModel
 from vl_attention.geometry.local_features import (create_extractor, Features,
                                                   LocalFeatureConfig, match_features, to_gray)
 from vl_attention.geometry.pnp import triangulate, TriangulationConfig
+from vl_attention.io import StrPath
 from vl_attention.mapping.errors import MapFormatError
 
 FEATURES_DIR = 'features'
@@ -70,7 +74,7 @@ class LocalFeatureMap:
         valid = np.isfinite(points[:, 0])
         return np.asarray(self.descriptors[rows])[valid], points[valid]
 
-    def statistics(self) -> dict:
+    def statistics(self) -> dict[str, Any]:
         """Return counts for the manifest."""
         triangulated = int(np.isfinite(self.points_enu_m[:, 0]).sum())
         return {'kind': self.kind, 'images': len(self), 'keypoints': len(self.keypoints_px),
@@ -78,13 +82,13 @@ class LocalFeatureMap:
                 'points_per_image': triangulated / max(len(self), 1)}
 
 
-def extract_all(images: Iterable[np.ndarray], config: LocalFeatureConfig) -> list:
+def extract_all(images: Iterable[np.ndarray], config: LocalFeatureConfig) -> list[Features]:
     """Extract the features of every image, in order."""
     extractor = create_extractor(config)
     return [extractor(to_gray(image)) for image in images]
 
 
-def build_local_feature_map(features: list, positions_enu_m: np.ndarray,
+def build_local_feature_map(features: Sequence[Features], positions_enu_m: np.ndarray,
                             orientations_xyzw: np.ndarray, camera: CameraModel,
                             config: LocalFeatureBuildConfig) -> LocalFeatureMap:
     """Triangulate each image's keypoints against its neighbours and pack the table."""
@@ -104,23 +108,27 @@ def build_local_feature_map(features: list, positions_enu_m: np.ndarray,
         _stack(points, (0, 3), np.float32), camera)
 
 
-def concatenate_local_feature_maps(parts: list) -> LocalFeatureMap:
+def concatenate_local_feature_maps(parts: Sequence[LocalFeatureMap]) -> LocalFeatureMap:
     """Join feature tables in map order (the first part's camera and kind)."""
     first = parts[0]
     sizes = np.cumsum([0] + [int(part.offsets[-1]) for part in parts[:-1]])
     shifted = [np.asarray(part.offsets[1:]) + shift for part, shift in zip(parts, sizes)]
     offsets = np.concatenate([first.offsets[:1]] + shifted)
-    return LocalFeatureMap(first.kind, offsets.astype(np.int64),
-                           *(np.concatenate([np.asarray(getattr(part, name)) for part in parts])
-                             for name in ('keypoints_px', 'descriptors', 'points_enu_m')),
+    keypoints, descriptors, points = (
+        np.concatenate([np.asarray(getattr(part, name)) for part in parts])
+        for name in ('keypoints_px', 'descriptors', 'points_enu_m'))
+    return LocalFeatureMap(first.kind, offsets.astype(np.int64), keypoints, descriptors, points,
                            first.camera)
 
 
-def _stack(parts, empty_shape, dtype):
+def _stack(parts: Sequence[np.ndarray], empty_shape: tuple[int, ...],
+           dtype: npt.DTypeLike) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty_shape, dtype)
 
 
-def _triangulate_pair(features, points, i, j, positions, orientations, camera, config, norm):
+def _triangulate_pair(features: Sequence[Features], points: list[np.ndarray], i: int, j: int,
+                      positions: np.ndarray, orientations: np.ndarray, camera: CameraModel,
+                      config: LocalFeatureBuildConfig, norm: int) -> None:
     fi, fj = features[i], features[j]
     matches = match_features(fi.descriptors, fj.descriptors, norm=norm,
                              ratio_test=config.pair_ratio_test)
@@ -136,7 +144,7 @@ def _triangulate_pair(features, points, i, j, positions, orientations, camera, c
 
 
 def neighbour_pairs(positions_enu_m: np.ndarray, orientations_xyzw: np.ndarray,
-                    config: LocalFeatureBuildConfig) -> list:
+                    config: LocalFeatureBuildConfig) -> list[np.ndarray]:
     """List, per image, the later images that overlap it (baseline and heading bounds)."""
     positions = np.asarray(positions_enu_m, np.float64)
     headings = headings_from_orientations(orientations_xyzw)
@@ -153,7 +161,7 @@ def neighbour_pairs(positions_enu_m: np.ndarray, orientations_xyzw: np.ndarray,
     return pairs
 
 
-def save_local_feature_map(directory: Path, local_map: LocalFeatureMap) -> None:
+def save_local_feature_map(directory: StrPath, local_map: LocalFeatureMap) -> None:
     """Write the feature table and camera model into a (staging) map directory."""
     directory = Path(directory)
     (directory / FEATURES_DIR).mkdir(exist_ok=True)
@@ -163,7 +171,7 @@ def save_local_feature_map(directory: Path, local_map: LocalFeatureMap) -> None:
     (directory / CAMERA_FILE).write_text(json.dumps(local_map.camera.to_dict(), indent=2))
 
 
-def load_local_feature_map(directory: Path, kind: str) -> LocalFeatureMap:
+def load_local_feature_map(directory: StrPath, kind: str) -> LocalFeatureMap:
     """Read the table of :func:`save_local_feature_map` (the caller checks checksums)."""
     directory = Path(directory)
     try:
@@ -179,7 +187,8 @@ def load_local_feature_map(directory: Path, kind: str) -> LocalFeatureMap:
     return LocalFeatureMap(kind, np.asarray(offsets), keypoints, descriptors, points, camera)
 
 
-def _check_table(directory, offsets, keypoints, descriptors, points):
+def _check_table(directory: Path, offsets: np.ndarray, keypoints: np.ndarray,
+                 descriptors: np.ndarray, points: np.ndarray) -> None:
     rows = len(keypoints)
     problems = []
     if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != rows \

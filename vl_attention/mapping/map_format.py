@@ -34,6 +34,8 @@ localizer fits the calibration at start and runs without refinement); other
 versions are refused with an error naming both.
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass, field
 import datetime
 import hashlib
@@ -41,7 +43,7 @@ import io
 import json
 from pathlib import Path
 import shutil
-from typing import Optional
+from typing import Any, cast, Literal, Mapping, Optional, Union
 
 import faiss
 import numpy as np
@@ -49,7 +51,7 @@ import numpy as np
 from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict
 from vl_attention.geo import GeodeticOrigin
-from vl_attention.io import atomic_directory
+from vl_attention.io import atomic_directory, StrPath
 from vl_attention.mapping.errors import MapFormatError
 from vl_attention.mapping.layout import (DESCRIPTORS_FILE, INDEX_FILE, MANIFEST_FILE,  # noqa: F401
                                          MODEL_DIR, MODEL_FILES, RECORDS_FILE, VERIFY_MODES)
@@ -98,7 +100,9 @@ class Map:
     local_features: Optional[LocalFeatureMap] = None
 
 
-def save_map(path, manifest, index, records, local_features=None, model_dir=None):
+def save_map(path: StrPath, manifest: MapManifest, index: MapIndex, records: PlaceRecords,
+             local_features: Optional[LocalFeatureMap] = None,
+             model_dir: Optional[StrPath] = None) -> Path:
     """Write a map atomically to directory ``path``; return ``path``.
 
     ``model_dir`` (an export: ``model.onnx`` + ``model_card.json`` of the
@@ -113,7 +117,7 @@ def save_map(path, manifest, index, records, local_features=None, model_dir=None
         faiss.write_index(index.faiss_index, str(staging / INDEX_FILE))
         np.save(staging / DESCRIPTORS_FILE, _descriptors_of(index), allow_pickle=False)
         (staging / RECORDS_FILE).write_bytes(_records_bytes(records))
-        names = (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE)
+        names: tuple[str, ...] = (INDEX_FILE, DESCRIPTORS_FILE, RECORDS_FILE)
         feature_info = dict(manifest.local_features)
         if local_features is not None:
             if len(local_features) != len(records):
@@ -137,7 +141,7 @@ def save_map(path, manifest, index, records, local_features=None, model_dir=None
     return path
 
 
-def _copy_model(model_dir, staging, fingerprint):
+def _copy_model(model_dir: Path, staging: Path, fingerprint: str) -> None:
     from vl_attention.engine.export_format import read_export
     card = read_export(model_dir)
     if card.fingerprint != fingerprint:
@@ -148,14 +152,16 @@ def _copy_model(model_dir, staging, fingerprint):
         shutil.copyfile(model_dir / Path(name).name, staging / name)
 
 
-def map_model_dir(path) -> Optional[Path]:
+def map_model_dir(path: StrPath) -> Optional[Path]:
     """Return the export a map carries (``<map>/model``); None for maps built without one."""
     model_dir = Path(path) / MODEL_DIR
     return model_dir if all((Path(path) / name).is_file() for name in MODEL_FILES) else None
 
 
 @refuse_damaged
-def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', search_params=None):
+def load_map(path: StrPath, *, expected_fingerprint: Optional[str] = None, verify: str = 'auto',
+             mmap: Union[bool, Literal['auto']] = 'auto',
+             search_params: Optional[Mapping[str, Any]] = None) -> Map:
     """Load and verify a map; refuse one built with another model than ``expected_fingerprint``.
 
     ``search_params`` (a dict such as ``{'nprobe': 64, 'rerank_k': 100}``)
@@ -192,7 +198,7 @@ def load_map(path, *, expected_fingerprint=None, verify='auto', mmap='auto', sea
     return loaded
 
 
-def read_manifest(path):
+def read_manifest(path: StrPath) -> MapManifest:
     """Manifest of the map at ``path``, with clear errors for missing or unknown formats."""
     manifest_path = Path(path) / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -215,7 +221,7 @@ def read_manifest(path):
         raise MapFormatError(str(error)) from error
 
 
-def verify_file(path, name, manifest, verify='auto'):
+def verify_file(path: StrPath, name: str, manifest: MapManifest, verify: str = 'auto') -> None:
     """Check one map file against the manifest's size and checksums (see module docs)."""
     if verify not in VERIFY_MODES:
         raise ValueError(f'unknown verify mode {verify!r}; known: {VERIFY_MODES}')
@@ -236,7 +242,8 @@ def verify_file(path, name, manifest, verify='auto'):
         raise MapFormatError(f'{file_path} is truncated or corrupt ({problem}); rebuild the map')
 
 
-def _check_fingerprint(path, manifest, expected_fingerprint):
+def _check_fingerprint(path: Path, manifest: MapManifest,
+                       expected_fingerprint: Optional[str]) -> None:
     if expected_fingerprint is not None and manifest.model_fingerprint != expected_fingerprint:
         raise MapFormatError(
             f'map {path} was built with model {manifest.model_name!r} fingerprint '
@@ -244,7 +251,8 @@ def _check_fingerprint(path, manifest, expected_fingerprint):
             f'{expected_fingerprint}; rebuild the map with this model or run the model of the map')
 
 
-def _index_params(manifest, search_params, path):
+def _index_params(manifest: MapManifest, search_params: Optional[Mapping[str, Any]],
+                  path: Path) -> IndexParams:
     values = dict(manifest.index_params) | dict(search_params or {})
     try:
         return from_dict(IndexParams, values, where=f'{path / MANIFEST_FILE} index_params')
@@ -252,7 +260,7 @@ def _index_params(manifest, search_params, path):
         raise MapFormatError(str(error)) from error
 
 
-def _descriptors_of(index):
+def _descriptors_of(index: MapIndex) -> np.ndarray:
     if index.descriptors is not None and len(index.descriptors) == len(index):
         return np.asarray(index.descriptors, np.float32)
     try:  # flat and HNSW indices hold the float vectors themselves
@@ -262,7 +270,7 @@ def _descriptors_of(index):
                          'with MapIndex.build so that they are saved') from error
 
 
-def _load_descriptors(file_path):
+def _load_descriptors(file_path: Path) -> np.ndarray:
     try:
         descriptors = np.load(file_path, mmap_mode='r', allow_pickle=False)
     except (ValueError, OSError) as error:
@@ -273,12 +281,12 @@ def _load_descriptors(file_path):
     return descriptors
 
 
-def _file_checksums(file_path):
+def _file_checksums(file_path: Path) -> dict[str, Any]:
     return {'bytes': file_path.stat().st_size, 'sha256': _sha256(file_path),
             'edge_sha256': _edge_sha256(file_path)}
 
 
-def _sha256(file_path):
+def _sha256(file_path: StrPath) -> str:
     digest = hashlib.sha256()
     with open(file_path, 'rb') as handle:
         for chunk in iter(lambda: handle.read(8 << 20), b''):
@@ -286,7 +294,7 @@ def _sha256(file_path):
     return digest.hexdigest()
 
 
-def _edge_sha256(file_path):
+def _edge_sha256(file_path: Path) -> str:
     size = file_path.stat().st_size
     with open(file_path, 'rb') as handle:
         head = handle.read(EDGE_BYTES)
@@ -295,13 +303,14 @@ def _edge_sha256(file_path):
     return hashlib.sha256(head + tail).hexdigest()
 
 
-def _records_bytes(records):
+def _records_bytes(records: PlaceRecords) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **records.arrays())
+    # Any: numpy 2's stubs read ** as possibly holding allow_pickle
+    np.savez(buffer, **cast('dict[str, Any]', records.arrays()))
     return buffer.getvalue()
 
 
-def _records_from_bytes(data, path):
+def _records_from_bytes(data: bytes, path: Path) -> PlaceRecords:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return PlaceRecords(**{name: arrays[name]

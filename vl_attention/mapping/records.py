@@ -12,14 +12,19 @@ Extra columns (e.g. ``x_m,y_m,z_m``) are allowed and ignored: ENU positions
 are always recomputed from WGS84 at the map's origin.
 """
 
+from __future__ import annotations
+
 import csv
 from dataclasses import dataclass
 import json
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
+import numpy.typing as npt
 
-from vl_attention.geo import geodetic_to_enu, normalize_quaternion
+from vl_attention.geo import geodetic_to_enu, GeodeticOrigin, normalize_quaternion
+from vl_attention.io import StrPath
 
 POSES_COLUMNS = ('image', 'stamp_ns', 'latitude_deg', 'longitude_deg', 'altitude_m',
                  'qx', 'qy', 'qz', 'qw')
@@ -41,17 +46,19 @@ class PlaceRecords:
     position_enu_m: np.ndarray
     orientation_xyzw: np.ndarray
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Return the number of records."""
         return len(self.image_id)
 
-    def arrays(self):
+    def arrays(self) -> dict[str, np.ndarray]:
         """Name -> array, for storage."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def records_from_columns(image_id, stamp_ns, latitude_deg, longitude_deg, altitude_m,
-                         orientation_xyzw, origin):
+def records_from_columns(image_id: npt.ArrayLike, stamp_ns: npt.ArrayLike,
+                         latitude_deg: npt.ArrayLike, longitude_deg: npt.ArrayLike,
+                         altitude_m: npt.ArrayLike, orientation_xyzw: npt.ArrayLike,
+                         origin: GeodeticOrigin) -> PlaceRecords:
     """Build typed records with ENU positions computed at ``origin``."""
     latitude_deg = np.asarray(latitude_deg, dtype=np.float64)
     longitude_deg = np.asarray(longitude_deg, dtype=np.float64)
@@ -66,21 +73,21 @@ def records_from_columns(image_id, stamp_ns, latitude_deg, longitude_deg, altitu
             np.asarray(orientation_xyzw, dtype=np.float64).reshape(-1, 4)))
 
 
-def concatenate_records(parts):
+def concatenate_records(parts: Iterable[PlaceRecords]) -> PlaceRecords:
     """Join record sets in order."""
     parts = list(parts)
     return PlaceRecords(**{name: np.concatenate([getattr(part, name) for part in parts])
                            for name in PlaceRecords.__dataclass_fields__})
 
 
-def read_poses(path):
+def read_poses(path: StrPath) -> dict[str, list[Any]]:
     """Columns of a poses file, CSV or JSON by suffix."""
     if Path(path).suffix.lower() == '.json':
         return read_poses_json(path)
     return read_poses_csv(path)
 
 
-def read_poses_json(path):
+def read_poses_json(path: StrPath) -> dict[str, list[Any]]:
     """Columns of a poses JSON file (a list of objects with the CSV's keys)."""
     path = Path(path)
     if not path.is_file():
@@ -92,7 +99,7 @@ def read_poses_json(path):
     rows = rows.get('poses') if isinstance(rows, dict) else rows
     if not isinstance(rows, list) or not rows:
         raise PosesFileError(f'{path} must hold a non-empty list of poses (or {{"poses": [...]}})')
-    columns = {name: [] for name in POSES_COLUMNS}
+    columns: dict[str, list[Any]] = {name: [] for name in POSES_COLUMNS}
     for number, row in enumerate(rows):
         missing = [name for name in POSES_COLUMNS if not isinstance(row, dict) or name not in row]
         if missing:
@@ -102,7 +109,7 @@ def read_poses_json(path):
     return columns
 
 
-def read_poses_csv(path):
+def read_poses_csv(path: StrPath) -> dict[str, list[Any]]:
     """Rows of a poses CSV as a dict of columns (strings for ``image``, numbers otherwise)."""
     path = Path(path)
     if not path.is_file():
@@ -113,7 +120,7 @@ def read_poses_csv(path):
         if missing:
             raise PosesFileError(f'{path}: missing column(s) {missing}; the header must include '
                                  f'{",".join(POSES_COLUMNS)}')
-        columns = {name: [] for name in POSES_COLUMNS}
+        columns: dict[str, list[Any]] = {name: [] for name in POSES_COLUMNS}
         for line_number, row in enumerate(reader, start=2):
             _append_row(columns, row, f'{path}:{line_number}')
     if not columns['image']:
@@ -121,7 +128,7 @@ def read_poses_csv(path):
     return columns
 
 
-def _append_row(columns, row, where):
+def _append_row(columns: dict[str, list[Any]], row: Mapping[str, Any], where: str) -> None:
     columns['image'].append(str(row['image']))
     try:
         columns['stamp_ns'].append(int(row['stamp_ns']))

@@ -6,17 +6,23 @@ keyframe selection or already embedded by an interrupted build cost no decoding.
 Skipped frames are counted in ``stats`` (a Counter) by reason.
 """
 
+from __future__ import annotations
+
 import collections
 from dataclasses import dataclass
+import functools
 from pathlib import Path
+from typing import Any, Callable, cast, Iterable, Iterator, Optional, Protocol
 
 import cv2
 import numpy as np
 
-from vl_attention.data.rosbag_reader import BagError, image_messages, open_bags, read_positions
+from vl_attention.data.rosbag_reader import (BagError, BagPositions, image_messages, open_bags,
+                                             read_positions)
 from vl_attention.geo import (enu_to_geodetic, GeodeticOrigin, geodetic_to_enu,
                               quaternion_from_yaw_pitch_roll)
-from vl_attention.data.association import Associator, PositionTrack
+from vl_attention.data.association import Association, Associator, PositionTrack
+from vl_attention.io import StrPath
 from vl_attention.mapping.records import read_poses
 
 
@@ -30,13 +36,28 @@ class SourceFrame:
 
     image_id: str
     stamp_ns: int
-    geodetic: tuple            # (latitude_deg, longitude_deg, altitude_m)
+    geodetic: tuple[float, ...]   # (latitude_deg, longitude_deg, altitude_m)
     orientation_xyzw: np.ndarray
     position_enu_m: np.ndarray
-    load: object               # () -> uint8 RGB (H, W, 3)
+    load: Callable[[], np.ndarray]   # () -> uint8 RGB (H, W, 3)
 
 
-def read_rgb(path):
+class FrameSource(Protocol):
+    """What map building needs of a source (:class:`FolderSource`, :class:`BagSource`)."""
+
+    origin: Optional[GeodeticOrigin]   # set, at the latest, while frames() runs
+    stats: collections.Counter[str]
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-ready description of the input."""
+        ...
+
+    def frames(self) -> Iterator[SourceFrame]:
+        """Yield the posed frames in time order."""
+        ...
+
+
+def read_rgb(path: StrPath) -> np.ndarray:
     """Read an image file as uint8 RGB ``(H, W, 3)``, with a clear error if unreadable."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
@@ -47,17 +68,18 @@ def read_rgb(path):
 class FolderSource:
     """Images in a folder, posed by a poses CSV/JSON (see :mod:`.records`)."""
 
-    def __init__(self, images_dir, poses_path, *, origin=None):
+    def __init__(self, images_dir: StrPath, poses_path: StrPath, *,
+                 origin: Optional[GeodeticOrigin] = None) -> None:
         self.images_dir, self.poses_path = Path(images_dir), Path(poses_path)
         self.origin = origin
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         """JSON-ready description of the input (for manifests and resume checks)."""
         return {'kind': 'folder', 'images': str(self.images_dir.resolve()),
                 'poses': str(self.poses_path.resolve())}
 
-    def frames(self):
+    def frames(self) -> Iterator[SourceFrame]:
         """Yield every listed frame."""
         columns = read_poses(self.poses_path)
         geodetic = np.stack([columns[name] for name in
@@ -70,7 +92,7 @@ class FolderSource:
             self.stats['frames'] += 1
             yield SourceFrame(name, int(columns['stamp_ns'][row]), tuple(geodetic[row]),
                               orientations[row], enu[row],
-                              lambda path=self.images_dir / name: read_rgb(path))
+                              functools.partial(read_rgb, self.images_dir / name))
 
 
 class BagSource:
@@ -81,19 +103,20 @@ class BagSource:
     carries no orientation: frames get the heading of travel (pitch, roll 0).
     """
 
-    def __init__(self, bag_paths, *, image_topic, position_topic, max_gap_s=1.0, origin=None):
+    def __init__(self, bag_paths: Iterable[StrPath], *, image_topic: str, position_topic: str,
+                 max_gap_s: float = 1.0, origin: Optional[GeodeticOrigin] = None) -> None:
         self.bag_paths = [Path(path) for path in bag_paths]
         self.image_topic, self.position_topic = image_topic, position_topic
         self.max_gap_s, self.origin = float(max_gap_s), origin
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         """JSON-ready description of the input (for manifests and resume checks)."""
         return {'kind': 'rosbag2', 'bags': [str(path.resolve()) for path in self.bag_paths],
                 'image_topic': self.image_topic, 'position_topic': self.position_topic,
                 'max_gap_s': self.max_gap_s}
 
-    def frames(self):
+    def frames(self) -> Iterator[SourceFrame]:
         """Yield every image frame that has an associated pose."""
         with open_bags(self.bag_paths) as reader:
             positions = read_positions(reader, self.position_topic)
@@ -109,27 +132,30 @@ class BagSource:
                 yield self._frame(stamp_ns, result, decode)
         self._check_associated()
 
-    def _enu_track(self, positions):
-        values = positions.track.values
+    def _enu_track(self, positions: BagPositions) -> PositionTrack:
+        track = cast(PositionTrack, positions.track)
+        values = track.values
         if positions.geodetic:
             if self.origin is None:
                 self.origin = GeodeticOrigin(*values[0])
             enu = geodetic_to_enu(values[:, 0], values[:, 1], values[:, 2], self.origin)
-            return PositionTrack(positions.track.stamps_ns, enu, heading_orientations(enu))
+            return PositionTrack(track.stamps_ns, enu, heading_orientations(enu))
         if self.origin is None:
             raise BagError(f'position topic {self.position_topic!r} is {positions.msgtype}, '
                            'a pose in a local map frame; give the geodetic origin of that '
                            'frame (--origin LAT LON ALT)')
-        return positions.track
+        return track
 
-    def _frame(self, stamp_ns, result, decode):
+    def _frame(self, stamp_ns: int, result: Association,
+               decode: Callable[[], np.ndarray]) -> SourceFrame:
+        assert self.origin is not None, 'frames() sets the origin (_enu_track) first'
         position = np.asarray(result.values, np.float64)
         latitude, longitude, altitude = enu_to_geodetic(position, self.origin)
         return SourceFrame(f'{self.image_topic}@{stamp_ns}', int(stamp_ns),
                            (float(latitude), float(longitude), float(altitude)),
                            result.orientation_xyzw, position, decode)
 
-    def _check_associated(self):
+    def _check_associated(self) -> None:
         skipped = sum(v for k, v in self.stats.items() if k.startswith('skipped_'))
         if self.stats['frames'] and skipped == self.stats['frames']:
             raise BagError(f'none of the {self.stats["frames"]} images on '
@@ -138,7 +164,7 @@ class BagSource:
                            'the topics, the clocks or raise --max-gap-s')
 
 
-def heading_orientations(positions_enu_m):
+def heading_orientations(positions_enu_m: np.ndarray) -> np.ndarray:
     """Yaw-only orientations facing the direction of travel (held while stationary)."""
     steps = np.gradient(positions_enu_m[:, :2], axis=0) if len(positions_enu_m) > 1 else \
         np.zeros((len(positions_enu_m), 2))

@@ -16,20 +16,32 @@ naming the file, the first bad row and the fix (rebuild the map);
 (bad zip, short reads, unparsable headers, FAISS read errors) into it too.
 """
 
+from __future__ import annotations
+
 import functools
 import json
 import logging
 from pathlib import Path
 import struct
 import tokenize
-from typing import Callable, Optional, Union
+from typing import Any, Callable, cast, Iterator, NoReturn, Optional, Protocol, TYPE_CHECKING, \
+    TypeVar, Union
 import zipfile
 import zlib
 
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.mapping.errors import MapFormatError
 from vl_attention.mapping.layout import DESCRIPTORS_FILE, INDEX_FILE, RECORDS_FILE, VERIFY_MODES
+
+if TYPE_CHECKING:
+    import faiss
+
+    from vl_attention.io import StrPath
+    from vl_attention.mapping.index import MapIndex
+    from vl_attention.mapping.local_feature_map import LocalFeatureMap
+    from vl_attention.mapping.records import PlaceRecords
 
 LOG = logging.getLogger(__name__)
 
@@ -46,11 +58,39 @@ READ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, Runt
                MemoryError, OverflowError, struct.error, zlib.error, UnicodeDecodeError,
                json.JSONDecodeError, SyntaxError, tokenize.TokenError)
 
+_Load = TypeVar('_Load', bound=Callable[..., Any])
 
-def refuse_damaged(load: Callable) -> Callable:
+
+class _Manifest(Protocol):
+    """What :func:`validate_map` reads of a :class:`~.map_format.MapManifest`."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def metric(self) -> str: ...
+
+
+class _LoadedMap(Protocol):
+    """What :func:`validate_map` reads of a :class:`~.map_format.Map` (not imported: a cycle)."""
+
+    @property
+    def manifest(self) -> _Manifest: ...
+
+    @property
+    def index(self) -> MapIndex: ...
+
+    @property
+    def records(self) -> PlaceRecords: ...
+
+    @property
+    def local_features(self) -> Optional[LocalFeatureMap]: ...
+
+
+def refuse_damaged(load: _Load) -> _Load:
     """Wrap ``load(path, ...)`` so that reading a damaged map raises one MapFormatError line."""
     @functools.wraps(load)
-    def checked(path, *args, **kwargs):
+    def checked(path: StrPath, *args: Any, **kwargs: Any) -> Any:
         error_type = MapFormatError
         _check_verify_mode(kwargs.get('verify', 'auto'))
         try:
@@ -64,15 +104,17 @@ def refuse_damaged(load: Callable) -> Callable:
                 f'map {path}'
             raise error_type(f'{where} is damaged and unreadable ({type(error).__name__}: '
                              f'{_one_line(error)}); {FIX}') from error
-    return checked
+    return cast('_Load', checked)
 
 
-def validate_map(path, loaded, *, full: bool = False) -> None:
+def validate_map(path: StrPath, loaded: _LoadedMap, *, full: bool = False) -> None:
     """Check every part of a loaded :class:`Map` (``full``: every row, else a sample)."""
     path = Path(path)
     sample = None if full else DEFAULT_SAMPLE_ROWS
     validate_records(loaded.records, path / RECORDS_FILE, count=loaded.manifest.count)
     descriptors = loaded.index.descriptors
+    if descriptors is None:
+        _fail(path / DESCRIPTORS_FILE, 'is not loaded with the index')
     validate_descriptors(descriptors, path / DESCRIPTORS_FILE, sample=sample)
     validate_index(loaded.index, descriptors, path / INDEX_FILE, metric=loaded.manifest.metric,
                    sample=sample)
@@ -81,7 +123,8 @@ def validate_map(path, loaded, *, full: bool = False) -> None:
                                 sample=sample)
 
 
-def validate_records(records, path, *, count: Optional[int] = None) -> None:
+def validate_records(records: PlaceRecords, path: StrPath, *,
+                     count: Optional[int] = None) -> None:
     """Refuse records that are not N finite rows of the right shapes with unit quaternions."""
     n = len(records.image_id)
     if count is not None and n != count:
@@ -112,7 +155,8 @@ def validate_records(records, path, *, count: Optional[int] = None) -> None:
                records.orientation_xyzw, f'has norm outside 1 +- {UNIT_NORM_TOLERANCE:g}')
 
 
-def validate_descriptors(descriptors, path, *, sample: Optional[int] = DEFAULT_SAMPLE_ROWS,
+def validate_descriptors(descriptors: np.ndarray, path: StrPath, *,
+                         sample: Optional[int] = DEFAULT_SAMPLE_ROWS,
                          dim: Optional[int] = None) -> None:
     """Refuse descriptors that are not finite unit rows (checked on ``sample`` rows + edges)."""
     if descriptors.ndim != 2 or descriptors.dtype != np.float32 or \
@@ -128,7 +172,8 @@ def validate_descriptors(descriptors, path, *, sample: Optional[int] = DEFAULT_S
                    f'has norm outside 1 +- {UNIT_NORM_TOLERANCE:g}', rows=rows)
 
 
-def validate_index(index, descriptors, path, *, metric: str = 'inner_product',
+def validate_index(index: MapIndex, descriptors: np.ndarray, path: StrPath, *,
+                   metric: str = 'inner_product',
                    sample: Optional[int] = DEFAULT_SAMPLE_ROWS) -> None:
     """Refuse an index of another metric, or whose stored vectors differ from the descriptors."""
     import faiss
@@ -146,7 +191,8 @@ def validate_index(index, descriptors, path, *, metric: str = 'inner_product',
         _first_bad(path, 'vector', differ, stored, 'differs from descriptors.npy', rows=rows)
 
 
-def validate_local_features(local_features, path, *, count: Optional[int] = None,
+def validate_local_features(local_features: LocalFeatureMap, path: StrPath, *,
+                            count: Optional[int] = None,
                             sample: Optional[int] = DEFAULT_SAMPLE_ROWS) -> None:
     """Refuse feature tables with bad offsets or shapes, non-finite keypoints or partial points."""
     from vl_attention.mapping.local_feature_map import FEATURES_DIR
@@ -179,13 +225,13 @@ def validate_local_features(local_features, path, *, count: Optional[int] = None
                    'is partly finite (a point is finite or all NaN)', rows=chunk)
 
 
-def _stores_exact_vectors(faiss_index) -> bool:
+def _stores_exact_vectors(faiss_index: faiss.Index) -> bool:
     import faiss
     return isinstance(faiss_index, (faiss.IndexFlat, faiss.IndexHNSWFlat)) and \
         faiss_index.ntotal > 0
 
 
-def _row_chunks(count: int, sample: Optional[int]):
+def _row_chunks(count: int, sample: Optional[int]) -> Iterator[Union[slice, np.ndarray]]:
     """Yield row selections to check: all rows in chunks, or a sorted sample plus the edges."""
     if sample is None or count <= sample + 2 * EDGE_ROWS:
         for start in range(0, count, CHUNK_ROWS):
@@ -197,7 +243,7 @@ def _row_chunks(count: int, sample: Optional[int]):
                                     np.arange(count - EDGE_ROWS, count)]))
 
 
-def _first_bad(path, name: str, bad: np.ndarray, values: np.ndarray, problem: str, *,
+def _first_bad(path: StrPath, name: str, bad: npt.ArrayLike, values: np.ndarray, problem: str, *,
                rows: Union[slice, np.ndarray, None] = None) -> None:
     where = np.flatnonzero(bad)
     if not len(where):
@@ -214,11 +260,11 @@ def _first_bad(path, name: str, bad: np.ndarray, values: np.ndarray, problem: st
     _fail(path, f'{name} row {row} {problem} ({value}; {len(where)} bad among the rows checked)')
 
 
-def _fail(path, problem: str) -> None:
+def _fail(path: StrPath, problem: str) -> NoReturn:
     raise MapFormatError(f'{path}: {problem}; {FIX}')
 
 
-def _check_verify_mode(verify) -> None:
+def _check_verify_mode(verify: object) -> None:
     if verify not in VERIFY_MODES:
         raise ValueError(f'unknown verify mode {verify!r}; known: {VERIFY_MODES}')
 

@@ -9,6 +9,7 @@ from sensor_msgs.msg import CompressedImage, NavSatFix, NavSatStatus
 
 from vl_attention.data.images import decode_compressed, decode_raw, DEFAULT_MAX_IMAGE_PIXELS
 from vl_attention.localization import health
+from vl_attention.ros.rectify import Calibration
 
 
 def image_to_rgb(msg, *, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
@@ -23,6 +24,14 @@ def image_to_rgb(msg, *, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     return decode_raw(encoding=msg.encoding, height=msg.height, width=msg.width,
                       step=msg.step, data=memoryview(msg.data).cast('B'),
                       is_bigendian=bool(msg.is_bigendian), max_image_pixels=max_image_pixels)
+
+
+def camera_info_to_calibration(msg):
+    """Return the rectify :class:`~vl_attention.ros.rectify.Calibration` of a CameraInfo."""
+    return Calibration(width=int(msg.width), height=int(msg.height),
+                       distortion_model=str(msg.distortion_model),
+                       d=tuple(float(v) for v in msg.d), k=tuple(float(v) for v in msg.k),
+                       r=tuple(float(v) for v in msg.r), p=tuple(float(v) for v in msg.p))
 
 
 def result_to_navsatfix(result, header):

@@ -10,8 +10,13 @@ frame, and those that cannot change live are read-only. Services:
 ``~/reset`` (std_srvs/Trigger) forgets the place filter's belief,
 ``~/reload_map`` re-reads ``map_dir`` and keeps the loaded map if the new one
 is refused.
+
+The subscriptions take QoS overrides (``qos_overrides.<topic>.subscription.reliability``,
+``.depth``, ``.history``; the ROS 2 convention, read-only parameters), and with ``rectify``
+frames are undistorted with the newest ``camera_info`` (:mod:`vl_attention.ros.rectify`).
 """
 
+import copy
 from dataclasses import replace
 import sys
 import threading
@@ -26,8 +31,9 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, NavSatFix
 from std_srvs.srv import Trigger
 try:   # no tf2_msgs wheel exists for the PyPI ROS 2 builds; a ROS install has it
     from tf2_msgs.msg import TFMessage
@@ -44,12 +50,27 @@ from vl_attention.localization.odometry import OdometryBuffer, OdometryConfig, y
 from vl_attention.localization.pipeline import LatestFrameSlot, LocalizationStats
 from vl_attention.mapping import load_map, read_manifest
 from vl_attention.ros import conversions
-from vl_attention.ros.params import (camera_extrinsic, check_values, declare_parameters,
-                                     embedder_config, localizer_config, PARAMS_BY_NAME,
-                                     ParameterError, TRACKING_PARAMS, tracking_config)
+from vl_attention.ros.params import (CAMERA_INFO_TOPIC, camera_extrinsic, check_values,
+                                     COMPRESSED_IMAGE_TOPIC, declare_parameters,
+                                     DIAGNOSTICS_TOPIC, embedder_config, FIX_TOPIC, IMAGE_TOPIC,
+                                     localizer_config, PARAMS_BY_NAME, ParameterError,
+                                     POSE_TOPIC, TF_TOPIC, TRACKING_PARAMS, tracking_config)
+from vl_attention.ros.rectify import Rectifier
 
 # What start-up may raise on purpose (bad parameters, maps, backends): one line, exit code 1.
 STARTUP_ERRORS = (VLAttentionError, ValueError, RuntimeError, OSError, ParameterException)
+ODOMETRY_DEPTH = 50
+
+
+def _overridable_subscription(node, message_type, topic, callback, qos):
+    """Subscribe with ``qos`` as the default of the ``qos_overrides.<topic>.*`` parameters.
+
+    A copy is handed over: rclpy writes the overrides into the profile it is given, and
+    ``qos_profile_sensor_data`` is shared by the whole process.
+    """
+    return node.create_subscription(
+        message_type, topic, callback, copy.copy(qos),
+        qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
 
 class _LocalizeCore:
@@ -75,13 +96,17 @@ class _LocalizeCore:
         self.odometry = OdometryBuffer(OdometryConfig(max_speed_mps=self.params['max_speed_mps']))
         self._previous_stamp_s = None
         self.last_result = None
+        self._calibration = None        # the newest camera_info (rectify), set by its callback
+        self.rectifier = None
+        self._rectify_problem = ''
         self._create_publishers()
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_service(Trigger, '~/reload_map', self._on_reload_map)
 
     def _activate(self):
         self.slot = LatestFrameSlot()
-        self._subscriptions_active = [self._subscribe_images(), self._subscribe_odometry()]
+        self._subscriptions_active = [self._subscribe_images(), self._subscribe_odometry(),
+                                      self._subscribe_camera_info()]
         self._diagnostics_timer = self.create_timer(float(self.params['diagnostics_period_s']),
                                                     self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name='localize_worker', daemon=True)
@@ -199,22 +224,23 @@ class _LocalizeCore:
         if not self.params['odom_topic']:
             raise ParameterError('publish_tf needs odom_topic: map->odom is computed from '
                                  'odometry (-p odom_topic:=/odom)')
-        return self.create_publisher(TFMessage, '/tf', 10)
+        return self.create_publisher(TFMessage, TF_TOPIC, 10)
 
     def _create_publishers(self):
-        self.fix_publisher = self.create_publisher(NavSatFix, 'fix', 10)
-        self.pose_publisher = self.create_publisher(PoseWithCovarianceStamped, 'pose', 10)
-        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.fix_publisher = self.create_publisher(NavSatFix, FIX_TOPIC, 10)
+        self.pose_publisher = self.create_publisher(PoseWithCovarianceStamped, POSE_TOPIC, 10)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC,
+                                                           10)
         self.tf_publisher = self._create_tf_publisher()
 
     def _subscribe_images(self):
         transport = self.params['image_transport']
         if transport not in ('raw', 'compressed'):
             raise ValueError(f"image_transport must be 'raw' or 'compressed', got {transport!r}")
-        message_type, topic = (Image, 'image') if transport == 'raw' \
-            else (CompressedImage, 'image/compressed')
-        subscription = self.create_subscription(message_type, topic, self._on_image,
-                                                qos_profile_sensor_data)
+        message_type, topic = (Image, IMAGE_TOPIC) if transport == 'raw' \
+            else (CompressedImage, COMPRESSED_IMAGE_TOPIC)
+        subscription = _overridable_subscription(self, message_type, topic, self._on_image,
+                                                 qos_profile_sensor_data)
         self.get_logger().info(f'listening for {message_type.__name__} on '
                                f'{self.resolve_topic_name(topic)}')
         return subscription
@@ -224,7 +250,29 @@ class _LocalizeCore:
         if not topic:
             return None
         self.get_logger().info(f'odometry from {self.resolve_topic_name(topic)}')
-        return self.create_subscription(Odometry, topic, self._on_odometry, 50)
+        return _overridable_subscription(self, Odometry, topic, self._on_odometry,
+                                         QoSProfile(depth=ODOMETRY_DEPTH))
+
+    def _subscribe_camera_info(self):
+        if not self.params['rectify']:
+            return None
+        topic = self.resolve_topic_name(CAMERA_INFO_TOPIC)
+        self.rectifier = Rectifier(source=topic)
+        self.get_logger().info(f'rectify: undistorting frames with CameraInfo from {topic}')
+        return _overridable_subscription(self, CameraInfo, CAMERA_INFO_TOPIC,
+                                         self._on_camera_info, qos_profile_sensor_data)
+
+    def _on_camera_info(self, msg):
+        self._calibration = conversions.camera_info_to_calibration(msg)  # the worker reads it
+
+    def _rectify(self, frame):
+        """Undistort ``frame`` with the newest camera_info (unchanged when it cannot be)."""
+        frame = self.rectifier(frame, self._calibration)
+        problem = self.rectifier.state.problem
+        if problem and problem != self._rectify_problem:  # once per new reason, not per frame
+            self.get_logger().warning(f'rectify: {problem}')
+        self._rectify_problem = problem
+        return frame
 
     def _on_odometry(self, msg):
         pose = msg.pose.pose
@@ -258,6 +306,8 @@ class _LocalizeCore:
         try:
             frame = conversions.image_to_rgb(
                 msg, max_image_pixels=int(self.params['max_image_pixels']))
+            if self.rectifier is not None:
+                frame = self._rectify(frame)
             stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             with self._localizer_lock:
                 result = self.localizer.localize(frame, stamp_s=stamp_s,
@@ -308,9 +358,9 @@ class _LocalizeCore:
 
     def _publish_diagnostics(self):
         try:
-            config, config_problem = health.health_config(self.params), ''
+            config, problems = health.health_config(self.params), []
         except ValueError as error:  # e.g. max_rate_hz set below min_rate_hz at run time
-            config, config_problem = health.HealthConfig(), f'{error}; using the defaults'
+            config, problems = health.HealthConfig(), [f'{error}; using the defaults']
         snapshot = self.stats.snapshot(dropped=self.slot.dropped, window_s=config.window_s)
         assessment = health.assess(snapshot, time.monotonic(), config)
         embedder = self.localizer.embedder
@@ -320,10 +370,15 @@ class _LocalizeCore:
                          'model_fingerprint': embedder.fingerprint,
                          'map_images': self.localizer.map.manifest.count}
         static_values.update(_tracking_values(self.last_result, self.localizer))
+        static_values['rectification'] = 'off' if self.rectifier is None \
+            else self.rectifier.state.note
+        if self.rectifier is not None and self.rectifier.state.problem:
+            problems.append(f'rectify: {self.rectifier.state.problem}')
         self.diagnostics_publisher.publish(conversions.stats_to_diagnostics(
             snapshot, name=f'{self.get_fully_qualified_name()}: visual localization',
             hardware_id=self.params['map_dir'], stamp=self.get_clock().now().to_msg(),
-            static_values=static_values, assessment=assessment, warn_reason=config_problem))
+            static_values=static_values, assessment=assessment,
+            warn_reason='; '.join(problems)))
 
     def destroy_node(self):
         """Stop the worker (if it started) before tearing the node down."""

@@ -23,6 +23,9 @@ from vl_attention.errors import VLAttentionError
 from vl_attention.localization import LocalizerConfig, TrackingConfig
 from vl_attention.localization.health import health_config
 from vl_attention.localization.place_filter import PlaceFilterConfig
+from vl_attention.ros.topics import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC,  # noqa: F401
+                                     DIAGNOSTICS_TOPIC, FIX_TOPIC, IMAGE_TOPIC, POSE_TOPIC,
+                                     resolved_topic, TF_TOPIC)
 
 
 class ParameterError(VLAttentionError, ValueError):
@@ -84,6 +87,9 @@ NODE_PARAMS = (
     Param('image_transport', 'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
           '(sensor_msgs/CompressedImage on image/compressed)', choices=('raw', 'compressed'),
           read_only=True),
+    Param('rectify', False, 'undistort each frame with camera_info (plumb_bob, '
+          'rational_polynomial) before embedding; off: the image is already rectified '
+          '(image_rect)', read_only=True),
     Param('map_frame', 'map', "frame of the published pose: the map's local ENU frame (REP 105)"),
     Param('base_frame', 'base_link', 'robot frame whose pose is published (REP 105)'),
     Param('odom_frame', 'odom', 'odometry frame; map->odom is published with publish_tf'),
@@ -135,8 +141,8 @@ NODE_PARAMS = (
           'fastest plausible robot speed (m/s): bounds the motion model and odometry jumps '
           '(a change restarts the filter)', low=0.1, high=100.0),
     Param('filter_temperature_scale', PlaceFilterConfig.temperature_scale,
-          'scales the map-calibrated similarity temperature of the filter likelihood '
-          '(a change restarts the filter)', low=0.01, high=100.0),
+          'temperature tau of the filter likelihood exp(z / tau), z the z-score of a '
+          'similarity within the frame (a change restarts the filter)', low=0.01, high=100.0),
 ) + tuple(Param(field.name, field.default, _LOCALIZER_PARAMS[field.name][0],
                 low=_LOCALIZER_PARAMS[field.name][1], high=_LOCALIZER_PARAMS[field.name][2])
           for field in fields(LocalizerConfig))

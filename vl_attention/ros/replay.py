@@ -41,12 +41,15 @@ class Responses:
 class ReplayClient(Node):
     """Publishes camera frames and records fixes, poses and diagnostics."""
 
-    def __init__(self, *, image_topic='/camera/image_raw', namespace='', compressed=False):
+    def __init__(self, *, image_topic='/camera/image_raw', namespace='', compressed=False,
+                 qos=None):
+        """Publish on ``image_topic`` with ``qos`` (None: sensor data, as the node expects)."""
         super().__init__('vl_attention_replay', namespace=namespace or '/')
         self.compressed = compressed
         topic = f'{image_topic}/compressed' if compressed else image_topic
         self.image_publisher = self.create_publisher(
-            CompressedImage if compressed else Image, topic, qos_profile_sensor_data)
+            CompressedImage if compressed else Image, topic,
+            qos if qos is not None else qos_profile_sensor_data)
         prefix = f'/{namespace.strip("/")}' if namespace.strip('/') else ''
         self.localizer_status_name = f'{prefix}/localize_node: visual localization'
         self.responses = Responses()
