@@ -1,7 +1,6 @@
 """The managed (lifecycle) localize_node: configure loads, activate listens, deactivate stops."""
 
 import subprocess
-import time
 
 import cv2
 from lifecycle_msgs.msg import Transition
@@ -15,25 +14,15 @@ from vl_attention.ros.replay import ReplayClient
 pytestmark = pytest.mark.ros
 
 
-def _call(client, node, service_type, name, request, timeout_s=60.0):
-    service = node.create_client(service_type, name)
-    assert service.wait_for_service(timeout_sec=timeout_s), f'{name} never appeared'
-    future = service.call_async(request)   # the client's own executor thread completes it
-    deadline = time.monotonic() + timeout_s
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert future.done(), f'{name} did not answer within {timeout_s} s'
-    return future.result()
-
-
 def _transition(client, transition_id):
-    return _call(client, client, ChangeState, '/localize_node/change_state',
-                 ChangeState.Request(transition=Transition(id=transition_id))).success
+    request = ChangeState.Request(transition=Transition(id=transition_id))
+    return client.call_service(ChangeState, '/localize_node/change_state', request,
+                               timeout_s=60.0).success
 
 
 def _state(client):
-    return _call(client, client, GetState, '/localize_node/get_state',
-                 GetState.Request()).current_state.label
+    return client.call_service(GetState, '/localize_node/get_state', GetState.Request(),
+                               timeout_s=60.0).current_state.label
 
 
 def test_lifecycle_transitions_gate_localization(ros_env, tiny_map, tiny_world, export_cache,

@@ -194,29 +194,15 @@ def filtered(nodes):
     client.close()
 
 
-def _call(node, service_type, name, request, timeout_s=30.0):
-    client = node.create_client(service_type, name)
-    try:
-        assert client.wait_for_service(timeout_sec=timeout_s), f'no service {name}'
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout_s
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert future.done(), f'{name} did not answer in {timeout_s} s'
-        return future.result()
-    finally:
-        node.destroy_client(client)
-
-
 def _set(client, node_name, **values):
     request = SetParameters.Request(parameters=[
         Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
-    return _call(client, SetParameters, f'{node_name}/set_parameters', request).results
+    return client.call_service(SetParameters, f'{node_name}/set_parameters', request).results
 
 
 def _get(client, node_name, name):
-    response = _call(client, GetParameters, f'{node_name}/get_parameters',
-                     GetParameters.Request(names=[name]))
+    response = client.call_service(GetParameters, f'{node_name}/get_parameters',
+                                   GetParameters.Request(names=[name]))
     return parameter_value_to_python(response.values[0])
 
 
@@ -345,7 +331,7 @@ def test_reset_service_restarts_the_filter(filtered, tiny_world, stamps):
     following = _track(filtered, frames, stamps)
     fix = _answer(filtered, frames[following], stamps.next())
     assert fix.status.status == NavSatStatus.STATUS_FIX, 'tracking goes on without a reset'
-    response = _call(filtered, Trigger, '/filtered/localize_node/reset', Trigger.Request())
+    response = filtered.call_service(Trigger, '/filtered/localize_node/reset', Trigger.Request())
     assert (response.success, response.message) == (
         True, 'place filter reset: relocalizing globally from the next frame')
     fix = _answer(filtered, frames[following + 1], stamps.next())
@@ -354,7 +340,8 @@ def test_reset_service_restarts_the_filter(filtered, tiny_world, stamps):
 
 def test_filter_parameter_change_restarts_the_filter(filtered, tiny_world, stamps):
     frames = _frames(tiny_world)
-    assert _call(filtered, Trigger, '/filtered/localize_node/reset', Trigger.Request()).success
+    assert filtered.call_service(Trigger, '/filtered/localize_node/reset',
+                                 Trigger.Request()).success
     following = _track(filtered, frames, stamps)
     assert _set(filtered, '/filtered/localize_node', max_speed_mps=20.0)[0].successful
     fix = _answer(filtered, frames[following], stamps.next())
@@ -376,15 +363,15 @@ def test_reload_map_reads_map_dir_again_and_keeps_the_old_map_on_failure(
         filtered, nodes, photo_map, tiny_world, stamps):
     map_copy = nodes['map_copy']
     reload_map = '/filtered/localize_node/reload_map'
-    response = _call(filtered, Trigger, reload_map, Trigger.Request())
+    response = filtered.call_service(Trigger, reload_map, Trigger.Request())
     assert (response.success, response.message) == (True, f'map {map_copy} reloaded: 24 images')
     shutil.rmtree(map_copy)
     shutil.copytree(photo_map, map_copy)  # another map, same model: 12 images
-    response = _call(filtered, Trigger, reload_map, Trigger.Request())
+    response = filtered.call_service(Trigger, reload_map, Trigger.Request())
     assert (response.success, response.message) == (True, f'map {map_copy} reloaded: 12 images')
     assert _map_images(filtered, 12)
     (map_copy / 'manifest.json').write_text('{')
-    response = _call(filtered, Trigger, reload_map, Trigger.Request())
+    response = filtered.call_service(Trigger, reload_map, Trigger.Request())
     assert not response.success
     assert response.message.startswith(f'map {map_copy} refused, keeping the loaded map (12 '
                                        f'images): {map_copy / "manifest.json"} is not valid JSON')

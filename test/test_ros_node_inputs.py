@@ -60,20 +60,6 @@ def client(node):
     client.close()
 
 
-def _call(client, service_type, name, request, timeout_s=30.0):
-    service = client.create_client(service_type, name)
-    try:
-        assert service.wait_for_service(timeout_sec=timeout_s), f'no service {name}'
-        future = service.call_async(request)
-        deadline = time.monotonic() + timeout_s
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert future.done(), f'{name} did not answer in {timeout_s} s'
-        return future.result()
-    finally:
-        client.destroy_client(service)
-
-
 def _frames(world):
     columns = read_poses_csv(world / 'map_day' / 'poses.csv')
     return columns, [cv2.cvtColor(cv2.imread(str(world / 'map_day' / 'images' / name)),
@@ -124,14 +110,15 @@ def _diagnostics(client, predicate, timeout_s=10.0):
 # ---------------------------------------------------------------- QoS overrides
 
 def test_qos_override_parameters_are_declared_with_the_given_values(client):
-    names = _call(client, ListParameters, '/localize_node/list_parameters',
-                  ListParameters.Request(prefixes=['qos_overrides'])).result.names
+    names = client.call_service(ListParameters, '/localize_node/list_parameters',
+                                ListParameters.Request(prefixes=['qos_overrides'])).result.names
     assert sorted(names) == sorted(f'qos_overrides.{topic}.subscription.{policy}'
                                    for topic in (IMAGE, CAMERA_INFO)
                                    for policy in ('history', 'depth', 'reliability'))
-    response = _call(client, GetParameters, '/localize_node/get_parameters', GetParameters.Request(
-        names=[f'{QOS_PREFIX}.reliability', f'{QOS_PREFIX}.depth', f'{QOS_PREFIX}.history',
-               f'qos_overrides.{CAMERA_INFO}.subscription.reliability']))
+    response = client.call_service(
+        GetParameters, '/localize_node/get_parameters', GetParameters.Request(
+            names=[f'{QOS_PREFIX}.reliability', f'{QOS_PREFIX}.depth', f'{QOS_PREFIX}.history',
+                   f'qos_overrides.{CAMERA_INFO}.subscription.reliability']))
     assert [parameter_value_to_python(value) for value in response.values] == [
         'reliable', 2, 'keep_last', 'best_effort']   # camera_info keeps the sensor-data default
 
@@ -139,7 +126,8 @@ def test_qos_override_parameters_are_declared_with_the_given_values(client):
 def test_qos_overrides_are_read_only(client):
     request = SetParameters.Request(parameters=[
         Parameter(f'{QOS_PREFIX}.reliability', value='best_effort').to_parameter_msg()])
-    (result,) = _call(client, SetParameters, '/localize_node/set_parameters', request).results
+    (result,) = client.call_service(SetParameters, '/localize_node/set_parameters',
+                                    request).results
     assert (result.successful, result.reason) == (
         False, f'Trying to set a read-only parameter: {QOS_PREFIX}.reliability.')
 

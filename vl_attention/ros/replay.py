@@ -139,6 +139,22 @@ class ReplayClient(Node):
                             '_message': status.message}
         return {}
 
+    def call_service(self, service_type, name, request, timeout_s=30.0):
+        """Call service ``name`` and return its response (the executor thread completes it)."""
+        client = self.create_client(service_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout_s):
+                raise TimeoutError(f'no service {name} within {timeout_s} s')
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout_s
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not future.done():
+                raise TimeoutError(f'{name} did not answer within {timeout_s} s')
+            return future.result()
+        finally:
+            self.destroy_client(client)
+
     def close(self):
         """Stop spinning and destroy the node."""
         self._executor.shutdown()
