@@ -5,19 +5,9 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from vl_attention.ros.launch_args import node_arguments
+from vl_attention.ros.launch_args import NODE_LAUNCH_ARGUMENTS, node_arguments
 
-ARGUMENTS = {
-    'params_file': ('', 'node parameters YAML ("" = the installed config/localize.yaml)'),
-    'namespace': ('', 'namespace of the node and its topics'),
-    'image_topic': ('/camera/image_raw', 'camera image topic (raw; /compressed is derived)'),
-    'camera_info_topic': ('', 'CameraInfo for rectify:=true ("" = camera_info beside '
-                              'image_topic)'),
-    'map_dir': ('', 'map directory; overrides map_dir of the params file when given'),
-    'log_level': ('info', 'ROS log level of the node'),
-    'dds_profile': ('', 'Fast DDS profile for the node: "" = none, fastdds = the installed '
-                        'config/dds/fastdds_shm.xml, or a path (docs/transport.md)'),
-}
+ARGUMENTS = NODE_LAUNCH_ARGUMENTS
 
 
 def _launch_node(context):

@@ -10,22 +10,13 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from vl_attention.ros.launch_args import ekf_recipe_arguments
+from vl_attention.ros.launch_args import ekf_recipe_arguments, NODE_LAUNCH_ARGUMENTS
 
-ARGUMENTS = {
-    'params_file': ('', 'localize_node parameters YAML ("" = the installed config/localize.yaml)'),
+ARGUMENTS = NODE_LAUNCH_ARGUMENTS | {
     'ekf_params_file': ('', 'robot_localization EKF parameters ("" = the installed '
                             'config/ekf_vl_attention.yaml)'),
-    'namespace': ('', 'namespace of both nodes and their topics'),
-    'image_topic': ('/camera/image_raw', 'camera image topic (raw; /compressed is derived)'),
-    'camera_info_topic': ('', 'CameraInfo for rectify:=true ("" = camera_info beside '
-                              'image_topic)'),
     'odom_topic': ('', 'wheel odometry for the EKF (odom0) and the motion model of the node '
                        '("" = odom0 of the EKF params file)'),
-    'map_dir': ('', 'map directory; overrides map_dir of the params file when given'),
-    'log_level': ('info', 'ROS log level of localize_node'),
-    'dds_profile': ('', 'Fast DDS profile for localize_node: "" = none, fastdds = the installed '
-                        'config/dds/fastdds_shm.xml, or a path (docs/transport.md)'),
 }
 
 

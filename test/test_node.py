@@ -137,27 +137,15 @@ def _bad_raw_images(rgb):
     }
 
 
-def _wait_diagnostics(client, predicate, timeout_s=10.0):
-    import time
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        values = client.latest_diagnostics()
-        if values and predicate(values):
-            return values
-        time.sleep(0.1)
-    raise AssertionError(f'diagnostics never satisfied the check: {client.latest_diagnostics()}')
-
-
 def test_bad_raw_frames_are_rejected_and_next_good_frame_localizes(raw_client, tiny_world,
                                                                    nodes):
     rgb, _, _ = next(_frames(tiny_world, 'map_day'))
-    before = int(_wait_diagnostics(raw_client, lambda v: True)['frames_rejected'])
+    before = int(raw_client.wait_for_diagnostics(lambda v: True)['frames_rejected'])
     for offset, (name, msg) in enumerate(_bad_raw_images(rgb).items()):
         stamp = 9_000_000_000 + offset
         raw_client.publish_message(msg, stamp)
         assert raw_client.wait_for_response(stamp, timeout_s=1.5) is None, name
-    values = _wait_diagnostics(raw_client,
-                               lambda v: int(v['frames_rejected']) >= before + 4)
+    values = raw_client.wait_for_diagnostics(lambda v: int(v['frames_rejected']) >= before + 4)
     assert int(values['frames_rejected']) == before + 4
     assert values['last_error'] and values['backend'] == 'onnxruntime'
     assert nodes['raw'].poll() is None, 'the node must survive bad frames'
@@ -173,7 +161,7 @@ def test_compressed_images_and_truncated_jpeg(compressed_client, tiny_world, nod
     truncated.data = jpeg[: len(jpeg) // 2]
     compressed_client.publish_message(truncated, 10_000_000_000)
     assert compressed_client.wait_for_response(10_000_000_000, timeout_s=1.5) is None
-    values = _wait_diagnostics(compressed_client, lambda v: int(v['frames_rejected']) >= 1)
+    values = compressed_client.wait_for_diagnostics(lambda v: int(v['frames_rejected']) >= 1)
     assert 'truncated JPEG' in values['last_error']
     compressed_client.publish_frame(rgb, 10_100_000_000)
     fix = compressed_client.wait_for_response(10_100_000_000, timeout_s=15.0)
@@ -182,7 +170,7 @@ def test_compressed_images_and_truncated_jpeg(compressed_client, tiny_world, nod
 
 
 def test_diagnostics_report_rates_latency_and_backend(raw_client):
-    values = _wait_diagnostics(raw_client, lambda v: int(v['frames_localized']) > 0)
+    values = raw_client.wait_for_diagnostics(lambda v: int(v['frames_localized']) > 0)
     assert values['_level'] == 0 and values['_message'] == 'localizing'
     assert float(values['latency_ms_p50']) > 0
     assert int(values['map_images']) == 24

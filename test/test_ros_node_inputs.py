@@ -97,16 +97,6 @@ def _fix(client, rgb, stamp, *, publisher=None, retries=1, timeout_s=15.0):
     return None
 
 
-def _diagnostics(client, predicate, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        values = client.latest_diagnostics()
-        if values and predicate(values):
-            return values
-        time.sleep(0.05)
-    raise AssertionError(f'diagnostics never satisfied the check: {client.latest_diagnostics()}')
-
-
 # ---------------------------------------------------------------- QoS overrides
 
 def test_qos_override_parameters_are_declared_with_the_given_values(client):
@@ -155,7 +145,7 @@ def test_without_camera_info_frames_go_on_unrectified_with_a_warning(client, tin
     warning = (f'rectify: rectify is on but no camera_info arrived on {CAMERA_INFO}; '
                f'{UNRECTIFIED}')
     # the first diagnostics after one frame may still say only 'waiting for images'
-    values = _diagnostics(client, lambda v: warning in v.get('_message', ''))
+    values = client.wait_for_diagnostics(lambda v: warning in v.get('_message', ''))
     assert values['rectification'] == f'waiting for camera_info on {CAMERA_INFO}'
     assert values['_level'] == WARN
 
@@ -175,7 +165,7 @@ def test_distorted_frames_are_rectified_and_localize(client, tiny_world, tiny_ma
         estimate = geodetic_to_enu(fix.latitude, fix.longitude, fix.altitude, origin)
         errors.append(float(np.linalg.norm(estimate[:2] - truth[:2])))
     assert np.median(errors) < 2.0 and max(errors) < 10.0, errors
-    values = _diagnostics(client, lambda v: v.get('rectification', '').startswith('on'))
+    values = client.wait_for_diagnostics(lambda v: v.get('rectification', '').startswith('on'))
     assert values['rectification'] == \
         f'on: plumb_bob {calibration.width}x{calibration.height}'
     assert (values['_level'], values['_message']) == (0, 'localizing')
@@ -189,7 +179,8 @@ def test_an_unsupported_distortion_model_is_refused_with_a_reason(client, tiny_w
         assert fix is not None, 'a refused calibration must not stop localization'
     reason = ("camera_info distortion model 'equidistant' is not supported (use plumb_bob or "
               'rational_polynomial)')
-    values = _diagnostics(client, lambda v: v.get('rectification', '').startswith('refused'))
+    values = client.wait_for_diagnostics(
+        lambda v: v.get('rectification', '').startswith('refused'))
     assert values['rectification'] == f'refused: {reason}'
     assert (values['_level'], values['_message']) == (WARN, f'rectify: {reason}; {UNRECTIFIED}')
     log = node['log'].read_text()

@@ -137,10 +137,7 @@ def score_run(run):
     result = {'model': run.model, 'frames_scored': len(records),
               'frames_skipped_without_ground_truth': dict(run.skipped),
               'frames_responded': sum(r.responded for r in records),
-              'frames_accepted': len(accepted), 'acceptance_rate': len(accepted) / len(records),
-              'fraction_of_frames_within': fraction_of_frames_within(records),
-              'accepted': pose_summary(accepted) if accepted else None,
-              'covariance_honesty': covariance_summary(accepted) if accepted else None,
+              'frames_accepted': len(accepted), **mode_summary(records),
               'latency': metrics.latency_summary(latencies, run.wall_s) if latencies else None}
     if len(estimated) > len(accepted):
         result['all_estimates'] = pose_summary(estimated)
@@ -150,7 +147,7 @@ def score_run(run):
 
 
 def mode_summary(records):
-    """Summarise one estimate (single frame, filtered, output): fixes, errors, honesty."""
+    """Summarise one estimate (a run, or one stage of it): fixes, errors, covariance honesty."""
     accepted = [r for r in records if r.accepted]
     return {'acceptance_rate': len(accepted) / len(records),
             'fraction_of_frames_within': fraction_of_frames_within(records),

@@ -64,20 +64,22 @@ def filter_sequence(database: np.ndarray, queries: np.ndarray, positives: Sequen
     index = MapIndex.build(database, 'flat_ip')
     count = min(max(config.candidates, filter_config.reference_candidates), len(database))
     reference, candidates = index.search(queries, count)
-    splits = splits or {'all': (0, len(queries))}
-    return {name: _run_split(PlaceFilter(positions, headings, temperature=_temperature(
-        index, database, positions, filter_config), config=filter_config, descriptors=database),
-        queries, reference, candidates, positives, config.candidates, start, stop)
-        for name, (start, stop) in splits.items()}
+    temperature = _temperature(index, database, positions, spacing, filter_config)
+    rows = {}
+    for name, (start, stop) in (splits or {'all': (0, len(queries))}).items():
+        place_filter = PlaceFilter(positions, headings, temperature=temperature,
+                                   config=filter_config, descriptors=database)
+        rows[name] = _run_split(place_filter, queries, reference, candidates, positives,
+                                config.candidates, start, stop)
+    return rows
 
 
-def _temperature(index: MapIndex, database: np.ndarray, positions: np.ndarray,
+def _temperature(index: MapIndex, database: np.ndarray, positions: np.ndarray, spacing: float,
                  filter_config: PlaceFilterConfig) -> float:
     """Fit the map-calibrated temperature only for the likelihood that uses it."""
     if filter_config.likelihood != 'map_calibrated':
         return 1.0
     from vl_attention.mapping.calibration import calibrate_similarities
-    spacing = route_layout(len(positions), positions)[2]
     return calibrate_similarities(index, database, positions,
                                   exclusion_m=5.0 * spacing).impostor_similarity_std
 
@@ -91,8 +93,9 @@ def _run_split(place_filter: PlaceFilter, queries: np.ndarray, reference: np.nda
         estimate = place_filter.step(candidates[query, :top], reference[query, :top],
                                      Motion(dt_s=1.0), reference=reference[query],
                                      query=queries[query])
-        single.append(int(candidates[query, 0]) in set(positives[query]))
-        filtered.append(estimate.place_index in set(positives[query]))
+        positive = set(positives[query])
+        single.append(int(candidates[query, 0]) in positive)
+        filtered.append(estimate.place_index in positive)
         tracking.append(estimate.state == TRACKING)
     hits, fixes = np.array(filtered, bool), np.array(tracking, bool)
     return {'queries': stop - start, 'single_frame_recall_at_1': float(np.mean(single)),

@@ -13,6 +13,18 @@ from vl_attention.config import ConfigError, find_config_file
 from vl_attention.ros.topics import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, IMAGE_TOPIC,
                                      POSE_TOPIC, resolved_topic)
 
+# name -> (default, description) of the launch arguments both launch files declare
+NODE_LAUNCH_ARGUMENTS = {
+    'params_file': ('', 'localize_node parameters YAML ("" = the installed config/localize.yaml)'),
+    'namespace': ('', 'namespace of the node(s) and their topics'),
+    'image_topic': ('/camera/image_raw', 'camera image topic (raw; /compressed is derived)'),
+    'camera_info_topic': ('', 'CameraInfo for rectify:=true ("" = camera_info beside '
+                              'image_topic)'),
+    'map_dir': ('', 'map directory; overrides map_dir of the params file when given'),
+    'log_level': ('info', 'ROS log level of localize_node'),
+    'dds_profile': ('', 'Fast DDS profile for localize_node: "" = none, fastdds = the installed '
+                        'config/dds/fastdds_shm.xml, or a path (docs/transport.md)'),
+}
 DEFAULT_PARAMS_FILE = 'localize.yaml'
 EKF_PARAMS_FILE = 'ekf_vl_attention.yaml'
 # robot_localization's EKF publishes map->odom: the node must not (docs/robot_localization.md)

@@ -139,6 +139,19 @@ class ReplayClient(Node):
                             '_message': status.message}
         return {}
 
+    def wait_for_diagnostics(self, predicate, timeout_s=10.0):
+        """Return the newest localizer diagnostics once ``predicate(values)`` holds.
+
+        ``values`` as :meth:`latest_diagnostics` gives them; TimeoutError after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            values = self.latest_diagnostics()
+            if values and predicate(values):
+                return values
+            time.sleep(0.05)
+        raise TimeoutError(f'diagnostics never satisfied the check: {self.latest_diagnostics()}')
+
     def call_service(self, service_type, name, request, timeout_s=30.0):
         """Call service ``name`` and return its response (the executor thread completes it)."""
         client = self.create_client(service_type, name)
