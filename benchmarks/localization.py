@@ -18,6 +18,9 @@ Sections (all on 2 CPU cores, not a timed test):
 benchmarks/results/localization.json.
 """
 
+# first, before numpy loads: the node's BLAS thread default (see vl_attention/__init__.py)
+import vl_attention  # noqa: F401,I100
+
 import argparse
 from dataclasses import replace
 import json
@@ -32,7 +35,7 @@ import numpy as np
 from vl_attention.evaluation.consistency import consistency_summary
 from vl_attention.evaluation.sequence import filter_sequence
 from vl_attention.evaluation.vpr_dataset import load_vpr_dataset
-from vl_attention.io import atomic_write_text
+from vl_attention.io import write_report_sections
 from vl_attention.localization.place_filter import Motion, PlaceFilter, PlaceFilterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,25 +260,31 @@ def filter_scale(work_dir, places=1_000_000, frames=50):
 
 def latency(args, embedder):
     """In-process ``Localizer.localize`` on 480x640 frames, refinement on and off."""
+    from vl_attention.geometry.pnp import PnPConfig
     from vl_attention.localization import Localizer, TrackingConfig
+    from vl_attention.localization.refinement import RefinementConfig
     from vl_attention.mapping import load_map
     map_ = load_map(Path(args.work_dir) / f'map_{args.frames}')
     world = synthetic_world(args.work_dir, args.frames)
     paths, stamps, _, _ = read_traversal(world / 'query_rain', map_.manifest.geodetic_origin)
     frames = [cv2.resize(read_rgb(p), (640, 480), interpolation=cv2.INTER_LINEAR)
               for p in paths[:60]]
+    epnp = RefinementConfig(pnp=PnPConfig(ransac='epnp'))
     rows = {}
     for name, tracking in (('filter_and_refinement', TrackingConfig()),
+                           ('filter_and_refinement_epnp', TrackingConfig(refinement=epnp)),
                            ('filter_only', TrackingConfig(refine=False)),
                            ('single_frame', None)):
         localizer = Localizer(map_, embedder=embedder, tracking=tracking)
-        times = []
+        times, results = [], []
         for k, frame in enumerate(frames):
             started = time.perf_counter()
-            localizer.localize(frame, stamp_s=stamps[k])
+            results.append(localizer.localize(frame, stamp_s=stamps[k]))
             times.append((time.perf_counter() - started) * 1e3)
         rows[name] = {'p50_ms': float(np.median(times[5:])),
-                      'p95_ms': float(np.percentile(times[5:], 95))}
+                      'p95_ms': float(np.percentile(times[5:], 95)),
+                      'refine_p50_ms': float(np.median([r.refine_ms for r in results[5:]])),
+                      'pnp_rate': float(np.mean([r.pose_source == 'pnp' for r in results]))}
     return rows
 
 
@@ -322,6 +331,8 @@ def main(argv=None):
     parser.add_argument('--work-dir', type=Path, default=ROOT / '.cache' / 'bench_localization')
     parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' /
                         'localization.json')
+    parser.add_argument('--merge', action='store_true',
+                        help='keep the sections of an existing --out that this run skips')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     from vl_attention.engine.embedder import create_embedder, EmbedderConfig
@@ -342,8 +353,7 @@ def main(argv=None):
         result['scale'] = filter_scale(args.work_dir)
     if 'latency' in sections:
         result['latency'] = latency(args, embedder)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2, default=float))
+    result = write_report_sections(args.out, result, sections, merge=args.merge)
     print_tables(result)
     return result
 

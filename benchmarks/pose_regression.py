@@ -1,22 +1,28 @@
 """Pose regression of the joint spatial and layer attention head against retrieval baselines.
 
-Usage: ``python -m benchmarks.pose_regression [--steps N] [--threads 2]``.
+Usage: ``python -m benchmarks.pose_regression [--steps N] [--threads 2] [--device cpu]``
+(``--steps 5`` is a quick run).
 
 The pose_attention head (LSTM, 4 steps, Kendall's learnable-weight pose
-loss) trains briefly on each scene's training images, on the offline
-ImageNet EfficientNet-Lite0 trunk (frozen, features cached) at the multi-level
-taps stride8 / stride16 / stage5 (GoogLeNet / ResNet ImageNet weights are not
-available offline), then is exported to ONNX (outputs descriptors,
-position_m, orientation_xyzw) and run through ``Embedder.embed_with_pose`` on
-ONNX Runtime, the path the localizer uses. Two scenes:
+loss) trains briefly on each scene's training images with
+:func:`~vl_attention.training.loop.fit` (the training loop of ``vl-attention
+train``, one tiny recipe per scene), on the offline ImageNet EfficientNet-Lite0
+trunk (frozen, features cached) at the multi-level taps stride8 / stride16 /
+stage5 (GoogLeNet / ResNet ImageNet weights are not available offline). The
+run's ONNX export (outputs descriptors, position_m, orientation_xyzw) is run
+through ``Embedder.embed_with_pose`` on ONNX Runtime, the path the localizer
+uses. Two scenes:
 
 * ``7scenes_stairs_sample``: the 12-frame 7-Scenes stairs sample in
-  ``../shared/data``; TrainSplit (seq-01, seq-04: 6 frames) trains,
-  TestSplit (seq-02, seq-03: 6 frames) tests. A format fixture more than a
-  benchmark: 6 training images and heavily recompressed JPEGs.
+  ``../shared/data``, written as the ``seven_scenes`` dataset layout (PNG
+  frames); TrainSplit (seq-02, seq-03: 6 frames) trains, TestSplit (seq-01,
+  seq-04: 6 frames) tests. A format fixture more than a benchmark: 6 training
+  images and heavily recompressed JPEGs. A batch is both sequences, 3 views
+  each (positives within 0.5 m).
 * ``synthetic``: 30 places 4 m apart along the synthetic town's route, driven
   4 times by day with lateral / along-track / heading jitter; drives 0-2
-  train, drive 3 tests (the protocol of ``test_training``).
+  train (the ``synthetic`` dataset with 3 drives: the same renders), drive 3
+  tests (the protocol of ``test_training``). A batch is 8 places, 2 views each.
 
 Baselines: the mean training pose (position mean, chordal quaternion mean),
 and the pose of the nearest training image by descriptor (the project's
@@ -26,7 +32,7 @@ scene). Errors are medians over the test images: position (m) and rotation
 """
 
 import argparse
-from dataclasses import replace
+from dataclasses import fields, replace
 import json
 from pathlib import Path
 import re
@@ -38,20 +44,21 @@ import numpy as np
 import torch
 
 from benchmarks.embed_latency import hardware
+from vl_attention.config import from_dict
 from vl_attention.engine.availability import probe_availability
 from vl_attention.engine.backends import create_backend
-from vl_attention.engine.card_builder import make_model_card
 from vl_attention.engine.embedder import Embedder
-from vl_attention.engine.export import export_onnx, ONNX_FILE, read_export
+from vl_attention.engine.export import ONNX_FILE, read_export
+from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.evaluation.metrics import pose_errors
 from vl_attention.io import atomic_write_text, json_safe
 from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
-from vl_attention.models.pose_attention import set_pose_origin
+from vl_attention.training.config import TrainConfig
 from vl_attention.training.datasets import (load_place_views, PlaceSetConfig, PlaceViews,
-                                            split_by_pass, TrainingSet)
-from vl_attention.training.losses import LOSSES
+                                            split_by_pass)
+from vl_attention.training.loop import fit
 from vl_attention.training.sources.posed import body_quaternions_from_optical
-from vl_attention.training.trainer import predict, train_steps
+from vl_attention.training.validation import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SEVEN_SCENES = ROOT.parent / 'shared' / 'data' / '7scenes_stairs_sample'
@@ -62,9 +69,37 @@ SYNTHETIC = PlaceSetConfig(num_places=30, place_spacing_m=4.0, conditions=('day'
                            passes_per_condition=4, lateral_jitter_m=1.2, along_jitter_m=1.5,
                            held_out_places=0, width=WIDTH, height=HEIGHT)
 SEVEN_SCENES_SPLITS = ('TrainSplit.txt', 'TestSplit.txt')
+SEQUENCE_LINE = re.compile(r'sequence(\d+)')
+# drives 0-2 of SYNTHETIC: the same renders (each drive draws its jitter in turn); the town is
+# PlaceSetConfig's default
+SYNTHETIC_TRAINING = dict({f.name: getattr(SYNTHETIC, f.name) for f in fields(SYNTHETIC)
+                           if f.name != 'town'}, conditions=list(SYNTHETIC.conditions),
+                          passes_per_condition=3)
 
 
 # --- data ------------------------------------------------------------------------------------
+
+def split_folders(root, split_file):
+    """Sequence folders ``root/seq-0N`` that a 7-Scenes split file lists (``sequenceN`` lines)."""
+    numbers = [int(SEQUENCE_LINE.fullmatch(line).group(1))
+               for line in (Path(root) / split_file).read_text().split()]
+    return [Path(root) / f'seq-{number:02d}' for number in numbers]
+
+
+def frames(folder):
+    """``(pose file, colour image)`` of each frame of a 7-Scenes sequence folder, in order."""
+    folder = Path(folder)
+    for pose_path in sorted(folder.glob('frame-*.pose.txt')):
+        stem = pose_path.name[:-len('.pose.txt')]
+        yield pose_path, next(p for p in (folder / f'{stem}.color.png',
+                                          folder / f'{stem}.color.jpg') if p.is_file())
+
+
+def read_frame(path, size):
+    """Return a colour image as BGR, resized to ``size`` (width, height) by area averaging."""
+    return cv2.resize(cv2.imread(str(path), cv2.IMREAD_COLOR), size,
+                      interpolation=cv2.INTER_AREA)
+
 
 def read_seven_scenes_split(root, split_file, size=(WIDTH, HEIGHT)):
     """Frames of one split of a 7-Scenes scene folder as :class:`PlaceViews` (one place each).
@@ -74,18 +109,10 @@ def read_seven_scenes_split(root, split_file, size=(WIDTH, HEIGHT)):
     camera-to-world, metres). Orientations are the camera body frame
     (x forward, y left, z up) in the scene frame, as in the package.
     """
-    root = Path(root)
     images, matrices, sequences = [], [], []
-    for line in (root / split_file).read_text().split():
-        number = int(re.fullmatch(r'sequence(\d+)', line).group(1))
-        folder = root / f'seq-{number:02d}'
-        for pose_path in sorted(folder.glob('frame-*.pose.txt')):
-            stem = pose_path.name[:-len('.pose.txt')]
-            colour = next(p for p in (folder / f'{stem}.color.png', folder / f'{stem}.color.jpg')
-                          if p.is_file())
-            bgr = cv2.resize(cv2.imread(str(colour), cv2.IMREAD_COLOR), size,
-                             interpolation=cv2.INTER_AREA)
-            images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    for folder in split_folders(root, split_file):
+        for pose_path, colour in frames(folder):
+            images.append(cv2.cvtColor(read_frame(colour, size), cv2.COLOR_BGR2RGB))
             matrices.append(np.loadtxt(pose_path).reshape(4, 4))
             sequences.append(folder.name)
     matrices = np.asarray(matrices)
@@ -96,26 +123,64 @@ def read_seven_scenes_split(root, split_file, size=(WIDTH, HEIGHT)):
                       conditions=np.asarray(sequences))
 
 
+def write_seven_scenes_layout(root, out, size=(WIDTH, HEIGHT)):
+    """Write the sample as the ``seven_scenes`` adapter's layout: ``out/stairs``, PNG frames.
+
+    The frames are resized as :func:`read_seven_scenes_split` resizes them, so
+    training reads the pixels the evaluation does; returns ``out``.
+    """
+    root, scene = Path(root), Path(out) / 'stairs'
+    for split_file in SEVEN_SCENES_SPLITS:
+        scene.mkdir(parents=True, exist_ok=True)
+        (scene / split_file).write_text((root / split_file).read_text())
+        for folder in split_folders(root, split_file):
+            (scene / folder.name).mkdir(exist_ok=True)
+            for pose_path, colour in frames(folder):
+                cv2.imwrite(str(scene / folder.name / colour.name.replace('.jpg', '.png')),
+                            read_frame(colour, size))
+                (scene / folder.name / pose_path.name).write_text(pose_path.read_text())
+    return Path(out)
+
+
 def scenes(cache_dir):
-    """``{name: (train views, test views, note)}`` of the two scenes."""
+    """``{name: (train views, test views, note, training dataset spec, sampling)}``.
+
+    The dataset spec and sampling go into the scene's recipe; the views are
+    what the baselines and the evaluation read.
+    """
     stairs = tuple(read_seven_scenes_split(SEVEN_SCENES, name) for name in SEVEN_SCENES_SPLITS)
+    stairs_root = write_seven_scenes_layout(SEVEN_SCENES, Path(cache_dir) / '7scenes')
     synthetic = split_by_pass(load_place_views(SYNTHETIC, cache_dir), held_out_passes=[3])
-    return {'7scenes_stairs_sample': stairs + ('TrainSplit seq-01,04 / TestSplit seq-02,03',),
-            'synthetic': synthetic + ('30 places x 4 day drives; drives 0-2 train, 3 tests',)}
+    return {
+        '7scenes_stairs_sample': stairs + (
+            'TrainSplit seq-02,03 / TestSplit seq-01,04',
+            {'kind': 'seven_scenes', 'root': str(stairs_root), 'options': {'scenes': ['stairs']}},
+            {'positive_distance_m': 0.5, 'negative_distance_m': 0.5, 'places_per_batch': 2,
+             'views_per_place': 3}),
+        'synthetic': synthetic + (
+            '30 places x 4 day drives; drives 0-2 train, 3 tests',
+            {'kind': 'synthetic', 'root': str(cache_dir), 'options': SYNTHETIC_TRAINING},
+            {'positive_distance_m': 4.0, 'negative_distance_m': 4.0, 'places_per_batch': 8,
+             'views_per_place': 2})}
 
 
 # --- models ----------------------------------------------------------------------------------
 
-def pose_model(seed=0):
-    """pose_attention (ResNet-18 preset's head) on the frozen ImageNet EfficientNet-Lite0 trunk."""
-    config = replace(load_model_config('pose_attention_resnet18'), name='pose_attention_effnet',
-                     backbone='efficientnet_lite0', taps=TAPS, input_height=HEIGHT,
-                     input_width=WIDTH,
-                     backbone_options={'weights': 'imagenet', 'truncate_after': TAPS[-1]})
-    torch.manual_seed(seed)
-    model = build_model(config)
-    model.backbone.requires_grad_(False)
-    return config, model
+def pose_recipe(dataset, sampling, *, steps, lr, device, seed=0):
+    """Recipe: pose_attention (ResNet-18 preset's head) on the frozen ImageNet EfficientNet-Lite0.
+
+    One epoch of ``steps`` Adam steps at ``lr`` with the pose loss, exported at the end.
+    """
+    return from_dict(TrainConfig, {
+        'name': 'pose_attention_effnet', 'model': 'pose_attention_resnet18',
+        'model_overrides': {'backbone': 'efficientnet_lite0', 'taps': list(TAPS),
+                            'input_height': HEIGHT, 'input_width': WIDTH,
+                            'backbone_options': {'weights': 'imagenet',
+                                                 'truncate_after': TAPS[-1], 'freeze': True}},
+        'dataset': dataset, 'loss': {'name': 'pose'}, 'sampling': sampling,
+        'optimizer': {'name': 'adam', 'lr': lr}, 'epochs': 1, 'steps_per_epoch': steps,
+        'checkpoint_every_steps': steps, 'log_every_steps': max(steps // 10, 1),
+        'device': device, 'seed': seed, 'export': True})
 
 
 def retrieval_model():
@@ -124,24 +189,11 @@ def retrieval_model():
                                input_width=WIDTH))
 
 
-def train_pose(train_views, *, steps, batch_size, lr, seed=0):
-    """Train the head on the views; return (config, model, origin_m, seconds, losses)."""
-    config, model = pose_model(seed)
-    distances = {'positive_distance_m': 2.0, 'negative_distance_m': 5.0}
-    train = TrainingSet(train_views, model.preprocessing, views_per_place=1, **distances)
-    started = time.perf_counter()
-    history = train_steps(model, train, loss=LOSSES.create('pose'), steps=steps,
-                          batch_size=min(batch_size, len(train)), lr=lr, seed=seed, log_every=0)
-    seconds = time.perf_counter() - started
-    set_pose_origin(model, train.origin_m)   # the head regressed about the training mean
-    return config, model, seconds, (history.window_mean(first=10), history.window_mean(last=10))
-
-
-def exported_embedder(config, model, out_dir):
-    """Export the trained model and run it on ONNX Runtime as the localizer would."""
-    export_onnx(model, make_model_card(config, model), out_dir)
-    card = read_export(out_dir)
-    backend = create_backend('onnxruntime-cpu', model=None, onnx_path=Path(out_dir) / ONNX_FILE)
+def exported_embedder(export_dir):
+    """Run a run's ONNX export (pose origin in its card) on ONNX Runtime as the localizer would."""
+    card = read_export(export_dir)
+    backend = create_backend('onnxruntime-cpu', model=None,
+                             onnx_path=Path(export_dir) / ONNX_FILE)
     return Embedder(backend, card)
 
 
@@ -169,10 +221,12 @@ def medians(position_m, orientation_xyzw, true_views):
             'rotation_median_deg': float(np.median(rotation_errors))}
 
 
-def evaluate_scene(name, train_views, test_views, note, *, steps, lr, retrieval, work_dir):
-    """Every method's median errors on one scene."""
-    config, model, train_s, losses = train_pose(train_views, steps=steps, batch_size=16, lr=lr)
-    embedder = exported_embedder(config, model, Path(work_dir) / name)
+def evaluate_scene(name, scene, *, steps, lr, device, retrieval, work_dir):
+    """Train the scene's recipe with fit; every method's median errors on the scene."""
+    train_views, test_views, note, dataset, sampling = scene
+    run_dir = Path(work_dir) / name
+    summary = fit(pose_recipe(dataset, sampling, steps=steps, lr=lr, device=device), run_dir)
+    embedder = exported_embedder(run_dir / 'export')
     _, position_m, orientation_xyzw = embedder.embed_with_pose(list(test_views.images))
     started = time.perf_counter()
     embedder.embed_with_pose(list(test_views.images[:1]))
@@ -180,10 +234,9 @@ def evaluate_scene(name, train_views, test_views, note, *, steps, lr, retrieval,
     count = len(test_views)
     mean_position = np.repeat(train_views.positions_m.mean(axis=0)[None], count, axis=0)
     mean_rotation = np.repeat(mean_quaternion(train_views.quaternions_xyzw)[None], count, axis=0)
-    descriptors = [predict(retrieval, TrainingSet(views, retrieval.preprocessing,
-                                                  positive_distance_m=2.0,
-                                                  negative_distance_m=5.0).images)[0]
-                   for views in (train_views, test_views)]
+    descriptors = [predict(retrieval, torch.from_numpy(
+        preprocess_frames(list(views.images), retrieval.preprocessing)))[0]
+        for views in (train_views, test_views)]
     methods = {
         'regression (pose_attention, ONNX Runtime)': medians(position_m, orientation_xyzw,
                                                              test_views),
@@ -195,8 +248,10 @@ def evaluate_scene(name, train_views, test_views, note, *, steps, lr, retrieval,
         test_views.positions_m - test_views.positions_m.mean(axis=0), axis=1)))
     return {'scene': name, 'split': note, 'train_images': len(train_views),
             'test_images': count, 'test_position_spread_median_m': spread_m,
-            'train_steps': steps, 'train_seconds': train_s,
-            'pose_loss_first_10': losses[0], 'pose_loss_last_10': losses[1],
+            'sampling': sampling, 'train_steps': summary['steps'],
+            'train_seconds': summary['train_seconds'],
+            'pose_loss_first_10': summary['loss_first_10'],
+            'pose_loss_last_10': summary['loss_last_10'],
             'regression_latency_ms_batch1': latency_ms,
             'card_outputs': list(embedder.card.outputs), 'card_pose_frame':
             embedder.card.pose_frame, 'methods': methods}
@@ -222,6 +277,8 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=300, help='head training steps per scene')
     parser.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    parser.add_argument('--device', choices=('cpu', 'cuda', 'auto'), default='cpu',
+                        help='where the head trains (the evaluation runs on ONNX Runtime CPU)')
     parser.add_argument('--out', default=str(RESULT))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -229,12 +286,14 @@ def main(argv=None):
     retrieval = retrieval_model()
     results = []
     with tempfile.TemporaryDirectory() as work_dir:
-        for name, (train_views, test_views, note) in scenes(Path(work_dir) / 'views').items():
-            results.append(evaluate_scene(name, train_views, test_views, note, steps=args.steps,
-                                          lr=args.lr, retrieval=retrieval, work_dir=work_dir))
+        for name, scene in scenes(Path(work_dir) / 'views').items():
+            results.append(evaluate_scene(name, scene, steps=args.steps, lr=args.lr,
+                                          device=args.device, retrieval=retrieval,
+                                          work_dir=work_dir))
     print_table(results)
-    report = {'command': 'python -m benchmarks.pose_regression '
-                         f'--steps {args.steps} --lr {args.lr} --threads {args.threads}',
+    report = {'command': 'python -m benchmarks.pose_regression --steps '
+                         f'{args.steps} --lr {args.lr} --threads {args.threads} '
+                         f'--device {args.device}',
               'input_size': [HEIGHT, WIDTH], 'trunk': 'efficientnet_lite0 imagenet, frozen',
               'taps': list(TAPS), 'total_seconds': time.perf_counter() - started,
               'hardware': hardware(probe_availability(), args.threads), 'scenes': results}

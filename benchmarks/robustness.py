@@ -16,14 +16,18 @@ Sections (in-process, no ROS node is started; 2 CPU cores, not a timed test):
   queries at 320x240 and 640x480: p50 / p95 ms per frame and the sustainable rate; then
   a camera thread offers raw Image messages faster than that to the node's
   ``LatestFrameSlot`` while a worker decodes and localizes them as ``localize_node``
-  does (frames dropped, age of each answer). The node's queue and drop policy is
-  recorded as text.
+  does (frames dropped, age of each answer), at 0.8, 2 and 4 times the sustainable
+  rate, then at a camera's ``--camera-hz`` (60) for ``--camera-seconds`` (180) with
+  VmRSS before and after. The node's queue and drop policy is recorded as text.
 * ``rss``: ``--frames`` frames (640x480, read from disk) localized in sequence, VmRSS
   every 50 frames: growth from frame 100 to the end and its slope (a leak check).
 
 ``python benchmarks/robustness.py [--sections corpus,overload,rss] [--frames 600]`` prints
 the tables and writes benchmarks/results/robustness.json.
 """
+
+# first, before numpy loads: the node's BLAS thread default (see vl_attention/__init__.py)
+import vl_attention  # noqa: F401,I100
 
 import argparse
 import json
@@ -41,7 +45,7 @@ import zlib
 import cv2
 import numpy as np
 
-from vl_attention.io import atomic_write_text
+from vl_attention.io import write_report_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 EOI = b'\xff\xd9'
@@ -601,22 +605,121 @@ def drop_policy():
     }
 
 
-def overload(localizer, traversal):
-    """Measure the latency per frame at two sizes, then offer frames faster than that."""
+def overload(localizer, traversal, camera_hz=0.0, camera_seconds=0.0):
+    """Measure the latency per frame at two sizes, then offer frames faster than that.
+
+    With ``camera_hz``, a last row offers a camera's rate (e.g. 60 Hz) for
+    ``camera_seconds``, with VmRSS before and after.
+    """
     latency = {f'{w}x{h}': frame_latency(localizer, traversal, (w, h))
                for w, h in OVERLOAD_SIZES}
     size = OVERLOAD_SIZES[-1]
     sustainable = latency[f'{size[0]}x{size[1]}']['sustainable_hz_mean']
-    steps = int(np.ceil(OVERLOAD_SECONDS / traversal.period_s)) + 1
+    seconds = max(OVERLOAD_SECONDS, camera_seconds if camera_hz else 0.0)
+    steps = int(np.ceil(seconds / traversal.period_s)) + 1
     route = traversal.frames(steps, size, span=OVERLOAD_SPAN)  # forward and back, no jumps
     offered = []
     for factor in OVERLOAD_FACTORS:
         offered.append(offered_load(localizer, route, traversal.period_s,
                                     round(factor * sustainable, 1)))
         offered[-1]['factor_of_sustainable'] = factor
+    if camera_hz:
+        rss_before = _status_kb('VmRSS') / 1024
+        offered.append(offered_load(localizer, route, traversal.period_s, camera_hz,
+                                    seconds=camera_seconds))
+        offered[-1].update(factor_of_sustainable=round(camera_hz / sustainable, 1),
+                           rss_before_mb=rss_before, rss_after_mb=_status_kb('VmRSS') / 1024)
     return {'pipeline': 'Localizer.from_map (place filter + PnP refinement), onnxruntime',
             'traversal': traversal.name, 'latency': latency,
             f'offered_load_{size[0]}x{size[1]}_raw_rgb8': offered, 'policy': drop_policy()}
+
+
+def live_node(map_dir, traversal, rate_hz, seconds, work_dir, dds_profile='fastdds',
+              size=(640, 480)):
+    """Publish raw frames at ``rate_hz`` for ``seconds`` to a real ``localize_node`` process.
+
+    Both sides use the ``dds_profile`` (as ``localize.launch.py dds_profile:=...`` sets it);
+    the output rate counts the poses that came back, the node's diagnostics what it received.
+    """
+    from vl_attention.demo import dds_profile_environment
+    from vl_attention.ros.conversions import rgb_to_image_msg
+    from vl_attention.ros.replay import live_localize_node
+    from sensor_msgs.msg import Image
+    steps = int(np.ceil(seconds / traversal.period_s)) + 1
+    route = traversal.frames(steps, size, span=OVERLOAD_SPAN)
+    messages = {}
+    for frame in route:   # one message per distinct frame, made before the clock starts
+        if id(frame) not in messages:
+            messages[id(frame)] = rgb_to_image_msg(frame, Image())
+    log_path = Path(work_dir) / 'live_node.log'
+    with dds_profile_environment(dds_profile), live_localize_node(
+            {'map_dir': str(map_dir), 'backend': 'onnxruntime'}, image_topic='/camera/image_raw',
+            log_path=log_path) as client:
+        start, published = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            stamp_s = published / rate_hz
+            frame = route[min(int(stamp_s / traversal.period_s + 1e-9), len(route) - 1)]
+            client.publish_message(messages[id(frame)], int(round(1e9 * (1.0 + stamp_s))))
+            published += 1
+            delay = start + published / rate_hz - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        elapsed = time.perf_counter() - start
+        time.sleep(2.0)   # the last answers
+        diagnostics = client.latest_diagnostics()
+        poses = len(client.responses.poses)
+        latencies = [value for value in (client.latency_ms(stamp)
+                                         for stamp in list(client.responses.fixes))
+                     if value is not None]
+    row = {'dds_profile': dds_profile or 'default', 'size': f'{size[0]}x{size[1]}',
+           'offered_hz': rate_hz, 'seconds': elapsed, 'published': published,
+           'published_hz': published / elapsed, 'poses_received': poses,
+           'output_hz': poses / elapsed,
+           'node': {key: diagnostics.get(key) for key in (
+               'frames_received', 'frames_dropped', 'frames_localized', 'rate_hz',
+               'latency_ms_p50', 'latency_ms_p95', '_message')}}
+    if latencies:
+        row.update({f'publish_to_fix_{key}': value
+                    for key, value in _percentiles(latencies).items()})
+    return row
+
+
+def interleaved(localizer, traversal, size=(640, 480), warmup=20):
+    """Follow every bad input with the route's next good frame, and check that it localizes.
+
+    The good frames run twice through a reset localizer, after ``warmup`` frames: alone
+    (the baseline) and with one corpus case before each. A case is decoded as the node
+    decodes it (``image_to_rgb``; library frames: ``preprocess.as_rgb``, which
+    ``Localizer.localize`` applies first), and localized if that passes.
+    """
+    _, cases = build_corpus()
+    frames = traversal.frames(warmup + len(cases), size)
+
+    def run(bad_cases):
+        localizer.reset()
+        for k, frame in enumerate(frames[:warmup]):
+            localizer.localize(frame, stamp_s=k * traversal.period_s)
+        fixes, passed = [], []
+        for k, frame in enumerate(frames[warmup:], start=warmup):
+            if bad_cases:
+                try:
+                    decoded = bad_cases[k - warmup][2]()
+                    passed.append(bad_cases[k - warmup][0])
+                    localizer.localize(decoded, stamp_s=(k - 0.5) * traversal.period_s)
+                except Exception:   # each rejection is what the corpus section records
+                    pass
+            result = localizer.localize(frame, stamp_s=k * traversal.period_s)
+            fixes.append(bool(result.ok))
+        return fixes, passed
+
+    baseline, _ = run([])
+    after_bad, passed = run(cases)
+    lost = [cases[k][0] for k, (alone, after) in enumerate(zip(baseline, after_bad))
+            if alone and not after]
+    return {'cases': len(cases), 'bad_inputs_not_rejected': passed,
+            'good_frames_with_a_fix_alone': int(sum(baseline)),
+            'good_frames_with_a_fix_after_a_bad_input': int(sum(after_bad)),
+            'fixes_lost_after': lost}
 
 
 # ---------------------------------------------------------------- RSS over time
@@ -705,7 +808,23 @@ def print_tables(result):
                   f'{row.get("age_p50_ms", float("nan")):.1f} ms p95 '
                   f'{row.get("age_p95_ms", float("nan")):.1f} ms (decode + localize p50 '
                   f'{row.get("service_p50_ms", float("nan")):.1f} ms), fixes {row["fixes"]}, '
-                  f'failures {row["failures"]}')
+                  f'failures {row["failures"]}, {row["seconds"]:.0f} s' + (
+                      f', RSS {row["rss_before_mb"]:.0f} -> {row["rss_after_mb"]:.0f} MB'
+                      if 'rss_before_mb' in row else ''))
+    if 'interleaved' in result:
+        row = result['interleaved']
+        print(f'good frames after each of {row["cases"]} bad inputs: '
+              f'{row["good_frames_with_a_fix_after_a_bad_input"]} fixes, '
+              f'{row["good_frames_with_a_fix_alone"]} without the bad inputs; lost after: '
+              f'{row["fixes_lost_after"] or "none"}; not rejected: '
+              f'{row["bad_inputs_not_rejected"] or "none"}')
+    if 'live' in result:
+        row = result['live']
+        print(f'live localize_node, {row["size"]} at {row["offered_hz"]:g} Hz for '
+              f'{row["seconds"]:.0f} s ({row["dds_profile"]} profile): received '
+              f'{row["node"]["frames_received"]} of {row["published"]}, '
+              f'{row["output_hz"]:.1f} fixes/s, publish to fix p50 '
+              f'{row.get("publish_to_fix_p50_ms", float("nan")):.0f} ms')
     if 'rss' in result:
         row = result['rss']
         print(f'RSS (anon) over {row["frames"]} frames: ' + ', '.join(
@@ -722,18 +841,24 @@ def print_tables(result):
 def main(argv=None):
     """Run the chosen sections and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--sections', default='corpus,overload,rss')
+    parser.add_argument('--sections', default='corpus,interleaved,overload,rss,live')
     parser.add_argument('--frames', type=int, default=600, help='frames of the RSS section')
     parser.add_argument('--corpus-rounds', type=int, default=200,
                         help='extra rounds of the corpus (rejection-path leak check)')
+    parser.add_argument('--camera-hz', type=float, default=60.0,
+                        help='a last overload row at a camera rate (0: none)')
+    parser.add_argument('--camera-seconds', type=float, default=180.0,
+                        help='how long that row offers frames')
     parser.add_argument('--preset', default='demo', help='synthetic world preset of the map')
     parser.add_argument('--work-dir', type=Path, default=None,
                         help='where the world and map are built (default: a temp dir)')
     parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' /
                         'robustness.json')
+    parser.add_argument('--merge', action='store_true',
+                        help='keep the sections of an existing --out that this run skips')
     args = parser.parse_args(argv)
     sections = args.sections.split(',')
-    unknown = set(sections) - {'corpus', 'overload', 'rss'}
+    unknown = set(sections) - {'corpus', 'overload', 'rss', 'live', 'interleaved'}
     if unknown:
         parser.error(f'unknown sections {sorted(unknown)}')
     result = {'cpu': platform.processor() or platform.machine(), 'cores': os.cpu_count(),
@@ -741,7 +866,7 @@ def main(argv=None):
               'load_average_start': list(os.getloadavg())}
     if 'corpus' in sections:
         result['corpus'] = corpus(args.corpus_rounds)
-    if 'overload' in sections or 'rss' in sections:
+    if {'overload', 'rss', 'live', 'interleaved'} & set(sections):
         with tempfile.TemporaryDirectory() as temporary:
             world, map_dir, build_s = prepared_map(args.work_dir or temporary, args.preset)
             from vl_attention.localization import Localizer
@@ -754,12 +879,17 @@ def main(argv=None):
                              'query_frames': len(traversal.paths),
                              'frame_period_s': traversal.period_s}
             if 'overload' in sections:
-                result['overload'] = overload(localizer, traversal)
+                result['overload'] = overload(localizer, traversal, args.camera_hz,
+                                              args.camera_seconds)
             if 'rss' in sections:
                 result['rss'] = rss_over_time(localizer, traversal, args.frames)
+            if 'interleaved' in sections:
+                result['interleaved'] = interleaved(localizer, traversal)
+            if 'live' in sections:
+                result['live'] = live_node(map_dir, traversal, args.camera_hz,
+                                           args.camera_seconds, args.work_dir or temporary)
     result['load_average_end'] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2, default=float))
+    result = write_report_sections(args.out, result, sections, merge=args.merge)
     print_tables(result)
     return result
 

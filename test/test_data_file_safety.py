@@ -70,7 +70,7 @@ def test_a_ground_truth_payload_does_not_run(tmp_path):
 def test_evaluate_vpr_refuses_the_payload_in_one_line(tmp_path, capsys):
     marker = tmp_path / 'ran'
     root = _dataset(tmp_path / 'evil', _object_rows((0, _Payload(marker))))
-    assert cli_main(['evaluate-vpr', '--dataset', str(root), '--out', str(tmp_path / 'out')]) == 2
+    assert cli_main(['evaluate-vpr', '--dataset', str(root), '--out', str(tmp_path / 'out')]) == 1
     error = capsys.readouterr().err.strip()
     assert not marker.exists()
     assert len(error.splitlines()) == 1 and 'posix.system' in error and 'np.save' in error
@@ -152,7 +152,7 @@ def test_train_resume_refuses_a_checkpoint_payload(tmp_path):
          '--out', str(out), '--resume', '--device', 'cpu'],
         env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
     assert not marker.exists()
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith('train: error:')]
     assert len(errors) == 1 and 'refused without running it' in errors[0], result.stderr[-2000:]
     assert 'Traceback' not in result.stderr

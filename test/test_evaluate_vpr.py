@@ -108,7 +108,7 @@ def test_corridor_real_dataset_far_above_chance(export_cache, tmp_path, capsys):
 
 def test_cli_reports_bad_dataset_in_one_line(tmp_path, capsys):
     assert cli_main(['evaluate-vpr', '--dataset', str(tmp_path), '--out',
-                     str(tmp_path / 'out'), '--no-progress']) == 2
+                     str(tmp_path / 'out'), '--no-progress']) == 1
     assert 'error:' in capsys.readouterr().err
 
 

@@ -178,7 +178,7 @@ def test_cli_build_map_from_bag_then_map_info(bag_world, export_cache, tmp_path,
     assert info['index_type'] == 'hnsw' and info['index_params']['ef_search'] == 32
     assert 0 < info['statistics']['count'] < 24 and info['statistics']['verified'] == 'full'
     assert main(['build-map', '--bag', str(bag_world / 'bags' / 'map_day'), '--out',
-                 str(tmp_path / 'x'), '--image-topic', '/nope'] + common) == 2
+                 str(tmp_path / 'x'), '--image-topic', '/nope'] + common) == 1
     assert "image topic '/nope' is not in the bag" in capsys.readouterr().err
-    assert main(['build-map', '--out', str(tmp_path / 'y')] + common) == 2
+    assert main(['build-map', '--out', str(tmp_path / 'y')] + common) == 1
     assert 'give --images DIR --poses FILE, or --bag PATH' in capsys.readouterr().err

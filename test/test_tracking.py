@@ -1,10 +1,11 @@
 """The place filter, odometry handling, triangulation and PnP on hand-made cases."""
 
+import cv2
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from vl_attention.geometry.camera_model import CameraModel
+from vl_attention.geometry.camera_model import CameraModel, world_to_optical
 from vl_attention.localization.odometry import OdometryBuffer
 from vl_attention.geo import headings_from_orientations
 from vl_attention.localization.place_filter import (Motion, PlaceFilter, PlaceFilterConfig,
@@ -221,6 +222,30 @@ def test_pnp_recovers_a_known_pose_to_a_centimetre():
              * Rotation.from_quat(orientation)).magnitude()
     assert np.degrees(angle) < 0.01
     assert np.all(np.linalg.eigvalsh(result.covariance) > 0)
+
+
+@pytest.mark.parametrize('ransac', ['usac', 'epnp'])
+def test_pnp_finds_the_pose_among_outliers_through_lens_distortion(ransac):
+    rng = np.random.default_rng(7)
+    camera = CameraModel(320, 240, 190.0, 190.0, 159.5, 119.5,
+                         distortion=(-0.25, 0.08, 0.001, -0.001, 0.0))
+    points = _scene(rng, 200)
+    position = np.array([1.0, -0.5, 1.2])
+    orientation = Rotation.from_euler('zyx', [4.0, -2.0, 1.0], degrees=True).as_quat()
+    rotation, translation = world_to_optical(position, orientation)
+    pixels = cv2.projectPoints(points, cv2.Rodrigues(rotation)[0], translation, camera.matrix,
+                               camera.distortion_coefficients)[0].reshape(-1, 2)
+    outliers = rng.random(len(points)) < 0.7
+    pixels[outliers] = rng.uniform([0, 0], [320, 240], (outliers.sum(), 2))
+    result = solve_pnp(points, pixels, camera, PnPConfig(ransac=ransac))
+    assert result.ok, result.reason
+    assert result.inliers == np.count_nonzero(~outliers)
+    assert np.linalg.norm(result.position_enu_m - position) < 0.01
+
+
+def test_pnp_config_names_its_ransac_choices():
+    with pytest.raises(ValueError, match="ransac='loransac': choose one of"):
+        PnPConfig(ransac='loransac')
 
 
 def test_pnp_covariance_grows_with_pixel_noise_and_degenerate_input_gets_a_reason():

@@ -122,3 +122,18 @@ def test_a_filter_fix_needs_a_recent_pnp_verification(tiny_map, tiny_world, embe
             blurred[-1].reason
     else:
         assert all(r.ok for r in blurred)
+
+
+def test_refinement_stops_at_the_first_pose_with_accept_inliers(tiny_map, tiny_world):
+    from vl_attention.localization.refinement import RefinementConfig, Refiner
+    map_ = load_map(tiny_map)
+    frame = next(f for f, _, k in _frames(tiny_world, 'map_day') if k == 4)
+    poses = {accept: Refiner(map_.local_features, RefinementConfig(accept_inliers=accept))
+             .refine(frame, [5, 4]) for accept in (0, 12)}
+    assert poses[0].ok and poses[12].ok, (poses[0].reason, poses[12].reason)
+    # trying both, the frame's own map image has the most inliers; stopping at the first
+    # pose with enough of them keeps the neighbour, itself a good pose
+    assert poses[0].place_index == 4 and poses[12].place_index == 5
+    assert poses[0].inliers > poses[12].inliers >= 12
+    for pose in poses.values():
+        assert np.linalg.norm(pose.position_enu_m - map_.records.position_enu_m[4]) < 0.5

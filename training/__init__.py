@@ -5,9 +5,10 @@
 * :mod:`.sampling`: ground truth, distinct-place batches, cached hard negatives;
 * :mod:`.augment`: photometric copies of training images;
 * :mod:`.mining`, :mod:`.losses`: batch-hard / random triplets; the LOSSES registry;
-* :mod:`.loop`: ``fit``, the run behind ``vl-attention train`` (checkpoints, exact resume,
-  DDP, validation), with :mod:`.checkpoint`, :mod:`.distributed`, :mod:`.validation`,
-  :mod:`.outputs` and the command line in :mod:`.train`;
-* :mod:`.datasets`, :mod:`.trainer`: generated synthetic place sets and the short in-memory
-  step loop the per-family training tests use.
+* :mod:`.loop`: ``fit``, the one training loop (``vl-attention train``, the tests and the
+  benchmarks; checkpoints, exact resume, DDP, validation), with :mod:`.trainable` (the
+  optimiser, frozen parts in eval mode, the frozen-trunk feature cache), :mod:`.checkpoint`,
+  :mod:`.distributed`, :mod:`.validation`, :mod:`.outputs` and the command line in
+  :mod:`.train`;
+* :mod:`.datasets`: generated synthetic place and pose sets (the ``synthetic`` source).
 """

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vl_attention.config import ConfigError
+
 
 @dataclass(frozen=True)
 class AugmentationConfig:
@@ -31,12 +33,12 @@ class AugmentationConfig:
 
     def __post_init__(self):
         if self.copies < 0:
-            raise ValueError(f'augmentation copies must be >= 0, got {self.copies}')
+            raise ConfigError(f'augmentation copies must be >= 0, got {self.copies}')
         for name in ('gamma', 'gain', 'contrast', 'haze', 'blur_sigma_px'):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
-                raise ValueError(f'augmentation {name} must be a range 0 <= low <= high, got '
-                                 f'{getattr(self, name)}')
+                raise ConfigError(f'augmentation {name} must be a range 0 <= low <= high, got '
+                                  f'{getattr(self, name)}')
 
 
 def augment(image, config, seed):

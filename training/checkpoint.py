@@ -20,6 +20,7 @@ import re
 import numpy as np
 import torch
 
+from vl_attention.errors import one_line, VLAttentionError
 from vl_attention.io import atomic_path
 
 # 2: numpy arrays stored as tagged tensors, read with weights_only=True
@@ -28,7 +29,11 @@ _NUMPY_ARRAY = '__numpy_ndarray__'
 _NUMPY_SCALAR = '__numpy_scalar__'
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointError(VLAttentionError, ValueError):
+    """A checkpoint cannot be resumed from: unreadable, or of another checkpoint version."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint needs more than tensors and containers to load; nothing in it ran."""
 
 
@@ -69,11 +74,15 @@ def load_checkpoint(path):
             f'{CHECKPOINT_VERSION} checkpoint never does; refused without running it. Resume '
             'only from run folders you wrote (older checkpoints: with the release that wrote '
             'them), or start a fresh run without --resume') from None
+    except (RuntimeError, EOFError) as error:   # torch's errors for a damaged or foreign file
+        raise CheckpointError(f'{path} is not a readable checkpoint ({one_line(error)}); resume '
+                              'from another run folder or start a fresh run without '
+                              '--resume') from error
     if not isinstance(payload, dict) or payload.get('version') != CHECKPOINT_VERSION:
         version = payload.get('version') if isinstance(payload, dict) else None
-        raise ValueError(f'{path} is a version {version} checkpoint; this code '
-                         f'reads version {CHECKPOINT_VERSION}: resume with the release that '
-                         'wrote it')
+        raise CheckpointError(f'{path} is a version {version} checkpoint; this code '
+                              f'reads version {CHECKPOINT_VERSION}: resume with the release '
+                              'that wrote it')
     return from_weights_only(payload)
 
 

@@ -55,15 +55,15 @@ class SamplingConfig:
 
     def __post_init__(self):
         if not 0 < self.positive_distance_m <= self.negative_distance_m:
-            raise ValueError(f'need 0 < positive_distance_m ({self.positive_distance_m}) <= '
-                             f'negative_distance_m ({self.negative_distance_m})')
+            raise ConfigError(f'need 0 < positive_distance_m ({self.positive_distance_m}) <= '
+                              f'negative_distance_m ({self.negative_distance_m})')
         if self.places_per_batch < 2 or self.views_per_place < 2:
-            raise ValueError('a batch needs places_per_batch >= 2 and views_per_place >= 2 '
-                             '(an anchor, its positive and another place)')
+            raise ConfigError('a batch needs places_per_batch >= 2 and views_per_place >= 2 '
+                              '(an anchor, its positive and another place)')
         if self.hard_negatives_per_place < 0 or self.refresh_every_steps < 1 \
                 or self.negative_cache_size < 1 or self.negative_place_gap < 1:
-            raise ValueError('hard_negatives_per_place must be >= 0; refresh_every_steps, '
-                             'negative_cache_size and negative_place_gap >= 1')
+            raise ConfigError('hard_negatives_per_place must be >= 0; refresh_every_steps, '
+                              'negative_cache_size and negative_place_gap >= 1')
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
-            raise ValueError(f'unknown optimizer {self.name!r}; known: {list(OPTIMIZERS)}')
+            raise ConfigError(f'unknown optimizer {self.name!r}; known: {list(OPTIMIZERS)}')
         if self.lr <= 0 or self.weight_decay < 0 or self.backbone_lr_scale <= 0:
-            raise ValueError('need lr > 0, weight_decay >= 0 and backbone_lr_scale > 0')
+            raise ConfigError('need lr > 0, weight_decay >= 0 and backbone_lr_scale > 0')
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,9 @@ class ScheduleConfig:
 
     def __post_init__(self):
         if self.name not in SCHEDULES:
-            raise ValueError(f'unknown schedule {self.name!r}; known: {list(SCHEDULES)}')
+            raise ConfigError(f'unknown schedule {self.name!r}; known: {list(SCHEDULES)}')
         if self.step_epochs < 1 or not 0 < self.gamma <= 1 or self.warmup_steps < 0:
-            raise ValueError('need step_epochs >= 1, 0 < gamma <= 1 and warmup_steps >= 0')
+            raise ConfigError('need step_epochs >= 1, 0 < gamma <= 1 and warmup_steps >= 0')
 
 
 @dataclass(frozen=True)
@@ -154,16 +154,16 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.checkpoint_every_steps < 1:
-            raise ValueError('epochs, steps_per_epoch and checkpoint_every_steps must be >= 1')
+            raise ConfigError('epochs, steps_per_epoch and checkpoint_every_steps must be >= 1')
         if self.device not in ('auto', 'cpu', 'cuda'):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.extra_datasets and self.loss.name == 'pose':
-            raise ValueError('extra_datasets are other areas, shifted apart, but pose '
-                             'regression needs one coordinate frame: train one pose model per '
-                             'area, or put drives of the same area into one dataset')
+            raise ConfigError('extra_datasets are other areas, shifted apart, but pose '
+                              'regression needs one coordinate frame: train one pose model per '
+                              'area, or put drives of the same area into one dataset')
         if not {1, 5} <= set(self.recall_n):
-            raise ValueError(f'recall_n {list(self.recall_n)} must include 1 and 5: the best '
-                             'checkpoint is chosen by validation Recall@5, then Recall@1')
+            raise ConfigError(f'recall_n {list(self.recall_n)} must include 1 and 5: the best '
+                              'checkpoint is chosen by validation Recall@5, then Recall@1')
 
     @property
     def total_steps(self):

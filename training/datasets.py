@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vl_attention.config import ConfigError
 from vl_attention.data.synthetic.camera import PinholeCamera
 from vl_attention.data.synthetic.conditions import get_condition
 from vl_attention.data.synthetic.presets import frame_seed
 from vl_attention.data.synthetic.render import render
 from vl_attention.data.synthetic.town import generate_town, TownConfig
 from vl_attention.data.synthetic.traversal import plan_traversal, TraversalConfig
-from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.io import atomic_path
-from vl_attention.training.mining import ground_truth_masks
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -64,13 +63,13 @@ class PlaceSetConfig:
 
     def __post_init__(self):
         if self.num_places < 2 or self.passes_per_condition < 1 or not self.conditions:
-            raise ValueError('need num_places >= 2, passes_per_condition >= 1 and a condition')
+            raise ConfigError('need num_places >= 2, passes_per_condition >= 1 and a condition')
         if not 0 < self.positive_distance_m <= self.negative_distance_m:
-            raise ValueError(f'need 0 < positive_distance_m ({self.positive_distance_m}) <= '
-                             f'negative_distance_m ({self.negative_distance_m})')
+            raise ConfigError(f'need 0 < positive_distance_m ({self.positive_distance_m}) <= '
+                              f'negative_distance_m ({self.negative_distance_m})')
         if not 0 <= self.held_out_places < self.num_places:
-            raise ValueError(f'held_out_places={self.held_out_places} must lie in '
-                             f'[0, num_places={self.num_places})')
+            raise ConfigError(f'held_out_places={self.held_out_places} must lie in '
+                              f'[0, num_places={self.num_places})')
         for name in self.conditions:
             get_condition(name)  # unknown names fail here, listing the known ones
 
@@ -125,9 +124,9 @@ def _pass_traversal(config, town, pass_index, rng):
         start_offset_m=rng.uniform(-1, 1) * config.along_jitter_m))
     if config.num_places * config.place_spacing_m + config.negative_distance_m \
             > traversal.loop_length_m:
-        raise ValueError(f'{config.num_places} places x {config.place_spacing_m} m do not fit '
-                         f'on the {traversal.loop_length_m:.0f} m route; use fewer places, a '
-                         'smaller spacing or a larger town')
+        raise ConfigError(f'{config.num_places} places x {config.place_spacing_m} m do not fit '
+                          f'on the {traversal.loop_length_m:.0f} m route; use fewer places, a '
+                          'smaller spacing or a larger town')
     return traversal
 
 
@@ -190,8 +189,8 @@ def split_by_pass(views, held_out_passes):
     """Split views into (training, held-out) by the drives they come from (pose regression)."""
     held_out = np.isin(views.pass_ids, np.asarray(held_out_passes))
     if held_out.all() or not held_out.any():
-        raise ValueError(f'held_out_passes={list(held_out_passes)} must name some but not all '
-                         f'of the passes {sorted(set(views.pass_ids.tolist()))}')
+        raise ConfigError(f'held_out_passes={list(held_out_passes)} must name some but not all '
+                          f'of the passes {sorted(set(views.pass_ids.tolist()))}')
     return views.subset(~held_out), views.subset(held_out)
 
 
@@ -199,7 +198,7 @@ def split_by_pass(views, held_out_passes):
 class Batch:
     """One training batch: images and their ground truth, as tensors."""
 
-    indices: torch.Tensor       # (B,) rows of the TrainingSet
+    indices: torch.Tensor       # (B,) rows of the training images
     images: torch.Tensor        # (B, 3, H, W) normalised
     positions_m: torch.Tensor   # (B, 3) relative to the set's origin_m
     poses: torch.Tensor         # (B, 7) position + unit quaternion (w, x, y, z), w >= 0
@@ -213,55 +212,3 @@ def poses_wxyz(positions_m, quaternions_xyzw):
     quaternions = quaternions / np.linalg.norm(quaternions, axis=1, keepdims=True)
     quaternions = np.where(quaternions[:, 3:] < 0, -quaternions, quaternions)
     return np.concatenate([positions_m, quaternions[:, [3, 0, 1, 2]]], axis=1).astype(np.float32)
-
-
-class TrainingSet:
-    """Views as normalised tensors for a model's preprocessing, sampled place by place.
-
-    Positions are relative to ``origin_m`` (default: the mean position of these
-    views), which keeps pose-regression targets small; give a held-out set the
-    training set's ``origin_m``.
-    """
-
-    def __init__(self, views, preprocessing, *, positive_distance_m, negative_distance_m,
-                 origin_m=None, views_per_place=2):
-        if views_per_place < 1:
-            raise ValueError(f'views_per_place={views_per_place} must be >= 1')
-        self.images = torch.from_numpy(preprocess_frames(list(views.images), preprocessing))
-        self.origin_m = np.asarray(
-            views.positions_m.mean(axis=0) if origin_m is None else origin_m, np.float64)
-        relative_m = views.positions_m - self.origin_m
-        self.positions_m = torch.from_numpy(relative_m.astype(np.float32))
-        self.poses = torch.from_numpy(poses_wxyz(relative_m, views.quaternions_xyzw))
-        self.positive_distance_m = float(positive_distance_m)
-        self.negative_distance_m = float(negative_distance_m)
-        self.views_per_place = int(views_per_place)
-        self._rows_by_place = [torch.from_numpy(np.flatnonzero(views.place_ids == place))
-                               for place in np.unique(views.place_ids)]
-
-    def __len__(self):
-        """Return the number of images."""
-        return len(self.images)
-
-    def sample_indices(self, batch_size, generator):
-        """Rows of ``batch_size // views_per_place`` random places, ``views_per_place`` each."""
-        places_per_batch = batch_size // self.views_per_place
-        if not 1 <= places_per_batch <= len(self._rows_by_place):
-            raise ValueError(f'batch_size={batch_size} needs between 1 and '
-                             f'{len(self._rows_by_place)} places of {self.views_per_place} views')
-        places = torch.randperm(len(self._rows_by_place), generator=generator)[:places_per_batch]
-        chosen = []
-        for place in places.tolist():
-            rows = self._rows_by_place[place]
-            chosen.append(rows[torch.randperm(len(rows), generator=generator)
-                               [:self.views_per_place]])
-        return torch.cat(chosen)
-
-    def batch(self, indices):
-        """Return the :class:`Batch` of the given rows."""
-        positions_m = self.positions_m[indices]
-        positive, negative = ground_truth_masks(
-            positions_m, positive_distance_m=self.positive_distance_m,
-            negative_distance_m=self.negative_distance_m)
-        return Batch(indices=indices, images=self.images[indices], positions_m=positions_m,
-                     poses=self.poses[indices], positive_mask=positive, negative_mask=negative)

@@ -13,6 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from vl_attention.engine.backend_base import BackendUnavailable
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -50,8 +52,8 @@ class DistributedContext:
 def _device(choice, local_rank):
     if choice == 'cuda' or (choice == 'auto' and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError('device cuda asked for, but torch sees no CUDA device; use '
-                               'device: cpu or auto')
+            raise BackendUnavailable('device cuda asked for, but torch sees no CUDA device; use '
+                                     'device: cpu or auto')
         torch.cuda.set_device(local_rank)
         return torch.device('cuda', local_rank)
     return torch.device('cpu')

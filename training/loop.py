@@ -19,10 +19,12 @@ model asks for it) are written as a model preset plus an ONNX export with its
 model card, ready for ``build-map`` and the node.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 import logging
 import math
+from pathlib import Path
 import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,36 +33,43 @@ from torch import nn
 from vl_attention.config import ConfigError, to_dict
 from vl_attention.engine.card_builder import weights_sha256
 from vl_attention.models import build_model
+from vl_attention.models.descriptor import DescriptorModel
 from vl_attention.models.initialisation import preset_seed
 from vl_attention.models.modes import evaluating
+from vl_attention.models.outputs import ModelOutput
 from vl_attention.training import distributed
 from vl_attention.training.checkpoint import (load_checkpoint, restore_rng_state, rng_state,
                                               save_checkpoint)
-from vl_attention.training.config import model_config
-from vl_attention.training.data import load_training_data
+from vl_attention.training.config import model_config, ScheduleConfig, TrainConfig
+from vl_attention.training.data import load_training_data, TrainingData
+from vl_attention.training.datasets import Batch
+from vl_attention.training.distributed import DistributedContext
 from vl_attention.training.losses import make_loss
-from vl_attention.training.outputs import RunArtifacts
-from vl_attention.training.sampling import HardNegativeCache
-from vl_attention.training.trainer import (cache_backbone_features, has_frozen_stages,
-                                           make_optimizer, outputs_from_cache,
-                                           set_training_mode)
+from vl_attention.training.outputs import RunArtifacts, RunLogger
+from vl_attention.training.sampling import HardNegativeCache, ImageRows
+from vl_attention.training.trainable import (cache_backbone_features, has_frozen_stages,
+                                             make_optimizer, outputs_from_cache,
+                                             set_training_mode, TapFeatures)
 from vl_attention.training.validation import evaluate_retrieval
 
 LOGGER = logging.getLogger(__name__)
 # the validation scores that rank checkpoints, most important first
 SELECTION = ('recall_at_5', 'recall_at_1', 'pr_auc')
 NO_BEST = {key: -1.0 for key in SELECTION}
+LossParts = Dict[str, float]
 
 
 class TrainStep(nn.Module):
     """Model and loss as one module, so DistributedDataParallel sees one forward per step."""
 
-    def __init__(self, model, loss):
+    def __init__(self, model: DescriptorModel, loss: nn.Module) -> None:
         super().__init__()
         self.model, self.loss = model, loss
 
-    def forward(self, images, features, batch):
+    def forward(self, images: torch.Tensor, features: Optional[TapFeatures],
+                batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Return ``(total loss, parts)`` of one batch (features: cached trunk output or None)."""
+        output: ModelOutput
         if features is None:
             output = self.model.outputs(images)
         else:
@@ -68,9 +77,10 @@ class TrainStep(nn.Module):
         return self.loss(output, batch)
 
 
-def lr_factor(schedule, *, steps_per_epoch, total_steps):
+def lr_factor(schedule: ScheduleConfig, *, steps_per_epoch: int,
+              total_steps: int) -> Callable[[int], float]:
     """Return ``step -> learning-rate multiplier`` of a :class:`ScheduleConfig`."""
-    def factor(step):
+    def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / schedule.warmup_steps) if schedule.warmup_steps else 1.0
         if schedule.name == 'step':
             return warm * schedule.gamma ** (step // (schedule.step_epochs * steps_per_epoch))
@@ -86,38 +96,41 @@ def lr_factor(schedule, *, steps_per_epoch, total_steps):
 class Run:
     """Everything that changes while training, and what does not (one per process)."""
 
-    cfg: object
-    context: object
-    model: nn.Module
+    cfg: TrainConfig
+    context: DistributedContext
+    model: DescriptorModel
     loss: nn.Module
     step_module: nn.Module
-    optimizer: object
-    scheduler: object
-    scaler: object
-    data: object
-    features: dict
-    generators: dict
-    negatives: object
-    artifacts: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    data: TrainingData
+    features: Optional[TapFeatures]
+    generators: Dict[str, torch.Generator]
+    negatives: Optional[HardNegativeCache]
+    artifacts: RunArtifacts
     step: int = 0
-    history: list = None          # validation results, one per epoch
-    best: dict = None             # {'recall_at_5', 'recall_at_1', 'pr_auc', 'step', 'epoch'}
-    losses: list = None
+    # validation results, one per epoch
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    # {'recall_at_5', 'recall_at_1', 'pr_auc', 'step', 'epoch'}
+    best: Dict[str, float] = field(default_factory=lambda: dict(NO_BEST))
+    losses: List[float] = field(default_factory=list)              # total loss per step
+    loss_parts: Dict[str, List[float]] = field(default_factory=dict)  # each part per step
     train_seconds: float = 0.0
     train_images: int = 0
 
     @property
-    def amp(self):
+    def amp(self) -> bool:
         """Whether fp16 autocast and gradient scaling are on (CUDA only)."""
         return uses_amp(self.cfg, self.context)
 
 
-def uses_amp(cfg, context):
+def uses_amp(cfg: TrainConfig, context: DistributedContext) -> bool:
     """Whether a run uses fp16 autocast and gradient scaling (asked for, and on CUDA)."""
     return cfg.mixed_precision and context.device.type == 'cuda'
 
 
-def initial_model(cfg, device):
+def initial_model(cfg: TrainConfig, device: Union[str, torch.device]) -> DescriptorModel:
     """Build the recipe's model as a run does, seeded, before :func:`initialise_head`.
 
     PCA-whitening is left out: it is fitted after training, on the trained descriptors.
@@ -128,19 +141,20 @@ def initial_model(cfg, device):
     return build_model(config, init_seed=preset_seed(config) ^ cfg.seed).to(device)
 
 
-def _build(cfg, context, artifacts):
+def _build(cfg: TrainConfig, context: DistributedContext, artifacts: RunArtifacts) -> Run:
+    """Build model, data, loss, optimiser and the rest of a run at step 0."""
     model = initial_model(cfg, context.device)
-    data = load_training_data(cfg, model.preprocessing)
     loss = make_loss(cfg.loss, model).to(context.device)
+    optimizer = make_optimizer(cfg.optimizer, model, loss)   # refuses nothing to train
+    data = load_training_data(cfg, model.preprocessing)
     features = None
     if cfg.cache_backbone_features and has_frozen_stages(model):
         features = cache_backbone_features(model, data.images, device=context.device)
-    step_module = TrainStep(model, loss)
+    step_module: nn.Module = TrainStep(model, loss)
     if context.enabled:
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[context.local_rank] if context.device.type == 'cuda'
             else None, find_unused_parameters=cfg.find_unused_parameters)
-    optimizer = make_optimizer(cfg.optimizer, model, loss)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
         cfg.schedule, steps_per_epoch=cfg.steps_per_epoch, total_steps=cfg.total_steps))
     generators = {'sampler': torch.Generator().manual_seed(cfg.seed * 1009 + context.rank)}
@@ -152,17 +166,18 @@ def _build(cfg, context, artifacts):
                optimizer=optimizer, scheduler=scheduler,
                scaler=torch.amp.GradScaler('cuda', enabled=uses_amp(cfg, context)),
                data=data, features=features, generators=generators, negatives=negatives,
-               artifacts=artifacts, history=[], best=dict(NO_BEST), losses=[])
+               artifacts=artifacts)
 
 
-def initialise_head(model, images, *, device):
+def initialise_head(model: DescriptorModel, images: ImageRows, *,
+                    device: Union[str, torch.device]) -> None:
     """Initialise NetVLAD-style centroids by k-means over local features of training images.
 
     Uses the first 1000 ``images`` (:class:`~.sampling.ImageRows`); heads without centroids
     are left as they are (HAF has them with ``level_pooling: netvlad``). This is how a run
     starts, before its epoch-0 validation.
     """
-    aggregator = model.aggregator
+    aggregator: Any = model.aggregator     # a head with centroids has initialise_centroids
     if not getattr(aggregator, 'uses_centroids', False):
         return
     from vl_attention.models.netvlad import sample_local_features, sample_tap_features
@@ -175,7 +190,7 @@ def initialise_head(model, images, *, device):
                 type(aggregator).__name__, len(rows))
 
 
-def _embed_training_rows(run, rows):
+def _embed_training_rows(run: Run, rows: np.ndarray) -> np.ndarray:
     """Descriptors of training rows with the current weights (eval mode, no gradients)."""
     model = run.model
     with torch.no_grad(), evaluating(model):
@@ -193,7 +208,8 @@ def _embed_training_rows(run, rows):
     return torch.cat(chunks).numpy()
 
 
-def _batch_rows(run):
+def _batch_rows(run: Run) -> np.ndarray:
+    """Rows of the next batch: sampled places, plus mined hard negatives when asked for."""
     rows = run.data.sampler.sample(run.generators['sampler'])
     if run.negatives is None:
         return rows
@@ -205,13 +221,14 @@ def _batch_rows(run):
     return np.concatenate([rows, np.setdiff1d(hard, rows)])
 
 
-def _to_device(batch, device):
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move every tensor of a batch to ``device``."""
     return replace(batch, **{name: getattr(batch, name).to(device) for name in (
         'indices', 'images', 'positions_m', 'poses', 'positive_mask', 'negative_mask')})
 
 
-def train_step(run):
-    """One optimiser step; returns the total loss and its parts as floats."""
+def train_step(run: Run) -> Tuple[float, LossParts]:
+    """One optimiser step; returns (and records) the total loss and its parts as floats."""
     started = time.perf_counter()
     rows = _batch_rows(run)
     batch = _to_device(run.data.builder(rows), run.context.device)
@@ -233,11 +250,15 @@ def train_step(run):
     run.step += 1
     run.train_seconds += time.perf_counter() - started
     run.train_images += len(rows)
-    run.losses.append(float(total.detach()))
-    return float(total.detach()), {name: float(value) for name, value in parts.items()}
+    total_value = float(total.detach())
+    part_values = {name: float(value) for name, value in parts.items()}
+    run.losses.append(total_value)
+    for name, value in part_values.items():
+        run.loss_parts.setdefault(name, []).append(value)
+    return total_value, part_values
 
 
-def validate(run):
+def validate(run: Run) -> Optional[Dict[str, Any]]:
     """Return validation metrics of the current weights (main process; None without a set)."""
     if run.data.held_out is None or not run.context.is_main:
         return None
@@ -246,7 +267,7 @@ def validate(run):
     return dict(result, step=run.step, epoch=run.step // run.cfg.steps_per_epoch)
 
 
-def _replica_hashes(run):
+def _replica_hashes(run: Run) -> List[str]:
     """Weights fingerprint of every process; replicas that differ are a bug, so fail."""
     hashes = run.context.gather(weights_sha256(run.model))
     if len(set(hashes)) > 1:
@@ -254,7 +275,7 @@ def _replica_hashes(run):
     return hashes
 
 
-def save_run(run):
+def save_run(run: Run) -> None:
     """Checkpoint every process's state (written by the main process, atomically)."""
     per_rank = run.context.gather({
         'rng': rng_state(run.generators),
@@ -266,12 +287,14 @@ def save_run(run):
             'model': run.model.state_dict(), 'loss': run.loss.state_dict(),
             'optimizer': run.optimizer.state_dict(), 'scheduler': run.scheduler.state_dict(),
             'scaler': run.scaler.state_dict(), 'history': run.history, 'best': run.best,
-            'losses': run.losses, 'ranks': per_rank, 'train_seconds': run.train_seconds,
-            'train_images': run.train_images, 'replica_weights_sha256': hashes})
+            'losses': run.losses, 'loss_parts': run.loss_parts, 'ranks': per_rank,
+            'train_seconds': run.train_seconds, 'train_images': run.train_images,
+            'replica_weights_sha256': hashes})
     run.context.barrier()
 
 
-def _check_resumable(run, payload):
+def _check_resumable(run: Run, payload: Dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint of another recipe or process count."""
     stored, current = dict(payload['config']), to_dict(run.cfg)
     # more epochs extend a run; anything else would not replay the same steps
     stored.pop('epochs'), current.pop('epochs')
@@ -285,7 +308,7 @@ def _check_resumable(run, payload):
                           f'resume it with as many (now {run.context.world_size})')
 
 
-def restore_run(run):
+def restore_run(run: Run) -> None:
     """Continue from the last checkpoint exactly where it was written."""
     payload = load_checkpoint(run.artifacts.checkpoint)
     _check_resumable(run, payload)
@@ -296,6 +319,7 @@ def restore_run(run):
     run.scaler.load_state_dict(payload['scaler'])
     for key in ('step', 'history', 'best', 'losses', 'train_seconds', 'train_images'):
         setattr(run, key, payload[key])
+    run.loss_parts = payload.get('loss_parts', {})   # absent in checkpoints of older releases
     mine = payload['ranks'][run.context.rank]
     restore_rng_state(mine['rng'], run.generators)
     if run.negatives is not None and mine['negatives'] is not None:
@@ -303,12 +327,13 @@ def restore_run(run):
     LOGGER.info('resumed %s at step %d', run.artifacts.checkpoint, run.step)
 
 
-def selection_key(scores):
+def selection_key(scores: Dict[str, float]) -> Tuple[float, ...]:
     """Return the sort key of "best": Recall@5, then Recall@1, then PR-AUC (higher is better)."""
     return tuple(scores[key] for key in SELECTION)
 
 
-def _validate_and_keep_best(run, logger):
+def _validate_and_keep_best(run: Run, logger: RunLogger) -> None:
+    """Validate the current weights; keep them if they are the best so far."""
     result = validate(run)
     if result is None:
         return
@@ -323,7 +348,7 @@ def _validate_and_keep_best(run, logger):
         run.artifacts.save_best_weights(run.model)
 
 
-def train_loop(run, logger):
+def train_loop(run: Run, logger: RunLogger) -> None:
     """Run the remaining steps with checkpoints, validation and logs."""
     cfg = run.cfg
     set_training_mode(run.model)
@@ -348,7 +373,8 @@ RESUME_NEEDS_SHARED_OUT = ('the processes see --out differently: to resume, ever
                            'see the same --out (a filesystem they all share)')
 
 
-def check_every_process(context, problem, *, uneven_hint=None):
+def check_every_process(context: DistributedContext, problem: Optional[str], *,
+                        uneven_hint: Optional[str] = None) -> None:
     """Raise the first process's ``problem`` (str or None) in every process.
 
     Each process checks its own view (of ``--out``, say); were only one to stop,
@@ -367,11 +393,14 @@ def check_every_process(context, problem, *, uneven_hint=None):
     raise ConfigError(text)
 
 
-def fit(cfg, out_dir, *, resume=False):
+def fit(cfg: TrainConfig, out_dir: Union[str, Path], *,
+        resume: bool = False) -> Optional[Dict[str, Any]]:
     """Train the recipe ``cfg`` into ``out_dir``; return the run summary (a dict).
 
     Under ``torchrun`` every process calls this; the main process writes the
-    outputs. ``resume`` continues the run in ``out_dir`` from its last checkpoint.
+    outputs (:mod:`.outputs`: ``summary.json``, the per-step losses in
+    ``losses.json``, ...) and returns the summary, the others return None.
+    ``resume`` continues the run in ``out_dir`` from its last checkpoint.
     """
     context = distributed.setup(cfg.device)
     try:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from vl_attention.config import ConfigError
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.registry import Registry
 from vl_attention.training.mining import descriptor_distances, mine_triplets, STRATEGIES
@@ -68,7 +69,7 @@ class _MiningLoss(nn.Module):
     def __init__(self, *, mining, seed):
         super().__init__()
         if mining not in STRATEGIES:
-            raise ValueError(f'unknown mining {mining!r}; known: {list(STRATEGIES)}')
+            raise ConfigError(f'unknown mining {mining!r}; known: {list(STRATEGIES)}')
         self.mining = mining
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -85,7 +86,7 @@ class TripletLoss(_MiningLoss):
     def __init__(self, *, margin=0.1, mining='hard', seed=0):
         super().__init__(mining=mining, seed=seed)
         if margin <= 0:
-            raise ValueError(f'triplet margin must be > 0, got {margin}')
+            raise ConfigError(f'triplet margin must be > 0, got {margin}')
         self.margin = float(margin)
 
     def forward(self, output, batch):
@@ -136,8 +137,8 @@ class PoseRegressionLoss(nn.Module):
     def forward(self, output, batch):
         """Pose loss of the batch; the model must return a ``(B, 7)`` pose."""
         if output.pose is None:
-            raise ValueError('the pose loss needs a pose-regressing model (ModelOutput.pose is '
-                             'None); use a pose_attention preset or another loss')
+            raise ConfigError('the pose loss needs a pose-regressing model (ModelOutput.pose is '
+                              'None); use a pose_attention preset or another loss')
         total = self.pose_loss(output.pose, batch.poses)
         with torch.no_grad():
             position_l1, rotation_l1 = self.pose_loss_terms(output.pose, batch.poses)
@@ -168,7 +169,7 @@ class ImageNetDistillationLoss(nn.Module):
     def __init__(self, *, model, temperature=1.0):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f'imagenet_distillation temperature must be > 0, got {temperature}')
+            raise ConfigError(f'imagenet_distillation temperature must be > 0, got {temperature}')
         classifier = model.backbone.imagenet_classifier()
         self.register_buffer('weight', classifier.weight.detach().clone(), persistent=False)
         self.register_buffer('bias', classifier.bias.detach().clone(), persistent=False)
@@ -178,13 +179,13 @@ class ImageNetDistillationLoss(nn.Module):
         """Mean cross-entropy over the batch, and how often the two top classes agree."""
         missing = [name for name in self.EXTRAS if name not in output.extras]
         if missing:
-            raise ValueError(f'the imagenet_distillation loss needs a head that returns extras '
-                             f'{list(self.EXTRAS)} (regional_attention); missing {missing}')
+            raise ConfigError(f'the imagenet_distillation loss needs a head that returns extras '
+                              f'{list(self.EXTRAS)} (regional_attention); missing {missing}')
         regions = output.extras['weighted_region_mac']
         if regions.shape[-1] != self.weight.shape[1]:
-            raise ValueError(f'the ImageNet classifier takes {self.weight.shape[1]} channels but '
-                             f'the head pools {regions.shape[-1]}: put the head on the last '
-                             'feature map of the trunk (the one its classifier pools)')
+            raise ConfigError(f'the ImageNet classifier takes {self.weight.shape[1]} channels but '
+                              f'the head pools {regions.shape[-1]}: put the head on the last '
+                              'feature map of the trunk (the one its classifier pools)')
         with torch.no_grad():
             target = F.softmax(self.logits(output.extras['global_average']), dim=-1)
         log_predicted = F.log_softmax(self.logits(regions), dim=-1)

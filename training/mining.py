@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vl_attention.config import ConfigError
 from vl_attention.evaluation.metrics import within_radius_mask
 
 STRATEGIES = ('hard', 'random')
@@ -66,11 +67,11 @@ def mine_triplets(descriptors, positive, negative, *, strategy='hard', generator
     means the batch sampler does not put several views of a place in a batch.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f'unknown mining strategy {strategy!r}; known: {list(STRATEGIES)}')
+        raise ConfigError(f'unknown mining strategy {strategy!r}; known: {list(STRATEGIES)}')
     anchors = torch.nonzero(positive.any(dim=1) & negative.any(dim=1)).flatten()
     if len(anchors) == 0:
-        raise ValueError('no image of the batch has both a positive and a negative; sample '
-                         'several views of each place per batch (and several places)')
+        raise ConfigError('no image of the batch has both a positive and a negative; sample '
+                          'several views of each place per batch (and several places)')
     positive, negative = positive[anchors], negative[anchors]
     if strategy == 'hard':
         with torch.no_grad():

@@ -9,6 +9,7 @@ The run directory (``--out``)::
     export/                 model.onnx + model_card.json (``--export-dir`` of build-map / node)
     tensorboard/            event files (``tensorboard --logdir <out>/tensorboard``)
     summary.json            validation history, throughput, replica fingerprints
+    losses.json             every step's loss: {total: [...], parts: {name: [...]}}
 """
 
 import contextlib
@@ -81,6 +82,7 @@ class RunArtifacts:
         self.preset = self.root / 'model.yaml'
         self.export_dir = self.root / 'export'
         self.summary = self.root / 'summary.json'
+        self.losses = self.root / 'losses.json'
 
     def problem(self, *, resume):
         """Why the directory does not fit a fresh run (or a resume), or None if it does."""
@@ -133,6 +135,7 @@ class RunArtifacts:
             export_onnx(run.model.eval(), card, self.export_dir)
         summary = dict(self._summary(run, replica_hashes, images_all_ranks),
                        resumed_from_step=resumed_from_step)
+        atomic_write_text(self.losses, json.dumps({'total': run.losses, 'parts': run.loss_parts}))
         atomic_write_text(self.summary, json.dumps(json_safe(summary), indent=2))
         return summary
 
@@ -150,6 +153,7 @@ class RunArtifacts:
             'replica_weights_sha256': replica_hashes,
             'data': run.data.description,
             'outputs': {'weights': str(self.weights), 'preset': str(self.preset),
+                        'losses': str(self.losses),
                         'export': str(self.export_dir) if run.cfg.export else None,
                         'tensorboard': str(self.root / 'tensorboard')},
             'finished_unix_s': time.time()}

@@ -17,6 +17,7 @@ import sys
 import yaml
 
 from vl_attention.config import ConfigError, frozen_mapping
+from vl_attention.errors import one_line, VLAttentionError
 from vl_attention.training.config import load_recipe
 
 
@@ -97,9 +98,9 @@ def main(argv=None):
                         format='%(levelname)s %(name)s: %(message)s')
     try:
         return run(args)
-    except (ConfigError, ValueError, RuntimeError, OSError) as error:
-        print(f'train: error: {error}', file=sys.stderr)
-        return 2
+    except VLAttentionError as error:   # bad recipe, data or run folder; anything else is a bug
+        print(f'train: error: {one_line(error)}', file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

@@ -6,19 +6,26 @@ with the same place label, or the dataset's own per-query lists (revisited
 Oxford / Paris). Retrieval is an exact FAISS inner-product search
 (:func:`vl_attention.evaluation.evaluate_vpr.retrieve`) scored by
 :func:`vl_attention.evaluation.metrics.retrieval_metrics`, overall and per
-query condition (e.g. night, fog).
+query condition (e.g. night, fog). :func:`predict` gives the descriptors and
+poses of any image tensor (e.g. to score a trained pose model on held-out views).
 """
 
 from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from vl_attention.engine.preprocess import Preprocessing
 from vl_attention.evaluation.evaluate_vpr import retrieve
 from vl_attention.evaluation.metrics import positives, retrieval_metrics
+from vl_attention.models.descriptor import DescriptorModel
 from vl_attention.models.modes import evaluating
 from vl_attention.training.sampling import ImageRows
-from vl_attention.training.sources.base import DatasetLayoutError
+from vl_attention.training.sources.base import DatasetLayoutError, PlaceDataset
+
+Device = Union[str, torch.device]
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,9 @@ class RetrievalSet:
     query_conditions: np.ndarray
 
 
-def _positives(dataset, database_rows, query_rows, positive_distance_m):
+def _positives(dataset: PlaceDataset, database_rows: np.ndarray, query_rows: np.ndarray,
+               positive_distance_m: float) -> Tuple[np.ndarray, ...]:
+    """Each query's database positives: the dataset's own lists, positions or place labels."""
     if dataset.positives is not None:
         database_index = np.full(len(dataset), -1)
         database_index[database_rows] = np.arange(len(database_rows))
@@ -48,7 +57,9 @@ def _positives(dataset, database_rows, query_rows, positive_distance_m):
                              'per-query positive lists')
 
 
-def retrieval_set(dataset, preprocessing, *, positive_distance_m, preload, name='validation'):
+def retrieval_set(dataset: PlaceDataset, preprocessing: Preprocessing, *,
+                  positive_distance_m: float, preload: bool,
+                  name: str = 'validation') -> Optional[RetrievalSet]:
     """Return the :class:`RetrievalSet` of a dataset's database and query rows (or None)."""
     database_rows = np.flatnonzero(dataset.roles == 'database')
     query_rows = np.flatnonzero(dataset.roles == 'query')
@@ -62,16 +73,34 @@ def retrieval_set(dataset, preprocessing, *, positive_distance_m, preload, name=
 
 
 @torch.no_grad()
-def embed_rows(model, images, *, device, rows=None, batch_size=32):
+def embed_rows(model: DescriptorModel, images: ImageRows, *, device: Device,
+               rows: Optional[npt.ArrayLike] = None, batch_size: int = 32) -> np.ndarray:
     """Descriptors ``(N, D)`` float32 of an :class:`ImageRows` (all or ``rows``), in eval mode."""
-    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    indices = np.arange(len(images)) if rows is None else np.asarray(rows)
     with evaluating(model):
         chunks = [model.outputs(tensors.to(device)).descriptor.float().cpu()
-                  for _, tensors in images.chunks(rows, batch_size)]
+                  for _, tensors in images.chunks(indices, batch_size)]
     return torch.cat(chunks).numpy().astype(np.float32)
 
 
-def evaluate_retrieval(model, held_out, *, n_values, device):
+@torch.no_grad()
+def predict(model: DescriptorModel, images: torch.Tensor, *,
+            batch_size: int = 32) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Return descriptors and poses (or None) of all images as arrays, in eval mode.
+
+    ``images`` is an ``(N, 3, H, W)`` tensor normalised for the model; poses are
+    ``(N, 7)`` position (relative to a pose head's ``pose_origin_m``) + ``(w, x, y, z)``.
+    """
+    with evaluating(model):
+        outputs = [model.outputs(images[start:start + batch_size])
+                   for start in range(0, len(images), batch_size)]
+    descriptors = torch.cat([output.descriptor for output in outputs]).numpy()
+    poses = [output.pose for output in outputs if output.pose is not None]
+    return descriptors, torch.cat(poses).numpy() if poses else None
+
+
+def evaluate_retrieval(model: DescriptorModel, held_out: RetrievalSet, *,
+                       n_values: Sequence[int], device: Device) -> Dict[str, Any]:
     """Recall@N and PR-AUC overall and per query condition; JSON-ready."""
     database = embed_rows(model, held_out.database, device=device)
     queries = embed_rows(model, held_out.queries, device=device)

@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 import sys
 
-from vl_attention.config import ConfigError
 from vl_attention.engine.availability import BACKEND_NAMES
 from vl_attention.engine.embedder import EmbedderConfig
+from vl_attention.errors import one_line, VLAttentionError
 
 
 def _add_embedder_arguments(parser):
@@ -80,7 +80,7 @@ def _run_map(args):
         try:
             info = commands.map_info(args.map_dir, verify=args.verify)
         except MapFormatError as error:  # a damaged map: one line, exit 1
-            print(f'vl-attention map info: {error}', file=sys.stderr)
+            print(f'vl-attention map info: {one_line(error)}', file=sys.stderr)
             return 1
         print(commands.format_map_info(info))
         return 0
@@ -288,9 +288,9 @@ def main(argv=None):
                         format='%(levelname)s %(name)s: %(message)s')
     try:
         return COMMANDS[args.command][1](args) or 0
-    except (ConfigError, ValueError, RuntimeError, OSError) as error:
-        print(f'vl-attention {args.command}: error: {error}', file=sys.stderr)
-        return 2
+    except VLAttentionError as error:   # bad input, files or backends; anything else is a bug
+        print(f'vl-attention {args.command}: error: {one_line(error)}', file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, TYPE_CHECKING, TypeVar
 
 import yaml
 
+from vl_attention.errors import VLAttentionError
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -26,7 +28,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 _Config = TypeVar('_Config', bound='DataclassInstance')
 
 
-class ConfigError(ValueError):
+class ConfigError(VLAttentionError, ValueError):
     """A configuration file or value is invalid; the message says how to fix it."""
 
 

@@ -16,15 +16,20 @@ import os
 from pathlib import Path
 import time
 
-import cv2
 import numpy as np
 
+from vl_attention.errors import VLAttentionError
 from vl_attention.geo import geodetic_to_enu
 from vl_attention.io import atomic_write_text
 from vl_attention.mapping import MapFormatError, read_manifest, read_poses_csv
+from vl_attention.mapping.sources import read_rgb
 
 LOG = logging.getLogger(__name__)
 MAP_TRAVERSAL = 'map_day'
+
+
+class DemoError(VLAttentionError, ValueError):
+    """The demo's work directory holds an unusable world; the message says what to remove."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ def query_traversal(world):
     names = sorted(p.name for p in world.iterdir() if (p / 'poses.csv').is_file())
     queries = [name for name in names if name != MAP_TRAVERSAL]
     if not queries:
-        raise ValueError(f'{world} has no query traversal besides {MAP_TRAVERSAL}')
+        raise DemoError(f'{world} has no query traversal besides {MAP_TRAVERSAL}; delete it '
+                        'and run the demo again to render the world anew')
     return world / queries[0]
 
 
@@ -128,8 +134,7 @@ def _publish_and_score(cfg, client, map_dir, queries):
     period_s = 1.0 / cfg.rate_hz
     started = time.monotonic()
     for index in range(count):
-        rgb = cv2.cvtColor(cv2.imread(str(queries / 'images' / columns['image'][index])),
-                           cv2.COLOR_BGR2RGB)
+        rgb = read_rgb(queries / 'images' / columns['image'][index])
         client.publish_frame(rgb, columns['stamp_ns'][index], frame_id='camera_optical')
         time.sleep(max(0.0, started + (index + 1) * period_s - time.monotonic()))
     last = columns['stamp_ns'][count - 1]

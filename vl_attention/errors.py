@@ -9,3 +9,8 @@ anything else is a bug and keeps its traceback.
 
 class VLAttentionError(Exception):
     """An expected failure whose message names the problem and the fix."""
+
+
+def one_line(error: BaseException) -> str:
+    """Return the message of ``error`` on one line (as the tools print it before exiting)."""
+    return ' '.join(str(error).split())

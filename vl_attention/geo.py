@@ -19,6 +19,8 @@ import numpy.typing as npt
 import pymap3d
 from scipy.spatial.transform import Rotation
 
+from vl_attention.config import ConfigError
+
 
 @dataclass(frozen=True)
 class GeodeticOrigin:
@@ -30,11 +32,11 @@ class GeodeticOrigin:
 
     def __post_init__(self) -> None:
         if not -90.0 <= self.latitude_deg <= 90.0:
-            raise ValueError(
+            raise ConfigError(
                 f'latitude_deg={self.latitude_deg} is outside [-90, 90]; '
                 'give the origin in decimal degrees')
         if not -180.0 <= self.longitude_deg <= 180.0:
-            raise ValueError(
+            raise ConfigError(
                 f'longitude_deg={self.longitude_deg} is outside [-180, 180]; '
                 'give the origin in decimal degrees')
 

@@ -1,9 +1,14 @@
-"""Crash-safe file writes: a reader sees the old file or the new one, never half of one."""
+"""Crash-safe file writes: a reader sees the old file or the new one, never half of one.
+
+A directory that cannot be created or written into raises :class:`PathError`, which
+names the path (the tools print it in one line).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,6 +20,8 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
+from vl_attention.errors import VLAttentionError
+
 LOG = logging.getLogger(__name__)
 
 STAGING_SUFFIX = '.staging'
@@ -25,12 +32,37 @@ PROCESS_START_S = time.time()  # staging directories changed before this are a p
 StrPath = Union[str, os.PathLike[str]]
 
 
+class PathError(VLAttentionError, OSError):
+    """A path cannot be created, read or written; the message names it and the fix."""
+
+
+def make_directory(path: StrPath, what: str = 'output directory') -> Path:
+    """Create directory ``path`` and its parents (if missing); :class:`PathError` if it cannot."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PathError(f'cannot create the {what} {path}: {error.strerror or error}; give a '
+                        'directory you can write to') from error
+    return path
+
+
+def _unwritable(directory: Path, error: OSError) -> PathError:
+    """Return the error for a ``directory`` that exists but takes no new file."""
+    return PathError(f'cannot write into {directory}: {error.strerror or error}; give a '
+                     'directory you can write to')
+
+
 @contextlib.contextmanager
 def atomic_path(path: StrPath) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    make_directory(path.parent, 'directory')
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
+                                             dir=path.parent)
+    except OSError as error:
+        raise _unwritable(path.parent, error) from error
     os.close(handle)
     try:
         yield Path(temporary)
@@ -45,6 +77,27 @@ def atomic_write_text(path: StrPath, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def write_report_sections(path: StrPath, result: dict[str, Any], sections: list[str], *,
+                          merge: bool = False) -> dict[str, Any]:
+    """Write a benchmark's JSON ``result`` atomically; return what was written.
+
+    ``sections_run`` records when each of ``sections`` ran. With ``merge``, the
+    sections of an existing report that this run did not redo are kept, with
+    their own dates.
+    """
+    path = Path(path)
+    result = {**result, 'sections_run': {name: time.strftime('%Y-%m-%d %H:%M')
+                                         for name in sections}}
+    if merge and path.is_file():
+        previous = json.loads(path.read_text())
+        runs = previous.get('sections_run')
+        runs = runs if isinstance(runs, dict) else {}
+        result = {**previous, **result, 'sections_run': {**runs, **result['sections_run']}}
+    make_directory(path.parent)
+    atomic_write_text(path, json.dumps(result, indent=2, default=float))
+    return result
 
 
 def atomic_write_bytes(path: StrPath, data: bytes) -> None:
@@ -64,10 +117,13 @@ def atomic_directory(path: StrPath) -> Iterator[Path]:
     (:func:`remove_stale_staging`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent, 'directory')
     remove_stale_staging(path)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}-', suffix=STAGING_SUFFIX,
-                                    dir=path.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}-',
+                                        suffix=STAGING_SUFFIX, dir=path.parent))
+    except OSError as error:
+        raise _unwritable(path.parent, error) from error
     staging.chmod(0o755)  # mkdtemp makes it private; a map is an ordinary shared directory
     try:
         yield staging

@@ -6,6 +6,8 @@ Configs name registered components; they never hold import paths.
 import inspect
 from typing import Any, Callable, TypeVar
 
+from vl_attention.config import ConfigError
+
 _Factory = TypeVar('_Factory', bound=Callable[..., Any])
 
 
@@ -34,7 +36,7 @@ class Registry:
         try:
             return self._factories[name]
         except KeyError:
-            raise ValueError(
+            raise ConfigError(
                 f'unknown {self.family} {name!r}; known {self.family}s: {self.names()}') from None
 
     def create(self, name: str, **options: Any) -> Any:
@@ -43,7 +45,7 @@ class Registry:
         accepted = _keyword_names(factory)
         unknown = sorted(set(options) - accepted)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f'{self.family} {name!r} does not take option(s) {unknown}; '
                 f'it takes {sorted(accepted)}')
         return factory(**options)

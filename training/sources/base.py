@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vl_attention.config import ConfigError
+from vl_attention.errors import VLAttentionError
 from vl_attention.registry import Registry
 
 DATASETS = Registry('dataset layout')
@@ -32,7 +34,7 @@ SPLITS = ('train', 'val', 'test')
 ROLES = ('database', 'query', '')
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(VLAttentionError, ValueError):
     """A dataset folder does not follow its layout; the message names what is missing."""
 
 
@@ -64,12 +66,13 @@ class PlaceDataset:
         for name in _ROW_FIELDS + ('pixels', 'positives', 'ignored'):
             value = getattr(self, name)
             if value is not None and len(value) != count:
-                raise ValueError(f'{self.name}: {name} has {len(value)} rows, expected {count}')
+                raise DatasetLayoutError(f'{self.name}: {name} has {len(value)} rows, '
+                                         f'expected {count}')
         unknown = set(np.unique(self.splits)) - set(SPLITS) | (
             set(np.unique(self.roles)) - set(ROLES))
         if unknown:
-            raise ValueError(f'{self.name}: unknown split/role labels {sorted(unknown)}; '
-                             f'splits are {SPLITS}, roles {ROLES}')
+            raise DatasetLayoutError(f'{self.name}: unknown split/role labels '
+                                     f'{sorted(unknown)}; splits are {SPLITS}, roles {ROLES}')
 
     def __len__(self):
         """Return the number of images."""
@@ -179,16 +182,16 @@ def shift_apart(datasets):
 def concatenate(datasets, *, name=None):
     """Join datasets row-wise (label ground truth is offset; pixels only if all have them)."""
     if not datasets:
-        raise ValueError('concatenate needs at least one dataset')
+        raise ConfigError('concatenate needs at least one dataset')
     values = {key: np.concatenate([getattr(d, key) for d in datasets]) for key in _ROW_FIELDS}
     if all(d.pixels is not None for d in datasets):
         values['pixels'] = np.concatenate([d.pixels for d in datasets])
     elif any(d.pixels is not None for d in datasets):
-        raise ValueError('cannot join in-memory and on-disk datasets; write the in-memory one '
-                         'to a folder first')
+        raise ConfigError('cannot join in-memory and on-disk datasets; write the in-memory one '
+                          'to a folder first')
     if any(d.positives is not None for d in datasets):
-        raise ValueError('datasets with per-query positive lists (revisited Oxford/Paris) are '
-                         'evaluation sets and cannot be joined with others')
+        raise ConfigError('datasets with per-query positive lists (revisited Oxford/Paris) are '
+                          'evaluation sets and cannot be joined with others')
     return PlaceDataset(name=name or '+'.join(d.name for d in datasets),
                         root=';'.join(d.root for d in datasets), frame=dict(datasets[0].frame),
                         **values)
@@ -202,7 +205,7 @@ def require_path(path, what):
     return path
 
 
-def load_dataset(kind, root, **options):
+def load_dataset(kind: str, root: str | Path, **options: object) -> PlaceDataset:
     """Build the dataset of layout ``kind`` at ``root`` (see :data:`DATASETS`).
 
     Adapters register themselves when :mod:`vl_attention.training.sources` is

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from vl_attention.config import ConfigError
 from vl_attention.data.synthetic.camera import OPTICAL_IN_BODY
 from vl_attention.data.association import Associator, sorted_track
 from vl_attention.training.sources.base import (DatasetLayoutError, DATASETS, make_dataset,
@@ -69,13 +70,13 @@ def load_oxford_robotcar(*, root, traversals=None, conditions=None, camera='ster
     """
     root = require_path(root, 'the RobotCar folder holding <YYYY-MM-DD-HH-MM-SS>/ traversals')
     if int(every_nth) < 1:
-        raise ValueError(f'every_nth={every_nth} must be >= 1')
+        raise ConfigError(f'every_nth={every_nth} must be >= 1')
     conditions = dict(conditions or {})
     names = _traversal_names(root, traversals)
     unknown = sorted(set(conditions) - set(names))
     if unknown:
-        raise ValueError(f'conditions names traversal(s) {unknown} that are not loaded; '
-                         f'the traversals are {names}')
+        raise ConfigError(f'conditions names traversal(s) {unknown} that are not loaded; '
+                          f'the traversals are {names}')
     columns = {'image_paths': [], 'positions_m': [], 'quaternions_xyzw': [], 'sequences': []}
     zones = set()
     for name in names:

@@ -35,6 +35,7 @@ import re
 
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.training.sources.base import (
     DatasetLayoutError, DATASETS, make_dataset, require_path, SPLITS)
 
@@ -194,13 +195,13 @@ def load_pittsburgh(*, root, variant='30k', splits=SPLITS, specs_dir='datasets',
     Positions are UTM zone 17T; rows of ``pitts<variant>_<split>.mat`` are split ``split``.
     """
     if variant not in PITTSBURGH_VARIANTS:
-        raise ValueError(f'unknown Pittsburgh variant {variant!r}; use one of '
-                         f'{PITTSBURGH_VARIANTS}')
+        raise ConfigError(f'unknown Pittsburgh variant {variant!r}; use one of '
+                          f'{PITTSBURGH_VARIANTS}')
     splits = as_names(splits)
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
-        raise ValueError(f'Pittsburgh splits {unknown or list(splits)} are not valid; choose '
-                         f'from {SPLITS}')
+        raise ConfigError(f'Pittsburgh splits {unknown or list(splits)} are not valid; choose '
+                          f'from {SPLITS}')
     specs, parts = [], []
     for split in splits:
         spec = read_dbstruct(Path(root) / specs_dir / f'pitts{variant}_{split}.mat')
@@ -288,8 +289,8 @@ def load_tokyo_tm(*, root, splits=('train', 'val'), specs_dir='datasets', images
     splits = as_names(splits)
     unknown = sorted(set(splits) - {'train', 'val'})
     if unknown or not splits:
-        raise ValueError(f'Tokyo TM splits {unknown or list(splits)} are not valid; it has '
-                         "'train' and 'val'")
+        raise ConfigError(f'Tokyo TM splits {unknown or list(splits)} are not valid; it has '
+                          "'train' and 'val'")
     specs, parts = [], []
     for split in splits:
         spec = read_dbstruct(Path(root) / specs_dir / f'tokyoTM_{split}.mat')

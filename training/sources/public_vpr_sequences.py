@@ -30,10 +30,12 @@ import re
 
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.data.images import IMAGE_SUFFIXES
 from vl_attention.training.sources.base import (
     AREA_SPACING_M, DatasetLayoutError, DATASETS, make_dataset, require_path)
 from vl_attention.training.sources.public_vpr import as_names, join_columns, read_csv_columns
+from vl_attention.training.sources.revisited import UnsafePickleError
 
 _LOG = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ def load_nordland(*, root, database_season='summer', query_seasons=None, split=N
     seasons = (database_season,) + (query_seasons or ())
     unknown = [season for season in seasons if season not in NORDLAND_SEASONS]
     if unknown:
-        raise ValueError(f'unknown Nordland season(s) {unknown}; seasons are {NORDLAND_SEASONS}')
+        raise ConfigError(f'unknown Nordland season(s) {unknown}; seasons are {NORDLAND_SEASONS}')
     groups = []
     for part in partitions or [None]:
         queries = query_seasons or [
@@ -203,8 +205,8 @@ def load_gardenspoint(*, root, database_traversal='day_right',
     traversals = (database_traversal,) + query_traversals
     unknown = [name for name in traversals if name not in GARDENS_POINT_TRAVERSALS]
     if unknown:
-        raise ValueError(f'unknown GardensPoint traversal(s) {unknown}; traversals are '
-                         f'{sorted(GARDENS_POINT_TRAVERSALS)}')
+        raise ConfigError(f'unknown GardensPoint traversal(s) {unknown}; traversals are '
+                          f'{sorted(GARDENS_POINT_TRAVERSALS)}')
     roles = ['database'] + ['query'] * len(query_traversals)
     groups = [(Path(root) / name, GARDENS_POINT_TRAVERSALS[name], name, role, split)
               for name, role in zip(traversals, roles)]
@@ -323,7 +325,7 @@ def read_vpr_bench_ground_truth(path, query_count, database_count, *, allow_pick
         rows = np.load(path, allow_pickle=False)
     except ValueError:
         if not allow_pickle:
-            raise ValueError(
+            raise UnsafePickleError(
                 f'{path} is a pickled numpy object array, and unpickling an untrusted file '
                 'can run arbitrary code; if it comes from a source you trust (e.g. the '
                 'VPR-Bench release), pass allow_pickle=True, e.g. load_dataset(kind, root, '

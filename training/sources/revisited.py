@@ -24,6 +24,8 @@ import pickle
 import cv2
 import numpy as np
 
+from vl_attention.config import ConfigError
+from vl_attention.errors import VLAttentionError
 from vl_attention.io import atomic_write_bytes
 from vl_attention.training.sources.base import (DatasetLayoutError, DATASETS, make_dataset,
                                                 require_path)
@@ -43,7 +45,7 @@ _ALLOWED_GLOBALS = frozenset(
        ('__builtin__', 'bytes')])
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(VLAttentionError, ValueError):
     """A ground-truth pickle was not opted into, or holds more than plain data."""
 
 
@@ -89,7 +91,7 @@ def load_revisited(name, root, *, allow_pickle, protocol, crop_queries, cache_di
     ``protocol`` as rows; database rows have empty lists. No positions.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f'protocol={protocol!r}; known protocols: {sorted(PROTOCOLS)}')
+        raise ConfigError(f'protocol={protocol!r}; known protocols: {sorted(PROTOCOLS)}')
     root = require_path(root, f'the {name} folder holding jpg/ and gnd_{name}.pkl')
     ground_truth = _read_ground_truth(root, name, allow_pickle)
     images, queries = list(ground_truth['imlist']), list(ground_truth['qimlist'])

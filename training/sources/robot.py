@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.data.rosbag_reader import open_bags, topic_table
 from vl_attention.data.synthetic.town import TownConfig
 from vl_attention.geo import GeodeticOrigin, geodetic_to_enu
@@ -44,7 +45,7 @@ def as_origin(origin):
         return GeodeticOrigin(**origin)
     values = [float(value) for value in origin]
     if len(values) not in (2, 3):
-        raise ValueError(f'origin={origin!r}: give (latitude_deg, longitude_deg[, altitude_m])')
+        raise ConfigError(f'origin={origin!r}: give (latitude_deg, longitude_deg[, altitude_m])')
     return GeodeticOrigin(*values)
 
 
@@ -82,12 +83,12 @@ def load_rosbag2(*, root, image_topic=None, position_topic=None, origin=None, ma
     """
     bags = [root] if isinstance(root, (str, os.PathLike)) else list(root)
     if not bags:
-        raise ValueError('rosbag2: root is an empty list; give one or more bag directories')
+        raise ConfigError('rosbag2: root is an empty list; give one or more bag directories')
     bags = [require_path(bag, BAG_LAYOUT) for bag in bags]
     if image_topic is None or position_topic is None:
-        raise ValueError(_missing_topics_message(bags[0]))
+        raise ConfigError(_missing_topics_message(bags[0]))
     if int(every_nth) < 1:
-        raise ValueError(f'every_nth={every_nth} must be >= 1')
+        raise ConfigError(f'every_nth={every_nth} must be >= 1')
     origin = as_origin(origin)
     columns = {'image_paths': [], 'positions_m': [], 'quaternions_xyzw': [], 'sequences': []}
     for bag in bags:

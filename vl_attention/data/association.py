@@ -11,8 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from vl_attention.config import ConfigError
+from vl_attention.errors import VLAttentionError
 
-class AssociationError(ValueError):
+
+class AssociationError(VLAttentionError, ValueError):
     """A position track is unusable (empty, unsorted)."""
 
 
@@ -58,7 +61,7 @@ class Associator:
 
     def __init__(self, track, *, max_gap_s):
         if max_gap_s < 0:
-            raise ValueError(f'max_gap_s must be >= 0, got {max_gap_s}')
+            raise ConfigError(f'max_gap_s must be >= 0, got {max_gap_s}')
         self.track = track
         self.max_gap_ns = int(round(max_gap_s * 1e9))
 

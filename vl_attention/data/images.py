@@ -21,6 +21,8 @@ import threading
 import cv2
 import numpy as np
 
+from vl_attention.errors import VLAttentionError
+
 LOGGER = logging.getLogger(__name__)
 
 # File suffixes of image files read from folders (datasets, calibration images).
@@ -40,7 +42,7 @@ REJECTION_REASONS = {
 }
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(VLAttentionError, ValueError):
     """An image message cannot be turned into an RGB frame; ``reason`` says why in one word."""
 
     def __init__(self, message, *, reason='corrupt'):

@@ -22,6 +22,7 @@ from rosbags.typesys import get_typestore, Stores
 
 from vl_attention.data.images import decode_compressed, decode_raw
 from vl_attention.data.association import sorted_track
+from vl_attention.errors import VLAttentionError
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 GEODETIC_TYPES = ('sensor_msgs/msg/NavSatFix',)
@@ -30,7 +31,7 @@ POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'geometry_msgs/msg/PoseWithCovari
 POSITION_TYPES = GEODETIC_TYPES + POSE_TYPES
 
 
-class BagError(ValueError):
+class BagError(VLAttentionError, ValueError):
     """A bag lacks a topic, has the wrong message type or cannot be read."""
 
 

@@ -8,10 +8,15 @@ A *variant* is ``<backend>-<device>`` (``onnxruntime-cuda``, ``torch-cpu``);
 ``tensorrt`` always runs on CUDA.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 import importlib
 import importlib.util
 import logging
+from typing import Sequence
+
+from vl_attention.config import ConfigError
 
 LOG = logging.getLogger(__name__)
 
@@ -47,22 +52,22 @@ class AutoPlan:
     candidates: tuple
     skipped: tuple  # ((variant, reason), ...)
 
-    def describe(self):
+    def describe(self) -> str:
         """One line: the order to try and the reasons for skipping."""
         skipped = '; '.join(f'{name}: {reason}' for name, reason in self.skipped)
         return f'try {list(self.candidates)}' + (f' (not available: {skipped})' if skipped else '')
 
 
-def parse_backend_name(name):
+def parse_backend_name(name: str) -> tuple[str, str]:
     """Split a backend name into ``(backend, device)``; plain names get device ``'auto'``."""
     if name in VARIANTS:
         return VARIANTS[name]
     if name in ('tensorrt', 'onnxruntime', 'torch'):
         return name, 'auto'
-    raise ValueError(f'unknown backend {name!r}; known backends: {list(BACKEND_NAMES)}')
+    raise ConfigError(f'unknown backend {name!r}; known backends: {list(BACKEND_NAMES)}')
 
 
-def unavailable_reason(variant, availability):
+def unavailable_reason(variant: str, availability: Availability) -> str:
     """Why ``variant`` cannot run given ``availability``; ``''`` when it can."""
     backend, device = VARIANTS[variant]
     if device == CUDA and not availability.cuda_device:
@@ -79,7 +84,7 @@ def unavailable_reason(variant, availability):
     return ''
 
 
-def plan_auto(availability, order=AUTO_ORDER):
+def plan_auto(availability: Availability, order: Sequence[str] = AUTO_ORDER) -> AutoPlan:
     """Order in which ``auto`` tries the variants, skipping those that cannot run."""
     candidates, skipped = [], []
     for variant in order:
@@ -91,7 +96,7 @@ def plan_auto(availability, order=AUTO_ORDER):
     return AutoPlan(candidates=tuple(candidates), skipped=tuple(skipped))
 
 
-def resolve_device(backend, device, availability):
+def resolve_device(backend: str, device: str, availability: Availability) -> str:
     """Concrete device for ``backend`` when ``device`` is ``'auto'``: CUDA if it can run there."""
     if device != 'auto':
         return device
@@ -100,7 +105,7 @@ def resolve_device(backend, device, availability):
     return CUDA if not unavailable_reason(f'{backend}-cuda', availability) else CPU
 
 
-def _probe_cuda():
+def _probe_cuda() -> tuple[str, str]:
     """First CUDA device's name through the driver API (libcuda), so probing imports no torch."""
     import ctypes
     try:
@@ -119,7 +124,7 @@ def _probe_cuda():
     return name.value.decode(errors='replace'), ''
 
 
-def _probe_onnxruntime():
+def _probe_onnxruntime() -> tuple[str, tuple[str, ...], str]:
     try:
         onnxruntime = importlib.import_module('onnxruntime')
     except ImportError as error:
@@ -127,7 +132,7 @@ def _probe_onnxruntime():
     return onnxruntime.__version__, tuple(onnxruntime.get_available_providers()), ''
 
 
-def _probe_tensorrt():
+def _probe_tensorrt() -> tuple[str, str]:
     if importlib.util.find_spec('tensorrt') is None:
         return '', ('tensorrt is not installed (pip install tensorrt, or use the JetPack '
                     'python3-libnvinfer package)')
@@ -141,7 +146,7 @@ def _probe_tensorrt():
     return version, ''
 
 
-def probe_availability():
+def probe_availability() -> Availability:
     """Detect CUDA (the driver API), ONNX Runtime's providers and TensorRT."""
     cuda_device, cuda_reason = _probe_cuda()
     ort_version, ort_providers, ort_reason = _probe_onnxruntime()

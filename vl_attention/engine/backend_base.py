@@ -10,21 +10,50 @@ A backend takes ``float32 (B, 3, H, W)`` normalised input (the output of
 output of the model by its ONNX name (:data:`DESCRIPTOR_OUTPUT` always, and
 for pose models ``position_m`` ``(B, 3)`` relative to the card's
 ``pose_origin_m`` and ``orientation_xyzw`` ``(B, 4)``), each ``float32``.
+:class:`EmbeddingBackend` is that interface as a :class:`typing.Protocol`:
+backends need not inherit from anything.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, TYPE_CHECKING, Union
 
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.engine.availability import DEVICES, PRECISIONS
+from vl_attention.errors import VLAttentionError
 from vl_attention.model_outputs import DESCRIPTOR_OUTPUT
 from vl_attention.registry import Registry
 
+if TYPE_CHECKING:
+    from torch import nn
+
 BACKENDS = Registry('backend')
+# what the torch backend runs: a module, or a zero-argument factory building one on demand
+TorchModelSource = Union['nn.Module', Callable[[], 'nn.Module']]
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(VLAttentionError, RuntimeError):
     """The backend cannot run on this machine; the message says why."""
+
+
+class EmbeddingBackend(Protocol):
+    """What :class:`~vl_attention.engine.embedder.Embedder` needs of a backend."""
+
+    name: str          # its registry name
+    device: str        # 'cpu' or 'cuda'
+    precision: str     # what it really runs: fp32, fp16 or int8
+    description: str   # one line for logs and diagnostics
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Return the ``float32 (B, D)`` descriptors of a preprocessed batch."""
+        ...
+
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Return every output of a preprocessed batch by its ONNX name."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -46,16 +75,16 @@ class BackendOptions:
     engine_dir: str = ''
     calibration_dir: str = ''
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise ValueError(f'device {self.device!r} is not one of {list(DEVICES)}')
+            raise ConfigError(f'device {self.device!r} is not one of {list(DEVICES)}')
         if self.precision not in PRECISIONS:
-            raise ValueError(f'precision {self.precision!r} is not one of {list(PRECISIONS)}')
+            raise ConfigError(f'precision {self.precision!r} is not one of {list(PRECISIONS)}')
         if self.threads < 0 or self.max_batch < 1:
-            raise ValueError('threads must be >= 0 and max_batch >= 1')
+            raise ConfigError('threads must be >= 0 and max_batch >= 1')
 
 
-def descriptor_output_name(names):
+def descriptor_output_name(names: Iterable[str]) -> str:
     """Pick the descriptor output of a graph: ``descriptors``, else its only output."""
     names = list(names)
     if DESCRIPTOR_OUTPUT in names:
@@ -66,7 +95,8 @@ def descriptor_output_name(names):
                              f'{DESCRIPTOR_OUTPUT!r}; export it again with this package')
 
 
-def named_outputs(names, arrays):
+def named_outputs(names: Iterable[str],
+                  arrays: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
     """``{name: float32 array}`` of a graph's outputs, in graph order."""
     names, arrays = list(names), list(arrays)
     if len(names) != len(arrays):

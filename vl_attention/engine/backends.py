@@ -11,33 +11,49 @@ Verified on CPU only: ``torch-cpu`` (eager, channels-last, torch.compile) and
 written against the documented APIs but were not run here (no GPU).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 import os
+from types import ModuleType
+from typing import Any, Optional, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.engine import tensorrt_backend as _tensorrt  # noqa: F401  (registers it)
-from vl_attention.engine.availability import (CUDA, ORT_CUDA_PROVIDER, parse_backend_name,
-                                              plan_auto, probe_availability, resolve_device,
-                                              unavailable_reason)
+from vl_attention.engine.availability import (Availability, CUDA, ORT_CUDA_PROVIDER,
+                                              parse_backend_name, plan_auto, probe_availability,
+                                              resolve_device, unavailable_reason)
 from vl_attention.engine.backend_base import (BackendOptions, BACKENDS, BackendUnavailable,
-                                              descriptor_output_name, named_outputs)
+                                              descriptor_output_name, EmbeddingBackend,
+                                              named_outputs, TorchModelSource)
+from vl_attention.io import StrPath
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ['BACKENDS', 'BackendOptions', 'BackendUnavailable', 'create_backend']
+__all__ = ['BACKENDS', 'BackendOptions', 'BackendUnavailable', 'create_backend',
+           'EmbeddingBackend', 'StartedBackend']
+
+
+class StartedBackend(EmbeddingBackend, Protocol):
+    """An :class:`EmbeddingBackend` as :func:`create_backend` returns it."""
+
+    auto_reasons: tuple[str, ...]   # 'variant: why' of each variant ``auto`` passed over
 
 
 @BACKENDS.register('torch')
-def _torch_backend(*, model, onnx_path=None, options=BackendOptions(), availability=None):
+def _torch_backend(*, model: Optional[TorchModelSource], onnx_path: Optional[StrPath] = None,
+                   options: BackendOptions = BackendOptions(),
+                   availability: Optional[Availability] = None) -> EmbeddingBackend:
     """Create the torch backend, importing torch only now."""
     from vl_attention.engine.torch_backend import TorchBackend
     return TorchBackend(model=model, onnx_path=onnx_path, options=options,
                         availability=availability)
 
 
-def ort_providers(device, availability):
+def ort_providers(device: str, availability: Availability) -> list[str]:
     """ONNX Runtime execution providers for ``device`` (CUDA keeps CPU as the fallback)."""
     if device == CUDA:
         reason = unavailable_reason('onnxruntime-cuda', availability)
@@ -47,7 +63,7 @@ def ort_providers(device, availability):
     return ['CPUExecutionProvider']
 
 
-def ort_session_options(onnxruntime, threads):
+def ort_session_options(onnxruntime: ModuleType, threads: int) -> Any:
     """Session options: full graph optimisation, ``threads`` intra-op threads (0 = library)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(threads)
@@ -63,7 +79,9 @@ class OnnxRuntimeBackend:
 
     name = 'onnxruntime'
 
-    def __init__(self, *, model=None, onnx_path, options=BackendOptions(), availability=None):
+    def __init__(self, *, model: Optional[TorchModelSource] = None,
+                 onnx_path: Optional[StrPath], options: BackendOptions = BackendOptions(),
+                 availability: Optional[Availability] = None) -> None:
         availability = availability or probe_availability()
         if not availability.onnxruntime_version:
             raise BackendUnavailable(availability.onnxruntime_reason)
@@ -87,17 +105,19 @@ class OnnxRuntimeBackend:
         threads = options.threads or 'default'
         self.description = f'onnxruntime-{self.device} fp32 ({threads} threads)'
 
-    def run(self, batch):
+    def run(self, batch: np.ndarray) -> np.ndarray:
         """Embed a preprocessed batch."""
         return self.session.run([self.descriptor_name], {self.input_name: batch})[0]
 
-    def run_outputs(self, batch):
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of a preprocessed batch by name (see :mod:`.backend_base`)."""
         return named_outputs(self.output_names,
                              self.session.run(list(self.output_names), {self.input_name: batch}))
 
 
-def _create_one(variant_or_name, *, model, onnx_path, options, availability):
+def _create_one(variant_or_name: str, *, model: Optional[TorchModelSource],
+                onnx_path: Optional[StrPath], options: BackendOptions,
+                availability: Availability) -> StartedBackend:
     backend, device = parse_backend_name(variant_or_name)
     if device != 'auto':
         options = dataclasses.replace(options, device=device)
@@ -105,7 +125,8 @@ def _create_one(variant_or_name, *, model, onnx_path, options, availability):
                            availability=availability)
 
 
-def create_auto(*, model, onnx_path, options, availability):
+def create_auto(*, model: Optional[TorchModelSource], onnx_path: Optional[StrPath],
+                options: BackendOptions, availability: Availability) -> StartedBackend:
     """Try the ``auto`` order; log the pick and why earlier candidates were not used."""
     plan = plan_auto(availability)
     reasons = [f'{name}: {reason}' for name, reason in plan.skipped]
@@ -125,7 +146,10 @@ def create_auto(*, model, onnx_path, options, availability):
     raise BackendUnavailable('no backend could start: ' + '; '.join(reasons))
 
 
-def create_backend(name, *, model, onnx_path, threads=None, options=None, availability=None):
+def create_backend(name: str, *, model: Optional[TorchModelSource],
+                   onnx_path: Optional[StrPath], threads: Optional[int] = None,
+                   options: Optional[BackendOptions] = None,
+                   availability: Optional[Availability] = None) -> StartedBackend:
     """Instantiate backend ``name`` (``auto``, a backend or a ``<backend>-<device>`` variant).
 
     ``model`` is a torch module or a zero-argument factory returning one;
@@ -144,7 +168,7 @@ def create_backend(name, *, model, onnx_path, threads=None, options=None, availa
     return backend
 
 
-def as_float32(descriptors):
+def as_float32(descriptors: npt.ArrayLike) -> np.ndarray:
     """Float32, C-contiguous descriptors re-normalised to unit length (FP16/INT8 drift)."""
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     norms = np.linalg.norm(descriptors, axis=1, keepdims=True)

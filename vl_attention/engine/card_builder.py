@@ -5,18 +5,27 @@ this module holds what needs a built model: the weights hash, the pose fields
 of a pose_attention head, and the card of a freshly built model.
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict
 import hashlib
 import json
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
 from vl_attention.engine.model_card import card_config_values, ModelCard
 from vl_attention.model_outputs import DESCRIPTOR_OUTPUT, POSE_FRAME, POSE_OUTPUTS
+from vl_attention.io import StrPath
 from vl_attention.models.pose_attention import pose_head, pose_origin_m
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def weights_sha256(module):
+    from vl_attention.models.descriptor import DescriptorModel, ModelConfig
+
+
+def weights_sha256(module: nn.Module) -> str:
     """Hash of every tensor in the module's state dict (names, dtypes, shapes and values)."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
@@ -26,7 +35,7 @@ def weights_sha256(module):
     return digest.hexdigest()
 
 
-def pose_fields(model):
+def pose_fields(model: nn.Module) -> dict[str, Any]:
     """Card fields of the outputs: descriptor only, or descriptor + pose with its frame."""
     if pose_head(model) is None:
         return {'outputs': (DESCRIPTOR_OUTPUT,)}
@@ -34,7 +43,8 @@ def pose_fields(model):
             'pose_origin_m': tuple(float(value) for value in pose_origin_m(model))}
 
 
-def make_model_card(config, model, *, weights_file=''):
+def make_model_card(config: ModelConfig, model: DescriptorModel, *,
+                    weights_file: StrPath = '') -> ModelCard:
     """Card for a freshly built torch model; the fingerprint covers config, weights, input.
 
     ``weights_file`` records a checkpoint loaded over the preset's weights, so

@@ -1,24 +1,33 @@
 """The Embedder: uint8 RGB frames in, L2-normalised float32 descriptors out."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
 import time
+from typing import Iterable, Optional, Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from vl_attention.config import ConfigError
 from vl_attention.engine.availability import parse_backend_name
+from vl_attention.engine.backend_base import EmbeddingBackend, TorchModelSource
 from vl_attention.engine.backends import as_float32, BackendOptions, create_backend
 from vl_attention.engine.export_format import ONNX_FILE, read_export
+from vl_attention.engine.model_card import ModelCard
 from vl_attention.engine.preprocess import preprocess_frames
+from vl_attention.io import StrPath
 from vl_attention.model_outputs import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from vl_attention.models.descriptor import DescriptorModel
 
 LOG = logging.getLogger(__name__)
 
 
-def default_cache_dir():
+def default_cache_dir() -> Path:
     """Where exported models are cached (``$VL_ATTENTION_CACHE`` or ~/.cache/vl_attention)."""
     root = os.environ.get('VL_ATTENTION_CACHE') or Path.home() / '.cache' / 'vl_attention'
     return Path(root) / 'exports'
@@ -48,7 +57,7 @@ class EmbedderConfig:
     export_dir: str = ''
     calibration_dir: str = ''
 
-    def backend_options(self, cache_dir):
+    def backend_options(self, cache_dir: StrPath) -> BackendOptions:
         """Options handed to the backend."""
         return BackendOptions(device=self.device, threads=self.threads, precision=self.precision,
                               compile=self.compile, channels_last=self.channels_last,
@@ -60,7 +69,8 @@ class EmbedderConfig:
 class Embedder:
     """Runs preprocessing and one backend; every backend gets identical input."""
 
-    def __init__(self, backend, card, *, batch_size=8, export_dir=None):
+    def __init__(self, backend: EmbeddingBackend, card: ModelCard, *, batch_size: int = 8,
+                 export_dir: Optional[StrPath] = None) -> None:
         self.backend = backend
         self.card = card
         self.batch_size = batch_size
@@ -68,26 +78,26 @@ class Embedder:
         self.last_latency_ms = 0.0
 
     @property
-    def backend_name(self):
+    def backend_name(self) -> str:
         """Registry name of the backend that runs the network (tensorrt, onnxruntime, torch)."""
         return self.backend.name
 
     @property
-    def backend_description(self):
+    def backend_description(self) -> str:
         """One line: backend, device, precision, threads (for logs and diagnostics)."""
         return self.backend.description
 
     @property
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """Fingerprint of the model (config, weights, preprocessing)."""
         return self.card.fingerprint
 
     @property
-    def descriptor_dim(self):
+    def descriptor_dim(self) -> int:
         """Length of a descriptor."""
         return self.card.descriptor_dim
 
-    def embed(self, frames):
+    def embed(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Descriptors ``float32 (B, D)`` of a list of uint8 ``(H, W, 3)`` RGB frames."""
         if len(frames) == 0:
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
@@ -97,7 +107,8 @@ class Embedder:
         self.last_latency_ms = (time.perf_counter() - started) * 1e3
         return descriptors
 
-    def embed_with_pose(self, frames):
+    def embed_with_pose(self, frames: Sequence[np.ndarray]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Descriptors and the regressed camera pose of uint8 RGB frames (pose_attention models).
 
         Returns ``(descriptors float32 (B, D), position_m float64 (B, 3),
@@ -124,7 +135,8 @@ class Embedder:
         self.last_latency_ms = (time.perf_counter() - started) * 1e3
         return descriptors, position_m, orientation
 
-    def embed_batches(self, frames, batch_size=None):
+    def embed_batches(self, frames: Iterable[np.ndarray],
+                      batch_size: Optional[int] = None) -> np.ndarray:
         """Embed an iterable of frames in batches (map building), same backend as :meth:`embed`."""
         batch_size = batch_size or self.batch_size
         chunks, batch = [], []
@@ -140,11 +152,12 @@ class Embedder:
         return np.concatenate(chunks)
 
 
-def _needs_onnx(backend):
+def _needs_onnx(backend: str) -> bool:
     return backend == 'auto' or parse_backend_name(backend)[0] in ('onnxruntime', 'tensorrt')
 
 
-def _from_export_dir(config):
+def _from_export_dir(config: EmbedderConfig
+                     ) -> tuple[ModelCard, TorchModelSource, Optional[Path]]:
     export_dir = Path(config.export_dir)
     card = read_export(export_dir)
     if config.model not in (DEFAULT_MODEL, card.model_name):
@@ -153,12 +166,13 @@ def _from_export_dir(config):
     return card, (lambda: _rebuild_model(card)), export_dir / ONNX_FILE
 
 
-def _rebuild_model(card):
+def _rebuild_model(card: ModelCard) -> DescriptorModel:
     from vl_attention.engine.export import rebuild_model   # torch: only for the torch backend
     return rebuild_model(card)
 
 
-def _from_preset(config, model, cache_dir):
+def _from_preset(config: EmbedderConfig, model: Optional[DescriptorModel], cache_dir: Path
+                 ) -> tuple[ModelCard, DescriptorModel, Optional[Path]]:
     # building a preset needs torch; running an export (or a map's model) does not
     from vl_attention.engine.export import cached_export
     from vl_attention.engine.card_builder import make_model_card
@@ -177,7 +191,8 @@ def _from_preset(config, model, cache_dir):
     return card, model, onnx_path
 
 
-def create_embedder(config=EmbedderConfig(), *, model=None):
+def create_embedder(config: EmbedderConfig = EmbedderConfig(), *,
+                    model: Optional[DescriptorModel] = None) -> Embedder:
     """Start an embedder: export once (cached by fingerprint), then start the backend.
 
     The network comes from ``config.export_dir`` when set, else from preset
@@ -185,11 +200,12 @@ def create_embedder(config=EmbedderConfig(), *, model=None):
     preset, e.g. fresh from training).
     """
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    torch_model: TorchModelSource
     if config.export_dir:
-        card, model, onnx_path = _from_export_dir(config)
+        card, torch_model, onnx_path = _from_export_dir(config)
     else:
-        card, model, onnx_path = _from_preset(config, model, cache_dir)
-    backend = create_backend(config.backend, model=model, onnx_path=onnx_path,
+        card, torch_model, onnx_path = _from_preset(config, model, cache_dir)
+    backend = create_backend(config.backend, model=torch_model, onnx_path=onnx_path,
                              options=config.backend_options(cache_dir))
     LOG.info('embedder: model %s (fingerprint %s, %d-D) on %s', card.model_name,
              card.fingerprint, card.descriptor_dim, backend.description)

@@ -6,22 +6,27 @@ to the card's ``pose_origin_m``, and ``orientation_xyzw`` ``(B, 4)``, unit with
 ``w >= 0``; the card's ``outputs`` lists them in graph order.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import logging
 from pathlib import Path
+from typing import Optional, Sequence
 import warnings
 
 import torch
+from torch import nn
 
 from vl_attention.config import ConfigError, from_dict
 from vl_attention.engine.backend_base import BackendUnavailable
 from vl_attention.engine.export_format import (CARD_FILE, INPUT_NAME,  # noqa: F401
                                                ONNX_FILE, ONNX_OPSET, OUTPUT_NAME, read_export)
 from vl_attention.engine.card_builder import make_model_card, weights_sha256
-from vl_attention.io import atomic_path
-from vl_attention.models import (build_model, DEFAULT_MODEL, load_model_checkpoint,
-                                 load_model_config, ModelConfig)
+from vl_attention.engine.model_card import ModelCard
+from vl_attention.io import atomic_path, StrPath
+from vl_attention.models import (build_model, DEFAULT_MODEL, DescriptorModel,
+                                 load_model_checkpoint, load_model_config, ModelConfig)
 from vl_attention.models.pose_attention import pose_head, PoseOutputs
 
 LOG = logging.getLogger(__name__)
@@ -43,12 +48,13 @@ class ExportConfig:
     dynamic_size: bool = False
 
 
-def _dynamic_axes(dynamic_size, output_names=(OUTPUT_NAME,)):
+def _dynamic_axes(dynamic_size: bool, output_names: Sequence[str] = (OUTPUT_NAME,)
+                  ) -> dict[str, dict[int, str]]:
     axes = {0: 'batch', 2: 'height', 3: 'width'} if dynamic_size else {0: 'batch'}
     return {INPUT_NAME: axes, **{name: {0: 'batch'} for name in output_names}}
 
 
-def export_module(model, card):
+def export_module(model: DescriptorModel, card: ModelCard) -> nn.Module:
     """Return the module the export traces: the model, or its pose view for a pose card."""
     if not card.has_pose:
         return model
@@ -58,7 +64,8 @@ def export_module(model, card):
     return PoseOutputs(model)
 
 
-def export_onnx(model, card, out_dir, *, dynamic_size=None):
+def export_onnx(model: DescriptorModel, card: ModelCard, out_dir: StrPath, *,
+                dynamic_size: Optional[bool] = None) -> Path:
     """Write ``out_dir/model.onnx`` (dynamic batch, fixed or dynamic H x W) and its card.
 
     Both files are written atomically; the card gains the opset and the
@@ -89,7 +96,7 @@ def export_onnx(model, card, out_dir, *, dynamic_size=None):
     return out_dir
 
 
-def _check_dynamic_size(model, card, dynamic_size):
+def _check_dynamic_size(model: nn.Module, card: ModelCard, dynamic_size: bool) -> None:
     # Heads whose pooling layout is computed from the feature-map size at
     # trace time (R-MAC regions) would silently keep the traced layout.
     if dynamic_size and getattr(getattr(model, 'aggregator', None), 'fixed_input_size', False):
@@ -98,7 +105,7 @@ def _check_dynamic_size(model, card, dynamic_size):
                           'the size you run it (--height/--width) without --dynamic-size')
 
 
-def cached_export(model, card, cache_dir):
+def cached_export(model: DescriptorModel, card: ModelCard, cache_dir: StrPath) -> Path:
     """Export once per fingerprint into ``cache_dir/<fingerprint>/``; reuse it afterwards."""
     export_dir = Path(cache_dir) / card.fingerprint
     try:
@@ -111,7 +118,7 @@ def cached_export(model, card, cache_dir):
     return export_onnx(model, card, export_dir)
 
 
-def model_for_export(cfg):
+def model_for_export(cfg: ExportConfig) -> tuple[DescriptorModel, ModelCard]:
     """Build the torch model and card an :class:`ExportConfig` describes."""
     config = load_model_config(cfg.model)
     if cfg.input_height or cfg.input_width:
@@ -125,14 +132,14 @@ def model_for_export(cfg):
     return model, dataclasses.replace(card, dynamic_size=cfg.dynamic_size)
 
 
-def main(cfg, out_dir):
+def main(cfg: ExportConfig, out_dir: StrPath) -> Path:
     """Export the model of ``cfg`` into ``out_dir`` (``model.onnx`` + ``model_card.json``)."""
     model, card = model_for_export(cfg)
     export_onnx(model, card, out_dir)
     return Path(out_dir)
 
 
-def rebuild_model(card):
+def rebuild_model(card: ModelCard) -> DescriptorModel:
     """Rebuild the torch model of an exported card; refuse it unless its weights hash matches."""
     model = build_model(from_dict(ModelConfig, card.model_config, where='model card'))
     if card.weights_file:

@@ -17,15 +17,21 @@ This module needs no torch: building a card from a torch model
 :mod:`vl_attention.engine.card_builder`.
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass
 import json
 from pathlib import Path
+from typing import Any, TYPE_CHECKING
 
 from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict, to_dict
 from vl_attention.engine.preprocess import DEFAULT_RESIZE, Preprocessing
-from vl_attention.io import atomic_write_text
+from vl_attention.io import atomic_write_text, StrPath
 from vl_attention.model_outputs import DESCRIPTOR_OUTPUT, ORIENTATION_OUTPUT, POSITION_OUTPUT
+
+if TYPE_CHECKING:
+    from vl_attention.models.descriptor import ModelConfig
 
 CARD_FORMAT_VERSION = 1
 
@@ -51,16 +57,16 @@ class ModelCard:
     pose_origin_m: tuple = ()
 
     @property
-    def has_pose(self):
+    def has_pose(self) -> bool:
         """Whether the export also outputs a regressed 6-DoF pose."""
         return POSITION_OUTPUT in self.outputs and ORIENTATION_OUTPUT in self.outputs
 
-    def to_json(self):
+    def to_json(self) -> str:
         """Serialise to indented JSON."""
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text, *, source='model card'):
+    def from_json(cls, text: str, *, source: str = 'model card') -> ModelCard:
         """Parse a card written by :meth:`to_json`."""
         try:
             values = json.loads(text)
@@ -71,12 +77,12 @@ class ModelCard:
                               f'this package reads version {CARD_FORMAT_VERSION}; re-export it')
         return from_dict(cls, values, where=source)
 
-    def save(self, path):
+    def save(self, path: StrPath) -> None:
         """Write the card atomically."""
         atomic_write_text(Path(path), self.to_json())
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: StrPath) -> ModelCard:
         """Read a card from ``path``."""
         path = Path(path)
         if not path.is_file():
@@ -84,7 +90,7 @@ class ModelCard:
         return cls.from_json(path.read_text(), source=str(path))
 
 
-def card_config_values(config):
+def card_config_values(config: ModelConfig) -> dict[str, Any]:
     """Return the preset as the card records it, leaving out the default ``resize: stretch``.
 
     Cards and fingerprints made before the preset had a resize policy stay

@@ -21,12 +21,18 @@ smaller, or an aspect ratio more than :data:`FAR_ASPECT` apart) logs one
 warning per process: descriptors of such frames are usually much worse.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 import logging
 import math
+from typing import Sequence
 
 import cv2
 import numpy as np
+
+from vl_attention.config import ConfigError
+from vl_attention.errors import VLAttentionError
 
 LOG = logging.getLogger(__name__)
 
@@ -36,10 +42,11 @@ RESIZE_POLICIES = ('stretch', 'fit_pad', 'center_crop')
 DEFAULT_RESIZE = 'stretch'   # the behaviour before the policy existed: fingerprints unchanged
 FAR_SCALE = 2.0     # linear scale (sqrt of the pixel-count ratio) beyond which a warning is due
 FAR_ASPECT = 1.25   # ratio of aspect ratios beyond which a warning is due
-_warned_input_size = []   # holds one entry once the far-from-trained-size warning was logged
+# holds one entry once the far-from-trained-size warning was logged
+_warned_input_size: list[str] = []
 
 
-class FrameError(ValueError):
+class FrameError(VLAttentionError, ValueError):
     """A frame cannot be embedded (wrong dtype, shape or size)."""
 
 
@@ -64,20 +71,21 @@ class Preprocessing:
     colour_order: str = 'RGB'
     resize: str = DEFAULT_RESIZE
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.input_height < 32 or self.input_width < 32:
-            raise ValueError(f'input size {self.input_height}x{self.input_width} is too small; '
-                             'use at least 32x32 pixels')
+            raise ConfigError(f'input size {self.input_height}x{self.input_width} is too small; '
+                              'use at least 32x32 pixels')
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f'interpolation {self.interpolation!r} is not one of '
-                             f'{sorted(INTERPOLATIONS)}')
+            raise ConfigError(f'interpolation {self.interpolation!r} is not one of '
+                              f'{sorted(INTERPOLATIONS)}')
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError('mean and std need three values each, std > 0')
+            raise ConfigError('mean and std need three values each, std > 0')
         if self.resize not in RESIZE_POLICIES:
-            raise ValueError(f'resize {self.resize!r} is not one of {list(RESIZE_POLICIES)}')
+            raise ConfigError(f'resize {self.resize!r} is not one of {list(RESIZE_POLICIES)}')
 
     @classmethod
-    def for_backbone(cls, normalization, *, input_height, input_width, resize=DEFAULT_RESIZE):
+    def for_backbone(cls, normalization: Normalization, *, input_height: int, input_width: int,
+                     resize: str = DEFAULT_RESIZE) -> Preprocessing:
         """Preprocessing at a chosen input size and resize policy, with a backbone's mean/std."""
         return cls(input_height=int(input_height), input_width=int(input_width),
                    mean=tuple(float(v) for v in normalization.mean),
@@ -85,7 +93,7 @@ class Preprocessing:
                    interpolation=normalization.interpolation, resize=str(resize))
 
 
-def check_frame(frame):
+def check_frame(frame: object) -> None:
     """Raise :class:`FrameError` unless ``frame`` is a non-empty uint8 RGB or grayscale array."""
     if not isinstance(frame, np.ndarray):
         raise FrameError(f'a frame must be a numpy array, got {type(frame).__name__}')
@@ -97,7 +105,7 @@ def check_frame(frame):
         raise FrameError(f'frame of size {frame.shape[1]}x{frame.shape[0]} is empty')
 
 
-def as_rgb(frame):
+def as_rgb(frame: np.ndarray) -> np.ndarray:
     """Return ``frame`` as ``(H, W, 3)``: grayscale is replicated to the three channels."""
     check_frame(frame)
     if frame.ndim == 3 and frame.shape[2] == 3:
@@ -105,7 +113,8 @@ def as_rgb(frame):
     return np.repeat(frame.reshape(frame.shape[0], frame.shape[1], 1), 3, axis=2)
 
 
-def center_crop_box(frame_height, frame_width, input_height, input_width):
+def center_crop_box(frame_height: int, frame_width: int, input_height: int,
+                    input_width: int) -> tuple[int, int, int, int]:
     """Largest centred ``(x0, y0, x1, y1)`` box of the frame with the input's aspect ratio."""
     if frame_width * input_height > input_width * frame_height:     # frame is wider
         width = max(1, round(frame_height * input_width / input_height))
@@ -116,7 +125,8 @@ def center_crop_box(frame_height, frame_width, input_height, input_width):
     return 0, y0, frame_width, y0 + height
 
 
-def fit_pad_box(frame_height, frame_width, input_height, input_width):
+def fit_pad_box(frame_height: int, frame_width: int, input_height: int,
+                input_width: int) -> tuple[int, int, int, int]:
     """Where ``fit_pad`` puts the resized frame in the input: ``(x0, y0, x1, y1)``, centred."""
     scale = min(input_width / frame_width, input_height / frame_height)
     width = min(input_width, max(1, round(frame_width * scale)))
@@ -125,7 +135,7 @@ def fit_pad_box(frame_height, frame_width, input_height, input_width):
     return x0, y0, x0 + width, y0 + height
 
 
-def resize_frame(frame, preprocessing):
+def resize_frame(frame: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """Bring an RGB ``(h, w, 3)`` uint8 frame to the input size by the resize policy."""
     size = (preprocessing.input_width, preprocessing.input_height)
     if frame.shape[1::-1] == size:
@@ -144,7 +154,7 @@ def resize_frame(frame, preprocessing):
     return cv2.resize(frame, size, interpolation=interpolation)
 
 
-def input_size_mismatch(frame_height, frame_width, preprocessing):
+def input_size_mismatch(frame_height: int, frame_width: int, preprocessing: Preprocessing) -> str:
     """Why a frame is far from the trained input size ('' when it is close enough)."""
     height, width = preprocessing.input_height, preprocessing.input_width
     scale = math.sqrt(frame_height * frame_width / (height * width))
@@ -158,7 +168,8 @@ def input_size_mismatch(frame_height, frame_width, preprocessing):
     return ', '.join(reasons)
 
 
-def warn_if_far_from_trained_size(frame_height, frame_width, preprocessing):
+def warn_if_far_from_trained_size(frame_height: int, frame_width: int,
+                                  preprocessing: Preprocessing) -> None:
     """Log, once per process, that a frame's size or aspect is far from the trained input."""
     if _warned_input_size:
         return
@@ -174,12 +185,12 @@ def warn_if_far_from_trained_size(frame_height, frame_width, preprocessing):
                 preprocessing.resize)
 
 
-def reset_input_size_warning():
+def reset_input_size_warning() -> None:
     """Allow the far-from-trained-size warning to be logged again (tests)."""
     _warned_input_size.clear()
 
 
-def preprocess_frames(frames, preprocessing):
+def preprocess_frames(frames: Sequence[np.ndarray], preprocessing: Preprocessing) -> np.ndarray:
     """Stack frames into the normalised ``float32 (B, 3, H, W)`` network input."""
     batch = np.empty((len(frames), preprocessing.input_height, preprocessing.input_width, 3),
                      dtype=np.float32)
@@ -188,7 +199,7 @@ def preprocess_frames(frames, preprocessing):
         warn_if_far_from_trained_size(frame.shape[0], frame.shape[1], preprocessing)
         batch[index] = resize_frame(frame, preprocessing)
     scale = np.float32(255.0) * np.asarray(preprocessing.std, dtype=np.float32)
-    offset = np.asarray(preprocessing.mean, dtype=np.float32) / np.asarray(
+    offset: np.ndarray = np.asarray(preprocessing.mean, dtype=np.float32) / np.asarray(
         preprocessing.std, dtype=np.float32)
     batch /= scale
     batch -= offset

@@ -20,22 +20,28 @@ and execution code is written against NVIDIA's documented API and tested
 only where ``tensorrt`` imports (test/test_engines.py skips it elsewhere).
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass
 import hashlib
 import json
 import logging
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.data.images import IMAGE_SUFFIXES
-from vl_attention.engine.availability import CUDA, unavailable_reason
+from vl_attention.engine.availability import Availability, CUDA, unavailable_reason
 from vl_attention.engine.backend_base import (BackendOptions, BACKENDS, BackendUnavailable,
-                                              descriptor_output_name, named_outputs)
+                                              descriptor_output_name, named_outputs,
+                                              TorchModelSource)
 from vl_attention.engine.export_format import INPUT_NAME, read_export
-from vl_attention.engine.preprocess import preprocess_frames
-from vl_attention.io import atomic_write_bytes
+from vl_attention.engine.preprocess import Preprocessing, preprocess_frames
+from vl_attention.io import atomic_write_bytes, StrPath
 
 LOG = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ class EngineProfile:
     max_batch: int = 8
     dynamic_size: bool = False
 
-    def shapes(self):
+    def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """``(min, opt, max)`` NCHW shapes for ``IOptimizationProfile.set_shape``."""
         size = (self.height, self.width)
         low = (max(32, self.height // 2), max(32, self.width // 2)) if self.dynamic_size else size
@@ -64,8 +70,8 @@ class EngineProfile:
         return (1, 3) + low, (1, 3) + size, (self.max_batch, 3) + high
 
 
-def engine_cache_key(*, onnx_sha256, tensorrt_version, gpu_name, precision, profile,
-                     calibration=''):
+def engine_cache_key(*, onnx_sha256: str, tensorrt_version: str, gpu_name: str, precision: str,
+                     profile: EngineProfile, calibration: str = '') -> str:
     """Hex key naming one engine: any change of graph, library, GPU or settings rebuilds."""
     identity = json.dumps({'onnx_sha256': onnx_sha256, 'tensorrt': tensorrt_version,
                            'gpu': gpu_name, 'precision': precision,
@@ -74,12 +80,13 @@ def engine_cache_key(*, onnx_sha256, tensorrt_version, gpu_name, precision, prof
     return hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
-def engine_cache_path(engine_dir, model_name, precision, key):
+def engine_cache_path(engine_dir: StrPath, model_name: str, precision: str, key: str) -> Path:
     """File of a cached engine: ``<engine_dir>/<model>-<precision>-<key>.engine``."""
     return Path(engine_dir) / f'{model_name}-{precision}-{key}.engine'
 
 
-def load_or_build_engine(path, *, build, deserialize):
+def load_or_build_engine(path: StrPath, *, build: Callable[[], bytes],
+                         deserialize: Callable[[bytes], Any]) -> tuple[Any, bool]:
     """Deserialize the cached engine at ``path``, or build, cache (atomically) and load one.
 
     ``build()`` returns serialized bytes; ``deserialize(bytes)`` returns an
@@ -103,7 +110,7 @@ def load_or_build_engine(path, *, build, deserialize):
     return engine, True
 
 
-def probe_batch(height, width, count=4, seed=0):
+def probe_batch(height: int, width: int, count: int = 4, seed: int = 0) -> np.ndarray:
     """Deterministic smooth colour images, normalised to ~[-2, 2], ``float32 (count, 3, H, W)``."""
     random = np.random.default_rng(seed)
     frames = [cv2.resize(random.integers(0, 256, (6, 8, 3), dtype=np.uint8), (width, height),
@@ -112,7 +119,7 @@ def probe_batch(height, width, count=4, seed=0):
     return np.ascontiguousarray(((batch - 0.5) / 0.25).transpose(0, 3, 1, 2))
 
 
-def probe_agreement(reference, candidate):
+def probe_agreement(reference: npt.ArrayLike, candidate: npt.ArrayLike) -> float:
     """Smallest cosine similarity between matching rows of two descriptor sets."""
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
@@ -123,7 +130,7 @@ def probe_agreement(reference, candidate):
     return float(np.min(np.sum(reference * candidate, axis=1) / np.maximum(norms, 1e-12)))
 
 
-def check_agreement(min_cosine, precision):
+def check_agreement(min_cosine: float, precision: str) -> float:
     """Raise :class:`EngineDisagrees` when ``min_cosine`` is below the precision's threshold."""
     threshold = AGREEMENT_THRESHOLDS[precision]
     if not min_cosine > threshold:
@@ -133,7 +140,7 @@ def check_agreement(min_cosine, precision):
     return min_cosine
 
 
-def calibration_frames(folder, limit=64):
+def calibration_frames(folder: StrPath, limit: int = 64) -> list[np.ndarray]:
     """Up to ``limit`` RGB frames from a folder of map images (sorted by name)."""
     folder = Path(folder)
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit] \
@@ -141,18 +148,21 @@ def calibration_frames(folder, limit=64):
     if not paths:
         raise BackendUnavailable(f'INT8 calibration needs map images, and {folder} has none; '
                                  'set calibration_dir to a folder of database images')
-    return [cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    # an unreadable file fails in cvtColor (imread gives None)
+    return [cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR),  # type: ignore[arg-type]
+                         cv2.COLOR_BGR2RGB)
             for path in paths]
 
 
-def calibration_batches(frames, preprocessing, batch_size):
+def calibration_batches(frames: Sequence[np.ndarray], preprocessing: Preprocessing,
+                        batch_size: int) -> list[np.ndarray]:
     """Full preprocessed batches for the calibrator (a short tail is dropped)."""
     batch_size = min(batch_size, len(frames))
     return [preprocess_frames(frames[start:start + batch_size], preprocessing)
             for start in range(0, len(frames) - batch_size + 1, batch_size)]
 
 
-def fingerprint_batches(batches):
+def fingerprint_batches(batches: Iterable[np.ndarray]) -> str:
     """Short hash of calibration data, part of an INT8 engine's cache key."""
     digest = hashlib.sha256()
     for batch in batches:
@@ -160,7 +170,7 @@ def fingerprint_batches(batches):
     return digest.hexdigest()[:16]
 
 
-def fp32_reference(onnx_path, batch):
+def fp32_reference(onnx_path: StrPath, batch: np.ndarray) -> np.ndarray:
     """Descriptors of ``batch`` from ONNX Runtime on the CPU (the FP32 reference)."""
     import onnxruntime
     session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
@@ -168,7 +178,8 @@ def fp32_reference(onnx_path, batch):
     return session.run([name], {session.get_inputs()[0].name: batch})[0]
 
 
-def split_io_names(names, is_input):
+def split_io_names(names: Iterable[str],
+                   is_input: Callable[[str], bool]) -> tuple[str, tuple[str, ...]]:
     """``(input, outputs)`` of an engine's tensor names: one image input, >= 1 outputs.
 
     ``is_input(name)`` tells inputs from outputs; the outputs keep engine order.
@@ -182,35 +193,37 @@ def split_io_names(names, is_input):
     return inputs[0], outputs
 
 
-def _make_calibrator(trt, torch, batches, cache_path):
+def _make_calibrator(trt: Any, torch: ModuleType, batches: Sequence[np.ndarray],
+                     cache_path: Path) -> Any:
     """Entropy calibrator feeding device copies of ``batches`` (UNVERIFIED, needs a GPU)."""
     class MapImageCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
+        def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.pending = iter(batches)
-            self.device_batch = None  # keep the current batch alive while TensorRT reads it
+            self.device_batch: Any = None  # keep the current batch alive while TensorRT reads it
 
-        def get_batch_size(self):
+        def get_batch_size(self) -> int:
             return int(batches[0].shape[0])
 
-        def get_batch(self, names):
+        def get_batch(self, names: Sequence[str]) -> Optional[list[int]]:
             batch = next(self.pending, None)
             if batch is None:
                 return None
             self.device_batch = torch.from_numpy(batch).to(CUDA)
             return [int(self.device_batch.data_ptr())]
 
-        def read_calibration_cache(self):
+        def read_calibration_cache(self) -> Optional[bytes]:
             return cache_path.read_bytes() if cache_path.is_file() else None
 
-        def write_calibration_cache(self, cache):
+        def write_calibration_cache(self, cache: bytes) -> None:
             atomic_write_bytes(cache_path, bytes(cache))
 
     return MapImageCalibrator()
 
 
-def build_serialized_engine(trt, onnx_path, *, input_name, precision, profile, logger,
-                            calibrator=None):
+def build_serialized_engine(trt: ModuleType, onnx_path: StrPath, *, input_name: str,
+                            precision: str, profile: EngineProfile, logger: Any,
+                            calibrator: Any = None) -> bytes:
     """Parse the ONNX file and build a serialized engine (UNVERIFIED, needs TensorRT)."""
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -242,7 +255,9 @@ class TensorRTBackend:
 
     name = 'tensorrt'
 
-    def __init__(self, *, model=None, onnx_path, options=BackendOptions(), availability=None):
+    def __init__(self, *, model: Optional[TorchModelSource] = None,
+                 onnx_path: Optional[StrPath], options: BackendOptions = BackendOptions(),
+                 availability: Optional[Availability] = None) -> None:
         from vl_attention.engine.availability import probe_availability
         availability = availability or probe_availability()
         reason = unavailable_reason('tensorrt', availability)
@@ -265,7 +280,8 @@ class TensorRTBackend:
         self.description = (f'tensorrt {trt.__version__} {self.precision} on '
                             f'{availability.cuda_device} (probe cosine {self.agreement:.5f})')
 
-    def _load_engine(self, onnx_path, options, availability):
+    def _load_engine(self, onnx_path: StrPath, options: BackendOptions,
+                     availability: Availability) -> Any:
         prep = self.card.preprocessing
         profile = EngineProfile(prep.input_height, prep.input_width, options.max_batch,
                                 self.card.dynamic_size)
@@ -283,7 +299,7 @@ class TensorRTBackend:
         runtime = self.trt.Runtime(self.logger)
         self.runtime = runtime  # the engine must not outlive its runtime
 
-        def build():
+        def build() -> bytes:
             calibrator = (_make_calibrator(self.trt, self.torch, batches,
                                            path.with_suffix('.calibration'))
                           if batches else None)
@@ -294,22 +310,22 @@ class TensorRTBackend:
                                          deserialize=runtime.deserialize_cuda_engine)
         return engine
 
-    def _io_names(self):
+    def _io_names(self) -> tuple[str, tuple[str, ...]]:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         return split_io_names(
             names, lambda name: self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT)
 
-    def _check_probe(self, onnx_path):
+    def _check_probe(self, onnx_path: StrPath) -> float:
         prep = self.card.preprocessing
         batch = probe_batch(prep.input_height, prep.input_width)
         return check_agreement(probe_agreement(fp32_reference(onnx_path, batch), self.run(batch)),
                                self.precision)
 
-    def run(self, batch):
+    def run(self, batch: np.ndarray) -> np.ndarray:
         """Embed a preprocessed batch on the GPU (UNVERIFIED)."""
         return self.run_outputs(batch)[self.output_name]
 
-    def run_outputs(self, batch):
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of a preprocessed batch by name, on the GPU (UNVERIFIED).
 
         The engine's I/O stays FP32 at every precision (the builder flags only

@@ -5,22 +5,28 @@ never import torch: :mod:`.backends` registers ``torch`` with a factory that
 imports this module only when the torch backend is asked for.
 """
 
+from __future__ import annotations
+
 import copy
 import logging
+from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
-from vl_attention.engine.availability import (CUDA, probe_availability, resolve_device,
-                                              unavailable_reason)
-from vl_attention.engine.backend_base import BackendOptions, BackendUnavailable, named_outputs
+from vl_attention.engine.availability import (Availability, CUDA, probe_availability,
+                                              resolve_device, unavailable_reason)
+from vl_attention.engine.backend_base import (BackendOptions, BackendUnavailable, named_outputs,
+                                              TorchModelSource)
+from vl_attention.io import StrPath
 from vl_attention.model_outputs import DESCRIPTOR_OUTPUT, POSE_OUTPUTS
 from vl_attention.models.pose_attention import pose_head, PoseOutputs
 
 LOG = logging.getLogger(__name__)
 
 
-def _concrete_model(model):
+def _concrete_model(model: Optional[TorchModelSource]) -> nn.Module:
     """Return the module itself, or call a lazy factory (export directories rebuild on demand)."""
     if model is None:
         raise BackendUnavailable('the torch backend needs the torch model, and none was given')
@@ -34,7 +40,9 @@ class TorchBackend:
 
     name = 'torch'
 
-    def __init__(self, *, model, onnx_path=None, options=BackendOptions(), availability=None):
+    def __init__(self, *, model: Optional[TorchModelSource], onnx_path: Optional[StrPath] = None,
+                 options: BackendOptions = BackendOptions(),
+                 availability: Optional[Availability] = None) -> None:
         model = _concrete_model(model).eval()
         availability = availability or probe_availability()
         self.device = resolve_device('torch', options.device, availability)
@@ -65,7 +73,7 @@ class TorchBackend:
                             f'{" compiled" if options.compile else ""}'
                             f' ({torch.get_num_threads()} threads)')
 
-    def _images(self, batch):
+    def _images(self, batch: np.ndarray) -> torch.Tensor:
         images = torch.from_numpy(batch)
         if self.device == CUDA:
             images = images.pin_memory().to(CUDA, non_blocking=True)
@@ -74,13 +82,13 @@ class TorchBackend:
             images = images.contiguous(memory_format=self.memory_format)
         return images
 
-    def run(self, batch):
+    def run(self, batch: np.ndarray) -> np.ndarray:
         """Embed a preprocessed batch."""
         with torch.inference_mode():
             descriptors = self.model(self._images(batch))
         return descriptors.float().cpu().numpy()
 
-    def run_outputs(self, batch):
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of a preprocessed batch by name (see :mod:`.backend_base`)."""
         if self.pose_model is None:
             return {DESCRIPTOR_OUTPUT: self.run(batch)}

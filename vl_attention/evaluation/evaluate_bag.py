@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-from vl_attention.data.rosbag_reader import open_bags
+from vl_attention.config import ConfigError
+from vl_attention.data.rosbag_reader import BagError, open_bags
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.bag_records import (BagRun, FrameRecord,  # noqa: F401
@@ -40,7 +41,7 @@ from vl_attention.evaluation.bag_records import (BagRun, FrameRecord,  # noqa: F
                                                  rotation_errors_deg)
 from vl_attention.evaluation.ground_truth import frames_with_truth, read_ground_truth
 from vl_attention.geo import GeodeticOrigin
-from vl_attention.io import atomic_write_text
+from vl_attention.io import atomic_write_text, make_directory
 from vl_attention.localization import Localizer, LocalizerConfig, TrackingConfig
 from vl_attention.mapping.map_format import load_map, MANIFEST_FILE
 
@@ -68,13 +69,13 @@ class BagEvalConfig:
 
     def __post_init__(self):
         if self.tracking not in TRACKING_MODES:
-            raise ValueError(f'tracking {self.tracking!r} is not one of '
-                             f'{", ".join(TRACKING_MODES)}')
+            raise ConfigError(f'tracking {self.tracking!r} is not one of '
+                              f'{", ".join(TRACKING_MODES)}')
         if self.rate <= 0:
-            raise ValueError(f'rate must be > 0 (a multiple of the recorded speed), got '
-                             f'{self.rate}')
+            raise ConfigError(f'rate must be > 0 (a multiple of the recorded speed), got '
+                              f'{self.rate}')
         if self.max_gap_s < 0 or self.max_frames < 0:
-            raise ValueError('max_gap_s and max_frames must be >= 0')
+            raise ConfigError('max_gap_s and max_frames must be >= 0')
 
 
 def localize_offline(cfg, bag_paths, map_, embedder, model):
@@ -129,8 +130,8 @@ def score_run(run):
     """All numbers of one run (JSON-ready)."""
     records = run.records
     if not records:
-        raise ValueError(f'no image of the bag(s) has ground truth on {run.truth.topic!r} '
-                         f'(skipped: {run.skipped}); check the topics or raise --max-gap-s')
+        raise BagError(f'no image of the bag(s) has ground truth on {run.truth.topic!r} '
+                       f'(skipped: {run.skipped}); check the topics or raise --max-gap-s')
     accepted = [r for r in records if r.accepted]
     estimated = [r for r in records if r.has_estimate]
     latencies = [r.latency_ms for r in records if np.isfinite(r.latency_ms)]
@@ -192,9 +193,9 @@ def model_map_dir(map_dir, model, several):
     if several or (not (map_dir / MANIFEST_FILE).is_file() and
                    (candidate / MANIFEST_FILE).is_file()):
         if not (candidate / MANIFEST_FILE).is_file():
-            raise ValueError(f'no map for model {model!r} at {candidate}: with several models, '
-                             '--map must hold one map per model named by preset '
-                             '(<map>/<preset>/manifest.json)')
+            raise ConfigError(f'no map for model {model!r} at {candidate}: with several models, '
+                              '--map must hold one map per model named by preset '
+                              '(<map>/<preset>/manifest.json)')
         return candidate
     return map_dir
 
@@ -225,8 +226,7 @@ def describe_map(map_dir, map_):
 def main(cfg, bag_paths, map_dir, out_dir):
     """Evaluate every configured model on the query bags; write the report; return ``out_dir``."""
     from vl_attention.evaluation.report import write_bag_report
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_directory(out_dir, 'report directory')
     models = cfg.models or (cfg.embedder.model,)
     runs = []
     for model in models:

@@ -24,6 +24,7 @@ import time
 
 from tqdm import tqdm
 
+from vl_attention.config import ConfigError
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.report import write_vpr_report
@@ -54,11 +55,14 @@ class VPREvalConfig:
 
     def __post_init__(self):
         if self.ratio_test_candidates < 2:
-            raise ValueError(f'ratio_test_candidates={self.ratio_test_candidates} must be >= 2 '
-                             '(the ratio test needs a runner-up)')
+            raise ConfigError(f'ratio_test_candidates={self.ratio_test_candidates} must be >= 2 '
+                              '(the ratio test needs a runner-up)')
         if self.ratio_test_exclusion_m < 0 or (self.ratio_test_exclusion_frames or 0) < 0:
-            raise ValueError('ratio_test_exclusion_m and ratio_test_exclusion_frames must be '
-                             '>= 0')
+            raise ConfigError('ratio_test_exclusion_m and ratio_test_exclusion_frames must be '
+                              '>= 0')
+        if not 0 <= self.positive_distance_m < float('inf') or (self.sequential or 0) < 0:
+            raise ConfigError(f'positive_distance_m={self.positive_distance_m} must be a finite '
+                              f'distance >= 0 and sequential={self.sequential} >= 0')
 
 
 def embed_images(embedder, paths, *, progress=False, desc='embedding'):

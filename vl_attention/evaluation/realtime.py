@@ -29,6 +29,7 @@ from vl_attention.data.rosbag_reader import (header_stamp_ns, IMAGE_TYPES, open_
                                              topic_connections)
 from vl_attention.evaluation.bag_records import BagRun, FrameRecord
 from vl_attention.evaluation.ground_truth import read_ground_truth, truth_by_stamp
+from vl_attention.ros.process import NodeProcessError
 
 LOG = logging.getLogger(__name__)
 REPLAY_TOPIC = '/vl_attention_replay/image'
@@ -72,8 +73,8 @@ def warm_up(client, raw, message_type, timeout_s=WARM_UP_TIMEOUT_S):
         client.publish_message(message, stamp_ns, message.header.frame_id)
         if client.wait_for_response(stamp_ns, timeout_s=2.0) is not None:
             return _settled_diagnostics(client)
-    raise RuntimeError(f'localize_node answered none of {stamp_ns} warm-up frames in '
-                       f'{timeout_s:.0f} s')
+    raise NodeProcessError(f'localize_node answered none of {stamp_ns} warm-up frames in '
+                           f'{timeout_s:.0f} s')
 
 
 def _settled_diagnostics(client, timeout_s=5.0):
@@ -83,7 +84,7 @@ def _settled_diagnostics(client, timeout_s=5.0):
         if values and _processed(values) >= int(values['frames_received']) > 0:
             return values
         time.sleep(0.1)
-    raise RuntimeError('localize_node published no settled /diagnostics after the warm-up')
+    raise NodeProcessError('localize_node published no settled /diagnostics after the warm-up')
 
 
 def _processed(values):

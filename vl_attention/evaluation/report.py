@@ -13,7 +13,7 @@ from vl_attention import __version__
 from vl_attention.evaluation.bag_records import horizontal_errors, rotation_errors_deg
 from vl_attention.evaluation.figures import pyplot, save_figure
 from vl_attention.evaluation.trajectory_plots import plot_error_cdf, plot_trajectory
-from vl_attention.io import atomic_write_bytes, atomic_write_text, json_safe
+from vl_attention.io import atomic_write_bytes, atomic_write_text, json_safe, make_directory
 
 SOFTWARE = ('torch', 'onnxruntime', 'faiss-cpu', 'numpy', 'opencv-python-headless')
 
@@ -103,8 +103,7 @@ def markdown_table(results):
 
 def write_vpr_report(out_dir, dataset, runs, *, examples=5):
     """Write metrics.json, report.md, pr_curve.png, recall_at_n.png, examples.png."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_directory(out_dir, 'report directory')
     results = [result for result, _ in runs]
     plot_pr_curves(runs, out_dir / 'pr_curve.png')
     plot_recall_at_n(runs, out_dir / 'recall_at_n.png')

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.localization.place_filter import Motion, PlaceFilter, PlaceFilterConfig, \
     TRACKING
 from vl_attention.mapping.index import MapIndex
@@ -27,7 +28,7 @@ class SequenceConfig:
 
     def __post_init__(self) -> None:
         if self.max_step <= 0 or self.candidates < 1 or self.cluster_spacings <= 0:
-            raise ValueError('need max_step > 0, candidates >= 1 and cluster_spacings > 0')
+            raise ConfigError('need max_step > 0, candidates >= 1 and cluster_spacings > 0')
 
 
 def route_layout(count: int,

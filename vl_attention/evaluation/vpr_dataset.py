@@ -25,6 +25,7 @@ import pickle
 import numpy as np
 
 from vl_attention.data.images import IMAGE_SUFFIXES
+from vl_attention.errors import VLAttentionError
 from vl_attention.evaluation import metrics
 from vl_attention.geo import GeodeticOrigin, geodetic_to_enu
 
@@ -36,7 +37,7 @@ _NPY_PICKLE_GLOBALS = frozenset({('numpy._core.multiarray', '_reconstruct'),
                                  ('numpy', 'ndarray'), ('numpy', 'dtype')})
 
 
-class DatasetError(ValueError):
+class DatasetError(VLAttentionError, ValueError):
     """A dataset folder does not follow the layout; the message says what is missing."""
 
 
@@ -190,18 +191,27 @@ def _ground_truth_row(path, row):
 
 def _read_positions(path, images):
     with open(path, newline='') as handle:
-        rows = {row['name']: row for row in csv.DictReader(handle)}
+        table = list(csv.DictReader(handle))
+    fields = set(table[0]) if table else set()
+    if 'name' not in fields:
+        raise DatasetError(f'{path} needs a header row with a name column and a row per image')
+    rows = {row['name']: row for row in table}
     missing = [image.name for image in images if image.name not in rows]
     if missing:
         raise DatasetError(f'{path} has no row for {missing[:3]} (column name = file name)')
-    fields = set(next(iter(rows.values())))
-    if {'x_m', 'y_m'} <= fields:
-        return np.array([[float(rows[i.name]['x_m']), float(rows[i.name]['y_m'])]
-                         for i in images]), None
-    if {'lat', 'lon'} <= fields:
-        return None, np.array([[float(rows[i.name]['lat']), float(rows[i.name]['lon'])]
-                               for i in images])
-    raise DatasetError(f'{path} needs columns name,x_m,y_m or name,lat,lon; has {sorted(fields)}')
+    metric = {'x_m', 'y_m'} <= fields
+    if not metric and not {'lat', 'lon'} <= fields:
+        raise DatasetError(f'{path} needs columns name,x_m,y_m or name,lat,lon; has '
+                           f'{sorted(fields)}')
+    columns = ('x_m', 'y_m') if metric else ('lat', 'lon')
+    try:
+        values = np.array([[float(rows[i.name][column]) for column in columns] for i in images])
+    except (TypeError, ValueError) as error:
+        raise DatasetError(f'{path}: columns {", ".join(columns)} must hold numbers in every '
+                           f'row ({error})') from None
+    if not np.isfinite(values).all():
+        raise DatasetError(f'{path}: columns {", ".join(columns)} must be finite in every row')
+    return (values, None) if metric else (None, values)
 
 
 def _from_csv(root, database, queries, positive_distance_m):

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.registry import Registry
 
 LOCAL_FEATURES = Registry('local feature')
@@ -34,10 +35,10 @@ class LocalFeatureConfig:
     def __post_init__(self) -> None:
         LOCAL_FEATURES.get(self.kind)
         if self.max_keypoints < 8:
-            raise ValueError(f'max_keypoints={self.max_keypoints} must be >= 8 (PnP needs '
-                             'at least 4 inliers, RANSAC many more)')
+            raise ConfigError(f'max_keypoints={self.max_keypoints} must be >= 8 (PnP needs '
+                              'at least 4 inliers, RANSAC many more)')
         if not 0.0 < self.ratio_test <= 1.0:
-            raise ValueError(f'ratio_test={self.ratio_test} must lie in (0, 1]')
+            raise ConfigError(f'ratio_test={self.ratio_test} must lie in (0, 1]')
 
 
 class Features(NamedTuple):

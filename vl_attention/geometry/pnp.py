@@ -3,8 +3,13 @@
 * :func:`triangulate`: DLT (``cv2.triangulatePoints``) from two posed views,
   kept only where both reprojection errors are small, the point lies in front
   of both cameras and the rays are not near-parallel.
-* :func:`solve_pnp`: ``cv2.solvePnPRansac`` (EPnP inside RANSAC), then
-  Levenberg-Marquardt refinement on the inliers (``cv2.solvePnPRefineLM``).
+* :func:`solve_pnp`: ``cv2.solvePnPRansac``, by default OpenCV's USAC
+  framework (minimal P3P samples, MSAC scoring, inner local optimisation),
+  then Levenberg-Marquardt refinement on the inliers (``cv2.solvePnPRefineLM``).
+  Minimal 3-point samples matter at the inlier ratios of cross-condition
+  matches (10-30%): 500 EPnP samples of 5 points rarely draw an all-inlier
+  sample there. On the synthetic validation town it found 38-85% more poses
+  than EPnP-RANSAC, as precise, at a tenth of the time (docs/benchmarks.md).
   The covariance is first-order: ``sigma^2 (J^T J)^-1`` with J the Jacobian of
   the inlier reprojections with respect to the camera position and a small
   rotation, both in the map frame, and sigma the inliers' RMS residual with
@@ -20,8 +25,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy.spatial.transform import Rotation
 
+from vl_attention.config import ConfigError
 from vl_attention.geometry.camera_model import (CameraModel, optical_to_body_pose,
                                                 world_to_optical)
+
+
+RANSAC_METHODS = ('usac', 'epnp')
 
 
 @dataclass(frozen=True)
@@ -34,12 +43,16 @@ class PnPConfig:
     ransac_iterations: int = 500
     confidence: float = 0.999
     min_pixel_sigma_px: float = 0.5
+    # 'usac': cv2.UsacParams (OpenCV >= 4.5.1); 'epnp': the classic EPnP inside RANSAC
+    ransac: str = 'usac'
 
     def __post_init__(self) -> None:
+        if self.ransac not in RANSAC_METHODS:
+            raise ConfigError(f'ransac={self.ransac!r}: choose one of {RANSAC_METHODS}')
         if self.min_inliers < 6:
-            raise ValueError(f'min_inliers={self.min_inliers} must be >= 6 (6 pose DoF)')
+            raise ConfigError(f'min_inliers={self.min_inliers} must be >= 6 (6 pose DoF)')
         if self.reprojection_error_px <= 0:
-            raise ValueError('reprojection_error_px must be > 0')
+            raise ConfigError('reprojection_error_px must be > 0')
 
 
 @dataclass(frozen=True)
@@ -139,11 +152,7 @@ def solve_pnp(points_enu_m: npt.ArrayLike, pixels: npt.ArrayLike, camera: Camera
     if _degenerate(points):
         return failed('the matched 3-D points are (nearly) collinear: the pose is '
                       'not determined', count)
-    found, rvec, tvec, inliers = cv2.solvePnPRansac(
-        points, pixels, camera.matrix, camera.distortion_coefficients,
-        iterationsCount=config.ransac_iterations,
-        reprojectionError=config.reprojection_error_px, confidence=config.confidence,
-        flags=cv2.SOLVEPNP_EPNP)
+    found, rvec, tvec, inliers = _ransac(points, pixels, camera, config)
     inliers = np.zeros(0, np.int64) if inliers is None else inliers.reshape(-1)
     if not found or len(inliers) < config.min_inliers:
         return failed(f'RANSAC found {len(inliers)} inliers of {count}, fewer than '
@@ -154,6 +163,32 @@ def solve_pnp(points_enu_m: npt.ArrayLike, pixels: npt.ArrayLike, camera: Camera
     rvec, tvec = cv2.solvePnPRefineLM(points[inliers], pixels[inliers], camera.matrix,
                                       camera.distortion_coefficients, rvec, tvec)
     return _pose_result(points[inliers], pixels[inliers], rvec, tvec, camera, config, count)
+
+
+def _ransac(points: np.ndarray, pixels: np.ndarray, camera: CameraModel,
+            config: PnPConfig) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Return ``(found, rvec, tvec, inlier indices)`` of a robust PnP."""
+    if config.ransac == 'usac' and hasattr(cv2, 'UsacParams'):
+        params = cv2.UsacParams()
+        params.sampler = cv2.SAMPLING_UNIFORM
+        params.score = cv2.SCORE_METHOD_MSAC
+        params.loMethod = cv2.LOCAL_OPTIM_INNER_LO
+        params.loIterations = 10
+        params.loSampleSize = 12
+        params.maxIterations = config.ransac_iterations
+        params.threshold = config.reprojection_error_px
+        params.confidence = config.confidence
+        params.isParallel = False
+        found, _, rvec, tvec, inliers = cv2.solvePnPRansac(
+            points, pixels, camera.matrix.copy(), camera.distortion_coefficients,
+            params=params)
+        return bool(found), rvec, tvec, inliers
+    found, rvec, tvec, inliers = cv2.solvePnPRansac(
+        points, pixels, camera.matrix, camera.distortion_coefficients,
+        iterationsCount=config.ransac_iterations,
+        reprojectionError=config.reprojection_error_px, confidence=config.confidence,
+        flags=cv2.SOLVEPNP_EPNP)
+    return bool(found), rvec, tvec, inliers
 
 
 def _degenerate(points: np.ndarray) -> bool:

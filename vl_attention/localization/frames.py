@@ -12,6 +12,7 @@ from typing import Tuple
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from vl_attention.config import ConfigError
 from vl_attention.geo import enu_to_geodetic
 
 Pose = Tuple[np.ndarray, np.ndarray]
@@ -27,8 +28,8 @@ class Extrinsic:
     def __post_init__(self):
         if len(self.xyz_m) != 3 or len(self.rpy_deg) != 3 or \
                 not np.all(np.isfinite(np.r_[self.xyz_m, self.rpy_deg])):
-            raise ValueError(f'camera extrinsic needs 3 finite values each for xyz_m and '
-                             f'rpy_deg, got {self.xyz_m} and {self.rpy_deg}')
+            raise ConfigError(f'camera extrinsic needs 3 finite values each for xyz_m and '
+                              f'rpy_deg, got {self.xyz_m} and {self.rpy_deg}')
 
     def pose(self) -> Pose:
         """Return base_T_camera."""

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import math
 from typing import NamedTuple
 
+from vl_attention.config import ConfigError
+
 # diagnostic_msgs/DiagnosticStatus levels (the ROS adapter converts them to the message's bytes)
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LEVEL_NAMES = {OK: 'OK', WARN: 'WARN', ERROR: 'ERROR', STALE: 'STALE'}
@@ -39,7 +41,7 @@ class HealthConfig:
         """Refuse thresholds that would make a check meaningless."""
         problems = _config_problems(self)
         if problems:
-            raise ValueError('invalid diagnostics settings: ' + '; '.join(problems))
+            raise ConfigError('invalid diagnostics settings: ' + '; '.join(problems))
 
 
 class Assessment(NamedTuple):

@@ -19,16 +19,27 @@ No ROS here: the node and the evaluator call the same code.
 from dataclasses import dataclass, field, replace
 import logging
 import time
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from vl_attention.config import ConfigError
 from vl_attention.geo import enu_to_geodetic, headings_from_orientations
 from vl_attention.mapping.calibration import calibrate_similarities
+from vl_attention.mapping.errors import MapFormatError
 from vl_attention.localization.odometry import motion_without_odometry
-from vl_attention.localization.place_filter import PlaceFilter, PlaceFilterConfig, TRACKING
-from vl_attention.localization.refinement import Refiner, RefinementConfig
+from vl_attention.localization.place_filter import (FilterEstimate, PlaceFilter,
+                                                    PlaceFilterConfig, TRACKING)
+from vl_attention.localization.refinement import RefinedPose, Refiner, RefinementConfig
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from vl_attention.engine.embedder import Embedder
+    from vl_attention.io import StrPath
+    from vl_attention.localization.place_filter import Motion
+    from vl_attention.mapping.map_format import Map
 
 LOG = logging.getLogger(__name__)
 
@@ -46,13 +57,13 @@ class LocalizerConfig:
     position_floor_m: float = 1.0
     orientation_floor_deg: float = 5.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.top_k < 1 or self.candidates < self.top_k:
-            raise ValueError('need 1 <= top_k <= candidates')
+            raise ConfigError('need 1 <= top_k <= candidates')
         if self.similarity_temperature <= 0:
-            raise ValueError('similarity_temperature must be > 0')
+            raise ConfigError('similarity_temperature must be > 0')
         if not 0.0 <= self.min_confidence < 1.0:
-            raise ValueError('min_confidence must be in [0, 1)')
+            raise ConfigError('min_confidence must be in [0, 1)')
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ class LocalizationResult:
     orientation_xyzw: np.ndarray
     position_covariance_m2: np.ndarray
     orientation_covariance_rad2: np.ndarray
-    neighbours: tuple
+    neighbours: tuple[Neighbour, ...]
     embed_ms: float = 0.0
     search_ms: float = 0.0
     pose_source: str = 'retrieval'        # retrieval | filter | pnp
@@ -93,7 +104,7 @@ class LocalizationResult:
     single_frame: Optional['LocalizationResult'] = None
     filtered: Optional['LocalizationResult'] = None     # the filter's estimate before PnP
 
-    def pose_covariance(self):
+    def pose_covariance(self) -> np.ndarray:
         """6x6 covariance (x, y, z, rotation about x, y, z) as in PoseWithCovariance."""
         covariance = np.zeros((6, 6))
         covariance[:3, :3] = self.position_covariance_m2
@@ -115,9 +126,9 @@ class TrackingConfig:
     # the filter's cluster radius in the last ``verification_frames`` frames (0: never required)
     verification_frames: int = 20   # chosen on the synthetic validation town (10 / 20 / 30)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.verification_ratio < 1.0 or self.verification_frames < 0:
-            raise ValueError('need verification_ratio >= 1 and verification_frames >= 0')
+            raise ConfigError('need verification_ratio >= 1 and verification_frames >= 0')
 
 
 class Localizer:
@@ -133,31 +144,34 @@ class Localizer:
     onto a look-alike place, and geometry is what tells them apart.
     """
 
-    def __init__(self, map_, *, embedder=None, config=LocalizerConfig(), tracking=None):
+    def __init__(self, map_: 'Map', *, embedder: Optional['Embedder'] = None,
+                 config: LocalizerConfig = LocalizerConfig(),
+                 tracking: Optional[TrackingConfig] = None) -> None:
         if len(map_.index) == 0:
-            raise ValueError('the map is empty; build it from at least one image')
+            raise MapFormatError('the map is empty; build it from at least one image')
         if embedder is not None and embedder.fingerprint != map_.manifest.model_fingerprint:
-            raise ValueError(f'map built with model fingerprint '
-                             f'{map_.manifest.model_fingerprint}, embedder has '
-                             f'{embedder.fingerprint}; rebuild the map with this model')
+            raise MapFormatError(f'map built with model fingerprint '
+                                 f'{map_.manifest.model_fingerprint}, embedder has '
+                                 f'{embedder.fingerprint}; rebuild the map with this model')
         self.map = map_
         self.embedder = embedder
         self.config = config
         self.tracking = tracking = tracking or TrackingConfig(use_filter=False, refine=False)
         self.place_filter = _create_filter(map_, tracking) if tracking.use_filter else None
         self.refiner, self.refinement_note = _create_refiner(map_, tracking)
-        self._last_stamp_s = None
-        self._frames_since_verified = None
+        self._last_stamp_s: Optional[float] = None
+        self._frames_since_verified: Optional[int] = None
 
     @classmethod
-    def from_map(cls, map_dir, *, backend='auto', threads=0, config=LocalizerConfig(),
-                 tracking=None):
+    def from_map(cls, map_dir: 'StrPath', *, backend: str = 'auto', threads: int = 0,
+                 config: LocalizerConfig = LocalizerConfig(),
+                 tracking: Optional[TrackingConfig] = None) -> 'Localizer':
         """Load a map and the model it carries; the full pipeline unless ``tracking`` says less.
 
         Imports no torch on the ONNX Runtime / TensorRT backends.
         """
         from vl_attention.engine.embedder import create_embedder, EmbedderConfig
-        from vl_attention.mapping import load_map, map_model_dir, MapFormatError
+        from vl_attention.mapping import load_map, map_model_dir
         model_dir = map_model_dir(map_dir)
         if model_dir is None:
             raise MapFormatError(f'{map_dir} carries no model (built before map format 3, or '
@@ -169,24 +183,30 @@ class Localizer:
         return cls(map_, embedder=embedder, config=config,
                    tracking=tracking or TrackingConfig())
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget the filter's belief (global relocalization from the next frame)."""
         if self.place_filter is not None:
             self.place_filter.reset()
         self._last_stamp_s = None
         self._frames_since_verified = None
 
-    def localize(self, frame, *, stamp_s=None, motion=None):
+    def localize(self, frame: np.ndarray, *, stamp_s: Optional[float] = None,
+                 motion: Optional['Motion'] = None) -> LocalizationResult:
         """Embed one uint8 RGB frame and run the whole pipeline.
 
         ``motion`` (a :class:`Motion`, e.g. from odometry) defaults to the
         bounded-speed model over the time since the previous frame.
         """
+        if self.embedder is None:
+            raise ValueError('this Localizer was made without an embedder: pass embedder=, '
+                             'use Localizer.from_map, or call track() with a descriptor')
         descriptor = self.embedder.embed([frame])[0]
         result = self.track(descriptor, stamp_s=stamp_s, motion=motion, frame=frame)
         return replace(result, embed_ms=self.embedder.last_latency_ms)
 
-    def track(self, descriptor, *, stamp_s=None, motion=None, frame=None):
+    def track(self, descriptor: np.ndarray, *, stamp_s: Optional[float] = None,
+              motion: Optional['Motion'] = None,
+              frame: Optional[np.ndarray] = None) -> LocalizationResult:
         """Single-frame estimate, then the filter, then refinement (with ``frame``)."""
         single, similarities, indices, reference = self._single_frame(descriptor)
         result, filtered = single, None
@@ -206,8 +226,10 @@ class Localizer:
             result = replace(result, refinement=self.refinement_note)
         return replace(result, single_frame=single, filtered=filtered)
 
-    def _verify(self, result, frame, indices):
+    def _verify(self, result: LocalizationResult, frame: np.ndarray,
+                indices: np.ndarray) -> tuple[RefinedPose, float]:
         """Run PnP on the candidate places; feed a pose found back to the filter."""
+        assert self.refiner is not None   # track() verifies only with a refiner
         started = time.perf_counter()
         places = _refinement_places(result, indices, self.tracking.refinement.candidates)
         refined = self.refiner.refine(frame, places)
@@ -223,7 +245,7 @@ class Localizer:
                 self._frames_since_verified = 0
         return refined, (time.perf_counter() - started) * 1e3
 
-    def _unverified(self, result):
+    def _unverified(self, result: LocalizationResult) -> LocalizationResult:
         """Return the filter's fix withdrawn when PnP has not verified its track recently."""
         frames = self.tracking.verification_frames
         since = self._frames_since_verified
@@ -233,7 +255,8 @@ class Localizer:
         return replace(result, ok=False, reason=f'filter tracking, but PnP verified no place '
                        f'near its estimate in the last {frames} frames')
 
-    def _single_frame(self, descriptor):
+    def _single_frame(self, descriptor: np.ndarray) -> tuple[LocalizationResult, np.ndarray,
+                                                             np.ndarray, np.ndarray]:
         """Single-frame result, the candidates' similarities and indices, and the reference."""
         count = self.config.candidates
         if self.place_filter is not None and \
@@ -249,7 +272,8 @@ class Localizer:
         result = self._estimate_from(similarities, indices)
         return replace(result, search_ms=search_ms), similarities, indices, reference
 
-    def _filtered(self, single, estimate):
+    def _filtered(self, single: LocalizationResult,
+                  estimate: FilterEstimate) -> LocalizationResult:
         ok = estimate.state == TRACKING
         cfg = self.tracking.filter
         reason = '' if ok else (f'filter {estimate.state}: posterior mass {estimate.mass:.2f} '
@@ -273,7 +297,8 @@ class Localizer:
                        filter_state=estimate.state, filter_mass=estimate.mass,
                        place_index=estimate.place_index)
 
-    def _refined(self, result, verification):
+    def _refined(self, result: LocalizationResult,
+                 verification: tuple[RefinedPose, float]) -> LocalizationResult:
         refined, refine_ms = verification
         if not refined.ok:
             return replace(self._unverified(result), refinement=refined.reason,
@@ -295,11 +320,12 @@ class Localizer:
                        inliers=refined.inliers, refinement='', refine_ms=refine_ms,
                        place_index=refined.place_index)
 
-    def estimate(self, descriptor):
+    def estimate(self, descriptor: np.ndarray) -> LocalizationResult:
         """Single-frame estimate from one descriptor ``(D,)`` (no filter, no refinement)."""
         return self._single_frame(descriptor)[0]
 
-    def _estimate_from(self, similarities, indices):
+    def _estimate_from(self, similarities: np.ndarray,
+                       indices: np.ndarray) -> LocalizationResult:
         cfg, records = self.config, self.map.records
         positions = records.position_enu_m[indices]
         confidence = ratio_test_confidence(similarities, positions, cfg.ratio_test_exclusion_m)
@@ -331,16 +357,18 @@ class Localizer:
             orientation_covariance_rad2=orientation_cov * inflation, neighbours=neighbours)
 
 
-def _refinement_places(result, indices, count):
+def _refinement_places(result: LocalizationResult, indices: np.ndarray,
+                       count: int) -> list[int]:
     """Return the filter's place first (when it has one), then the best retrieved places."""
     places = [result.place_index] if result.place_index >= 0 else []
     places += [int(i) for i in indices if int(i) not in places]
     return places[:count]
 
 
-def _create_filter(map_, tracking):
+def _create_filter(map_: 'Map', tracking: TrackingConfig) -> PlaceFilter:
     calibration = map_.manifest.calibration
     if not calibration:
+        assert map_.index.descriptors is not None, 'load_map keeps them beside the index'
         LOG.info('map has no similarity calibration (built before format 3); fitting it now')
         calibration = calibrate_similarities(map_.index, map_.index.descriptors,
                                              map_.records.position_enu_m).as_dict()
@@ -350,7 +378,7 @@ def _create_filter(map_, tracking):
                        config=tracking.filter, descriptors=map_.index.descriptors)
 
 
-def _create_refiner(map_, tracking):
+def _create_refiner(map_: 'Map', tracking: TrackingConfig) -> tuple[Optional[Refiner], str]:
     if not tracking.refine:
         return None, ''
     if map_.local_features is None:
@@ -359,12 +387,13 @@ def _create_refiner(map_, tracking):
     return Refiner(map_.local_features, tracking.refinement), ''
 
 
-def descriptor_distance(similarity):
+def descriptor_distance(similarity: 'npt.ArrayLike') -> np.ndarray:
     """Euclidean distance between unit vectors with inner product ``similarity``."""
     return np.sqrt(np.maximum(2.0 - 2.0 * np.asarray(similarity, dtype=np.float64), 0.0))
 
 
-def ratio_test_confidence(similarities, positions, exclusion_m):
+def ratio_test_confidence(similarities: np.ndarray, positions: np.ndarray,
+                          exclusion_m: float) -> float:
     """``1 - d1 / d2`` with d2 from the best candidate outside ``exclusion_m`` of the best.
 
     When every candidate lies near the best match the last candidate's
@@ -380,19 +409,21 @@ def ratio_test_confidence(similarities, positions, exclusion_m):
     return float(np.clip(1.0 - distances[0] / second, 0.0, 1.0))
 
 
-def softmax(values):
+def softmax(values: np.ndarray) -> np.ndarray:
     """Numerically stable softmax of a 1-D array."""
     shifted = np.exp(values - np.max(values))
     return shifted / shifted.sum()
 
 
-def weighted_covariance(points, weights, mean):
+def weighted_covariance(points: np.ndarray, weights: np.ndarray,
+                        mean: np.ndarray) -> np.ndarray:
     """Weighted scatter matrix of ``points`` around ``mean``."""
     centred = points - mean
     return (centred * weights[:, None]).T @ centred
 
 
-def orientation_spread(quaternions_xyzw, weights, reference_xyzw):
+def orientation_spread(quaternions_xyzw: np.ndarray, weights: np.ndarray,
+                       reference_xyzw: np.ndarray) -> np.ndarray:
     """Weighted covariance of small-angle rotation vectors relative to the reference."""
     relative = Rotation.from_quat(reference_xyzw).inv() * Rotation.from_quat(quaternions_xyzw)
     rotation_vectors = relative.as_rotvec()

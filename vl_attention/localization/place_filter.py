@@ -52,10 +52,13 @@ uniform "anywhere else" mass that makes global relocalization possible.
 """
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Optional
 
 import numpy as np
 from scipy.spatial import cKDTree
+
+from vl_attention.config import ConfigError
 
 INITIALISING, TRACKING, LOST = 'initialising', 'tracking', 'lost'
 FILTER_STATES = (INITIALISING, TRACKING, LOST)
@@ -97,21 +100,21 @@ class PlaceFilterConfig:
 
     def __post_init__(self) -> None:
         if self.max_speed_mps <= 0 or self.speed_bins < 2:
-            raise ValueError('need max_speed_mps > 0 and speed_bins >= 2')
+            raise ConfigError('need max_speed_mps > 0 and speed_bins >= 2')
         if not 0.0 <= self.speed_change <= 0.5:
-            raise ValueError('speed_change must lie in [0, 0.5]')
+            raise ConfigError('speed_change must lie in [0, 0.5]')
         if not 0.0 <= self.relocalization_mix < 1.0:
-            raise ValueError('relocalization_mix must lie in [0, 1)')
+            raise ConfigError('relocalization_mix must lie in [0, 1)')
         if not 0.0 < self.lost_mass <= self.tracking_mass <= 1.0:
-            raise ValueError('need 0 < lost_mass <= tracking_mass <= 1')
+            raise ConfigError('need 0 < lost_mass <= tracking_mass <= 1')
         if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f'likelihood {self.likelihood!r} is not one of {LIKELIHOODS}')
+            raise ConfigError(f'likelihood {self.likelihood!r} is not one of {LIKELIHOODS}')
         if self.evidence_frames < 1 or self.min_evidence < 0:
-            raise ValueError('need evidence_frames >= 1 and min_evidence >= 0')
+            raise ConfigError('need evidence_frames >= 1 and min_evidence >= 0')
         if not 0.0 < self.outlier_mix < 1.0 or self.reference_samples < 16:
-            raise ValueError('need 0 < outlier_mix < 1 and reference_samples >= 16')
+            raise ConfigError('need 0 < outlier_mix < 1 and reference_samples >= 16')
         if self.temperature_scale <= 0 or self.max_hypotheses < 1 or self.max_gap_s <= 0:
-            raise ValueError('temperature_scale, max_hypotheses and max_gap_s must be > 0')
+            raise ConfigError('temperature_scale, max_hypotheses and max_gap_s must be > 0')
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,10 @@ class PlaceFilter:
                              "descriptors; pass descriptors=, or use 'query_normalised'")
         self.descriptors = descriptors
         self.reference_places = _reference_places(len(positions_enu_m), config.reference_samples)
+        # the fixed sample every frame is z-scored against, gathered once (a memory map's
+        # fancy indexing copies the rows each time)
+        self.reference_descriptors = None if descriptors is None else np.ascontiguousarray(
+            descriptors[self.reference_places], np.float32)
         self.positions = np.asarray(positions_enu_m, np.float64)
         self.headings = np.asarray(headings_rad, np.float64)
         self.tree = cKDTree(self.positions[:, :2])
@@ -221,7 +228,7 @@ class PlaceFilter:
         if counts.sum() == 0:
             self.indices, self.weights = np.zeros(0, np.int64), np.zeros(0)
         else:
-            places = np.concatenate([np.asarray(n, np.int64) for n in near if n])
+            places = np.fromiter(chain.from_iterable(near), np.int64, int(counts.sum()))
             owner = np.repeat(np.arange(len(near)), counts)
             distance = np.linalg.norm(self.positions[places, :2] - centres[owner, :2], axis=1)
             kernel = np.exp(-0.5 * (distance / sigma_m) ** 2)
@@ -289,9 +296,9 @@ class PlaceFilter:
 
     def update_scored(self, candidates: np.ndarray, query: np.ndarray) -> None:
         """Score the candidates and the hypotheses' places against ``query``; multiply in L(z)."""
-        assert self.descriptors is not None   # checked in __init__ for this likelihood
+        assert self.descriptors is not None and self.reference_descriptors is not None
         places = np.union1d(candidates[candidates >= 0], self.indices // self.speed_count)
-        reference = np.asarray(self.descriptors[self.reference_places], np.float32) @ query
+        reference = self.reference_descriptors @ query
         median = float(np.median(reference))
         spread = max(float(np.std(reference)), 1e-6)
         scores = np.asarray(self.descriptors[places], np.float32) @ query

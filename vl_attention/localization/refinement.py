@@ -3,18 +3,24 @@
 Each candidate place's triangulated keypoints are matched (ratio test +
 mutual check) and handed to :func:`~vl_attention.geometry.pnp.solve_pnp`;
 the candidate with the most inliers wins, so inlier counts re-rank the
-retrieval candidates. Its confidence is ``inliers / (inliers +
-inlier_half_confidence)``.
+retrieval candidates. A pose with at least ``accept_inliers`` inliers ends the
+search early: no wrong place reaches that many at the PnP threshold, and the
+remaining candidates' matching and RANSAC are saved. Its confidence is
+``inliers / (inliers + inlier_half_confidence)``.
 """
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import cv2
 import numpy as np
 
+from vl_attention.config import ConfigError
+from vl_attention.geometry.camera_model import CameraModel
 from vl_attention.geometry.local_features import (create_extractor, LocalFeatureConfig,
                                                   match_features, to_gray)
 from vl_attention.geometry.pnp import PnPConfig, solve_pnp
+from vl_attention.mapping.local_feature_map import LocalFeatureMap
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,9 @@ class RefinementConfig:
     """How many candidates are tried and what a pose must pass."""
 
     candidates: int = 3
+    # a pose with this many inliers ends the search (0: try every candidate); on the synthetic
+    # validation town 40 chose the same poses as trying all three, 7% faster
+    accept_inliers: int = 40
     ratio_test: float = 0.9
     max_keypoints: int = 2000
     pnp: PnPConfig = field(default_factory=PnPConfig)
@@ -31,9 +40,11 @@ class RefinementConfig:
     # makes the median 2-D NEES 1.39 on the synthetic validation traversals
     covariance_scale: float = 3.8
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.candidates < 1:
-            raise ValueError('refinement candidates must be >= 1')
+            raise ConfigError('refinement candidates must be >= 1')
+        if self.accept_inliers < 0:
+            raise ConfigError('accept_inliers must be >= 0 (0 tries every candidate)')
 
 
 @dataclass(frozen=True)
@@ -53,14 +64,15 @@ class RefinedPose:
 class Refiner:
     """PnP against the local features of a map (:class:`LocalFeatureMap`)."""
 
-    def __init__(self, local_map, config: RefinementConfig = RefinementConfig()):
+    def __init__(self, local_map: LocalFeatureMap,
+                 config: RefinementConfig = RefinementConfig()) -> None:
         self.local_map = local_map
         self.config = config
         self.extractor = create_extractor(LocalFeatureConfig(
             kind=local_map.kind, max_keypoints=config.max_keypoints,
             ratio_test=config.ratio_test))
 
-    def refine(self, frame: np.ndarray, places) -> RefinedPose:
+    def refine(self, frame: np.ndarray, places: Sequence[int]) -> RefinedPose:
         """Return the best pose of ``frame`` over the candidate ``places``."""
         frame, camera = _at_map_resolution(frame, self.local_map.camera)
         query = self.extractor(to_gray(frame))
@@ -77,6 +89,8 @@ class Refiner:
                                camera, self.config.pnp)
             if result.ok and (best is None or result.inliers > best[1].inliers):
                 best = (place, result)
+                if self.config.accept_inliers and result.inliers >= self.config.accept_inliers:
+                    break
             elif not result.ok:
                 reasons.append(f'place {place}: {result.reason}')
         if best is None:
@@ -88,7 +102,8 @@ class Refiner:
                            float(confidence))
 
 
-def _at_map_resolution(frame: np.ndarray, camera):
+def _at_map_resolution(frame: np.ndarray,
+                       camera: CameraModel) -> tuple[np.ndarray, CameraModel]:
     """Shrink a frame larger than the map's camera to its size: same scale, faster SIFT.
 
     Returns the frame and the camera model that matches it.

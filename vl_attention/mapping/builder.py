@@ -24,6 +24,7 @@ from vl_attention.mapping.calibration import calibrate_similarities
 from vl_attention.geometry.camera_model import CameraModel
 from vl_attention.geometry.local_features import LOCAL_FEATURES, LocalFeatureConfig
 from vl_attention.mapping.checkpoints import CheckpointStore, COLUMNS, partial_dir
+from vl_attention.mapping.errors import MapBuildError
 from vl_attention.mapping.local_feature_map import (build_local_feature_map,
                                                     concatenate_local_feature_maps, extract_all,
                                                     LocalFeatureBuildConfig, LocalFeatureMap)
@@ -124,8 +125,8 @@ def _local_features(source: FrameSource, cfg: MapBuildConfig, records: PlaceReco
     features = extract_all(tqdm(images, total=len(records), unit='img', desc='local features',
                                 disable=not cfg.progress), features_cfg)
     if len(features) != len(records):
-        raise ValueError(f'the source gave {len(features)} keyframes on the second pass, '
-                         f'{len(records)} on the first; is it changing while being mapped?')
+        raise MapBuildError(f'the source gave {len(features)} keyframes on the second pass, '
+                            f'{len(records)} on the first; is it changing while being mapped?')
     local_map = build_local_feature_map(features, records.position_enu_m,
                                         records.orientation_xyzw, camera,
                                         LocalFeatureBuildConfig(features=features_cfg))
@@ -197,7 +198,7 @@ def embed_source(source: FrameSource, work_dir: StrPath, *, embedder: Embedder,
     # (a disabled tqdm bar counts nothing, so the count is kept here)
     _log_rate(embedded, time.perf_counter() - started, source)
     if not parts:
-        raise ValueError(f'no frames to map from {source.describe()} ({dict(source.stats)})')
+        raise MapBuildError(f'no frames to map from {source.describe()} ({dict(source.stats)})')
     return {name: np.concatenate([part[name] for part in parts]) for name in COLUMNS}
 
 

@@ -19,7 +19,8 @@ from typing import Any, cast, Mapping
 
 import numpy as np
 
-from vl_attention.io import atomic_write_bytes, atomic_write_text, StrPath
+from vl_attention.errors import VLAttentionError
+from vl_attention.io import atomic_write_bytes, atomic_write_text, make_directory, StrPath
 
 LOG = logging.getLogger(__name__)
 SIGNATURE_FILE = 'build.json'
@@ -27,7 +28,7 @@ COLUMNS = ('descriptors', 'image_id', 'stamp_ns', 'latitude_deg', 'longitude_deg
            'altitude_m', 'orientation_xyzw')
 
 
-class ResumeError(RuntimeError):
+class ResumeError(VLAttentionError, RuntimeError):
     """A partial build of different inputs is in the way."""
 
 
@@ -54,7 +55,7 @@ class CheckpointStore:
         if path.is_file() and path.read_text() != text:
             raise ResumeError(f'{self.directory} holds a partial build of other inputs or '
                               'settings; delete it or pass --restart to start over')
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_directory(self.directory, 'partial-build directory')
         if not path.is_file():
             atomic_write_text(path, text)
 

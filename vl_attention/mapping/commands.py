@@ -14,6 +14,7 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.engine.embedder import EmbedderConfig
 from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import StrPath
@@ -80,12 +81,12 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
 def source_inputs(args: argparse.Namespace) -> Union[tuple[Path, Path], BagInput]:
     """``(images, poses)`` or a :class:`BagInput` from the arguments, with clear errors."""
     if args.bag and (args.images or args.poses):
-        raise ValueError('give either --images/--poses or --bag, not both')
+        raise ConfigError('give either --images/--poses or --bag, not both')
     if args.bag:
         return BagInput(bags=tuple(args.bag), image_topic=args.image_topic,
                         position_topic=args.position_topic, max_gap_s=args.max_gap_s)
     if not (args.images and args.poses):
-        raise ValueError('no input: give --images DIR --poses FILE, or --bag PATH')
+        raise ConfigError('no input: give --images DIR --poses FILE, or --bag PATH')
     return (args.images, args.poses)
 
 

@@ -27,6 +27,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from vl_attention.config import ConfigError
+from vl_attention.errors import VLAttentionError
 from vl_attention.io import StrPath
 from vl_attention.registry import Registry
 
@@ -38,7 +40,7 @@ AUTO_HNSW_MAX_BYTES = 4 << 30   # float descriptors held in RAM by HNSW
 TRAIN_SEED = 1234
 
 
-class IndexFileError(RuntimeError):
+class IndexFileError(VLAttentionError, RuntimeError):
     """An index file is missing, truncated or corrupt."""
 
 
@@ -59,8 +61,8 @@ class IndexParams:
     def __post_init__(self) -> None:
         if min(self.nlist, self.pq_bytes, self.rerank_k) < 0 or \
                 min(self.nprobe, self.ef_search, self.hnsw_m, self.train_sample) < 1:
-            raise ValueError(f'invalid index parameters {self}; counts must be >= 1 '
-                             '(nlist, pq_bytes, rerank_k >= 0)')
+            raise ConfigError(f'invalid index parameters {self}; counts must be >= 1 '
+                              '(nlist, pq_bytes, rerank_k >= 0)')
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest."""
@@ -94,8 +96,8 @@ def _ivf_pq(*, dim: int, count: int = 0, params: IndexParams = IndexParams()) ->
     nlist = params.nlist or int(min(65536, max(16, 4 * math.sqrt(max(count, 1)))))
     pq_bytes = params.pq_bytes or max(1, dim // 4)
     if dim % (2 * pq_bytes):
-        raise ValueError(f'ivf_pq: {dim}-D descriptors do not split into {2 * pq_bytes} '
-                         f'4-bit sub-quantizers; set pq_bytes to a divisor of {dim // 2}')
+        raise ConfigError(f'ivf_pq: {dim}-D descriptors do not split into {2 * pq_bytes} '
+                          f'4-bit sub-quantizers; set pq_bytes to a divisor of {dim // 2}')
     quantizer = faiss.IndexFlatIP(dim)
     return faiss.IndexIVFPQFastScan(quantizer, dim, nlist, 2 * pq_bytes, 4,
                                     faiss.METRIC_INNER_PRODUCT)
@@ -179,9 +181,9 @@ class MapIndex:
     def _train(self, descriptors: np.ndarray) -> None:
         nlist = getattr(self.faiss_index, 'nlist', 1)
         if len(descriptors) < nlist:
-            raise ValueError(f'{self.index_type} needs at least {nlist} descriptors to train '
-                             f'its {nlist} lists, got {len(descriptors)}; use flat_ip or '
-                             'index_type auto for small maps')
+            raise ConfigError(f'{self.index_type} needs at least {nlist} descriptors to train '
+                              f'its {nlist} lists, got {len(descriptors)}; use flat_ip or '
+                              'index_type auto for small maps')
         sample_size = min(len(descriptors), self.params.train_sample)
         rows = np.random.default_rng(TRAIN_SEED).choice(len(descriptors), sample_size,
                                                         replace=False)

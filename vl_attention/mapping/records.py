@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import numpy.typing as npt
 
+from vl_attention.errors import VLAttentionError
 from vl_attention.geo import geodetic_to_enu, GeodeticOrigin, normalize_quaternion
 from vl_attention.io import StrPath
 
@@ -30,7 +31,7 @@ POSES_COLUMNS = ('image', 'stamp_ns', 'latitude_deg', 'longitude_deg', 'altitude
                  'qx', 'qy', 'qz', 'qw')
 
 
-class PosesFileError(ValueError):
+class PosesFileError(VLAttentionError, ValueError):
     """A poses CSV is malformed; the message names the file, line and fix."""
 
 
@@ -137,3 +138,7 @@ def _append_row(columns: dict[str, list[Any]], row: Mapping[str, Any], where: st
     except (TypeError, ValueError) as error:
         raise PosesFileError(f'{where}: {error}; every column after image must be a number') \
             from error
+    quaternion = [columns[name][-1] for name in ('qx', 'qy', 'qz', 'qw')]
+    if float(np.linalg.norm(quaternion)) < 1e-12:   # NaN (orientation unknown) passes
+        raise PosesFileError(f'{where}: the orientation qx,qy,qz,qw is all zero; give a unit '
+                             'quaternion (0,0,0,1 for no rotation)')

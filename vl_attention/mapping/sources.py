@@ -22,11 +22,12 @@ from vl_attention.data.rosbag_reader import (BagError, BagPositions, image_messa
 from vl_attention.geo import (enu_to_geodetic, GeodeticOrigin, geodetic_to_enu,
                               quaternion_from_yaw_pitch_roll)
 from vl_attention.data.association import Association, Associator, PositionTrack
+from vl_attention.errors import VLAttentionError
 from vl_attention.io import StrPath
 from vl_attention.mapping.records import read_poses
 
 
-class ImageReadError(ValueError):
+class ImageReadError(VLAttentionError, ValueError):
     """An image listed in the poses file cannot be read."""
 
 
@@ -82,6 +83,9 @@ class FolderSource:
     def frames(self) -> Iterator[SourceFrame]:
         """Yield every listed frame."""
         columns = read_poses(self.poses_path)
+        if not self.images_dir.is_dir():
+            raise ImageReadError(f'image folder {self.images_dir} does not exist; give the '
+                                 f'folder that holds the images {self.poses_path} names')
         geodetic = np.stack([columns[name] for name in
                              ('latitude_deg', 'longitude_deg', 'altitude_m')], axis=-1)
         if self.origin is None:

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import numpy.typing as npt
 
+from vl_attention.config import ConfigError
 from vl_attention.geo import rotation_angle_deg
 
 
@@ -25,7 +26,7 @@ class KeyframeConfig:
 
     def __post_init__(self) -> None:
         if self.keyframe_distance_m < 0 or self.keyframe_angle_deg < 0:
-            raise ValueError('keyframe_distance_m and keyframe_angle_deg must be >= 0')
+            raise ConfigError('keyframe_distance_m and keyframe_angle_deg must be >= 0')
 
     @property
     def enabled(self) -> bool:

@@ -1,5 +1,7 @@
 """Aggregators: pool a feature map into an L2-normalised global descriptor ``(B, D)``."""
 
+from typing import Optional
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -19,8 +21,8 @@ class GeM(nn.Module):
     L2-normalised GeM vectors) fits it.
     """
 
-    def __init__(self, *, in_channels, p=3.0, learn_p=False, eps=1e-6, whiten=False,
-                 out_dim=None):
+    def __init__(self, *, in_channels: int, p: float = 3.0, learn_p: bool = False,
+                 eps: float = 1e-6, whiten: bool = False, out_dim: Optional[int] = None) -> None:
         super().__init__()
         if p < 1:
             raise ValueError(f'GeM needs p >= 1, got {p}')
@@ -31,7 +33,7 @@ class GeM(nn.Module):
         if not whiten and self.out_dim != in_channels:
             raise ValueError('out_dim differs from in_channels only with whiten=True')
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Pool ``(B, C, H, W)`` features into unit-norm ``(B, D)`` descriptors."""
         pooled = features.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
         descriptor = pooled.pow(1.0 / self.p)
@@ -50,11 +52,11 @@ class GAP(nn.Module):
     comparison on a truncated ResNet-18).
     """
 
-    def __init__(self, *, in_channels, eps=1e-12):
+    def __init__(self, *, in_channels: int, eps: float = 1e-12) -> None:
         super().__init__()
         self.in_channels, self.eps = in_channels, eps
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Pool ``(B, C, H, W)`` features into unit-norm ``(B, C)`` descriptors."""
         local = F.normalize(features, p=2, dim=1, eps=self.eps)
         return F.normalize(local.mean(dim=(-2, -1)), p=2, dim=-1, eps=self.eps)

@@ -29,7 +29,7 @@ class ChannelAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, channels))
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Weigh the channels of ``(B, C, H, W)`` features; returns ``(B, C)``."""
         average = features.mean(dim=(-2, -1))
         maximum = features.amax(dim=(-2, -1))
@@ -45,7 +45,7 @@ class SpatialAttention(nn.Module):
             raise ValueError(f'spatial attention needs an odd kernel_size, got {kernel_size}')
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Weigh the positions of ``(B, C, H, W)`` features; returns ``(B, 1, H, W)``."""
         pooled = torch.cat([features.mean(dim=1, keepdim=True),
                             features.amax(dim=1, keepdim=True)], dim=1)
@@ -60,7 +60,7 @@ class CBAM(nn.Module):
         self.channel_attention = ChannelAttention(channels=channels, reduction=reduction)
         self.spatial_attention = SpatialAttention(kernel_size=kernel_size)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Refine ``(B, C, H, W)`` features: ``F' = M_c(F) F``, then ``F'' = M_s(F') F'``."""
         refined = features * self.channel_attention(features)[:, :, None, None]
         return refined * self.spatial_attention(refined)

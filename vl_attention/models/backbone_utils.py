@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vl_attention.config import ConfigError
 from vl_attention.engine.preprocess import Normalization
 from vl_attention.models.weights import read_state_dict, WeightsError
 
@@ -97,9 +98,9 @@ class StagedBackbone(nn.Module):
 
         Backbones whose weights include one override this; the others say so.
         """
-        raise ValueError(f'{type(self).__name__} has no ImageNet classifier; a loss that '
-                         'classifies through it needs an EfficientNet-Lite0 or ResNet trunk '
-                         'with ImageNet weights')
+        raise ConfigError(f'{type(self).__name__} has no ImageNet classifier; a loss that '
+                          'classifies through it needs an EfficientNet-Lite0 or ResNet trunk '
+                          'with ImageNet weights')
 
     def stage_modules(self):
         """Return ``{stage name: module}`` of the kept stages, shallow -> deep."""
@@ -134,7 +135,7 @@ class StagedBackbone(nn.Module):
         prefix = self._untrained_prefix()
         return prefix[-1].tap if prefix else ''
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return ``{tap: (B, C, H, W)}`` for every kept tap, from one pass."""
         return _run_stages(self._stages, images)
 

@@ -10,6 +10,7 @@ import timm
 from torch import nn
 import torchvision
 
+from vl_attention.config import ConfigError
 from vl_attention.engine.preprocess import Normalization
 from vl_attention.models.backbone_utils import frozen_linear, IMAGENET_NORMALIZATION, Stage, \
     StagedBackbone
@@ -58,8 +59,8 @@ class EfficientNetLite0(StagedBackbone):
     def imagenet_classifier(self):
         """Return the ImageNet classifier (1280 -> 1000, pooled head) of these weights, frozen."""
         if self._weights == 'none':
-            raise ValueError('EfficientNet-Lite0 with weights: none has no ImageNet classifier; '
-                             'use weights: imagenet or a .pth path of the whole net')
+            raise ConfigError('EfficientNet-Lite0 with weights: none has no ImageNet classifier; '
+                              'use weights: imagenet or a .pth path of the whole net')
         head = efficientnet_lite0_classifier(weights=self._weights).classifier
         return frozen_linear(head.weight, head.bias)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import inspect
 from pathlib import Path
 import typing
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -23,11 +24,13 @@ from torch import nn
 from vl_attention.config import ConfigError, config_search_dirs, find_config_file, \
     frozen_mapping, load_config
 from vl_attention.engine.preprocess import Preprocessing
+from vl_attention.io import StrPath
 from vl_attention.models.external import read_model_checkpoint
 from vl_attention.models.initialisation import preset_seed, seeded_initialisation, \
     untrained_modules, warn_untrained
 from vl_attention.models.modes import evaluating
-from vl_attention.models.outputs import as_model_output
+from vl_attention.models.outputs import as_model_output, ModelOutput
+from vl_attention.models.protocols import Aggregator, Backbone, HeadFeatures
 from vl_attention.model_outputs import DEFAULT_MODEL  # noqa: F401  (re-exported)
 from vl_attention.models.registry import AGGREGATORS, BACKBONES
 from vl_attention.models.weights import WeightsError
@@ -71,9 +74,10 @@ class DescriptorModel(nn.Module):
     :func:`build_model`, emptied by :func:`load_model_checkpoint`).
     """
 
-    untrained_modules = ()
+    untrained_modules: tuple[str, ...] = ()
 
-    def __init__(self, backbone, aggregator, *, taps, preprocessing, whitening=None):
+    def __init__(self, backbone: Backbone, aggregator: Aggregator, *, taps: Iterable[str],
+                 preprocessing: Preprocessing, whitening: Optional[PCAWhitening] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.aggregator = aggregator
@@ -81,11 +85,12 @@ class DescriptorModel(nn.Module):
         self.preprocessing = preprocessing
         self.whitening = whitening
 
-    def outputs(self, images, **head_inputs):
+    def outputs(self, images: torch.Tensor, **head_inputs: Any) -> ModelOutput:
         """Every output of the model for a normalised image batch, as a :class:`ModelOutput`."""
         return self.outputs_from_features(self.backbone(images), images, **head_inputs)
 
-    def outputs_from_features(self, features, images, **head_inputs):
+    def outputs_from_features(self, features: Mapping[str, torch.Tensor], images: torch.Tensor,
+                              **head_inputs: Any) -> ModelOutput:
         """Head (and whitening) outputs for backbone ``features`` ``{tap: tensor}`` of ``images``.
 
         Lets training reuse the cached features of a frozen backbone.
@@ -95,7 +100,9 @@ class DescriptorModel(nn.Module):
             output = output.with_descriptor(self.whitening(output.descriptor))
         return output
 
-    def _head_output(self, features, images, head_inputs):
+    def _head_output(self, features: Mapping[str, torch.Tensor], images: torch.Tensor,
+                     head_inputs: Mapping[str, Any]) -> ModelOutput:
+        head_features: HeadFeatures
         if getattr(self.aggregator, 'multi_level', False):
             head_features = {tap: features[tap] for tap in self.taps}
         else:
@@ -104,26 +111,26 @@ class DescriptorModel(nn.Module):
             head_inputs = dict(head_inputs, images=images)
         return as_model_output(self.aggregator(head_features, **head_inputs))
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embed a normalised image batch into ``(B, D)`` descriptors (the export contract)."""
         return self.outputs(images).descriptor
 
     @torch.no_grad()
-    def head_descriptor_dim(self):
+    def head_descriptor_dim(self) -> int:
         """Length of the head's descriptor before any whitening, by a pass at the input size."""
         prep = self.preprocessing
         probe = torch.zeros(1, 3, prep.input_height, prep.input_width)
         with evaluating(self):
             return int(self._head_output(self.backbone(probe), probe, {}).descriptor.shape[-1])
 
-    def descriptor_dim(self):
+    def descriptor_dim(self) -> int:
         """Length D of the descriptor (the whitened size when PCA-whitening is set)."""
         if self.whitening is not None:
             return self.whitening.out_dim
         return self.head_descriptor_dim()
 
 
-def model_config_path(name_or_path):
+def model_config_path(name_or_path: StrPath) -> Path:
     """YAML file of a model preset given by name (``effnet_lite0_gem``) or path."""
     candidate = Path(name_or_path)
     if candidate.suffix in ('.yaml', '.yml'):
@@ -133,7 +140,7 @@ def model_config_path(name_or_path):
     return find_config_file(f'models/{name_or_path}.yaml', what=f'model preset {name_or_path!r}')
 
 
-def model_preset_names():
+def model_preset_names() -> list[str]:
     """Names of every model preset shipped in ``config/models/`` (the model zoo)."""
     for directory in config_search_dirs():
         presets = sorted(path.stem for path in (directory / 'models').glob('*.yaml'))
@@ -142,12 +149,12 @@ def model_preset_names():
     return []
 
 
-def load_model_config(name_or_path=DEFAULT_MODEL):
+def load_model_config(name_or_path: StrPath = DEFAULT_MODEL) -> ModelConfig:
     """Read a model preset by name or path."""
     return load_config(ModelConfig, model_config_path(name_or_path))
 
 
-def _resolve_taps(config, backbone):
+def _resolve_taps(config: ModelConfig, backbone: Backbone) -> tuple[str, ...]:
     taps = tuple(config.taps) or (backbone.default_tap,)
     missing = [tap for tap in taps if tap not in backbone.out_channels]
     if missing:
@@ -156,8 +163,9 @@ def _resolve_taps(config, backbone):
     return taps
 
 
-def _create_head(config, backbone, taps):
+def _create_head(config: ModelConfig, backbone: Backbone, taps: Sequence[str]) -> Aggregator:
     head_class = AGGREGATORS.get(config.aggregator)
+    in_channels: Union[int, dict[str, int]]
     if getattr(head_class, 'multi_level', False):
         in_channels = {tap: backbone.out_channels[tap] for tap in taps}
     elif len(taps) != 1:
@@ -169,7 +177,7 @@ def _create_head(config, backbone, taps):
                               **config.aggregator_options)
 
 
-def build_model(config, *, init_seed=None):
+def build_model(config: ModelConfig, *, init_seed: Optional[int] = None) -> DescriptorModel:
     """Build the torch model a :class:`ModelConfig` describes.
 
     Parameters no weights file gives are initialised from ``init_seed``
@@ -193,7 +201,7 @@ def build_model(config, *, init_seed=None):
     return model.eval()
 
 
-def _assemble(config):
+def _assemble(config: ModelConfig) -> DescriptorModel:
     backbone = BACKBONES.create(config.backbone, **config.backbone_options)
     taps = _resolve_taps(config, backbone)
     aggregator = _create_head(config, backbone, taps)
@@ -207,7 +215,7 @@ def _assemble(config):
     return model
 
 
-def backbone_weights(config):
+def backbone_weights(config: ModelConfig) -> Any:
     """Return the ``weights`` option the preset's backbone is built with (its default if unset)."""
     if 'weights' in config.backbone_options:
         return config.backbone_options['weights']
@@ -218,7 +226,7 @@ def backbone_weights(config):
         else parameter.default
 
 
-def load_model_checkpoint(model, path):
+def load_model_checkpoint(model: DescriptorModel, path: StrPath) -> DescriptorModel:
     """Load a state dict of the whole model (backbone, head, whitening) into ``model``."""
     state = read_model_checkpoint(path)
     try:

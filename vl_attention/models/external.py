@@ -246,7 +246,7 @@ class CosPlaceGeM(nn.Module):
         self.eps = float(eps)
         self.fc = nn.Linear(in_channels, out_dim)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Pool ``(B, C, H, W)`` features into unit-norm ``(B, out_dim)`` descriptors."""
         local = F.normalize(features, p=2, dim=1)
         pooled = local.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
@@ -272,7 +272,7 @@ class PittsNetVLAD(NetVLAD):
         """Return K * C, or ``wpca_dim`` with WPCA."""
         return self.wpca.out_features if self.wpca is not None else super().descriptor_dim
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> ModelOutput:
         """Return the NetVLAD descriptor (whitened, re-normalised with WPCA) and assignment."""
         output = super().forward(features)
         if self.wpca is None:
@@ -305,7 +305,7 @@ class FeatureMixer(nn.Module):
             nn.init.trunc_normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual mixing of ``(B, C, H*W)``."""
         return x + self.mix(x)
 
@@ -334,7 +334,7 @@ class MixVPR(nn.Module):
         self.channel_proj = nn.Linear(in_channels, out_channels)
         self.row_proj = nn.Linear(positions, out_rows)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Pool ``(B, C, H, W)`` features into unit-norm ``(B, out_channels * out_rows)``."""
         if tuple(features.shape[-2:]) != (self.in_h, self.in_w):
             features = F.interpolate(features, size=(self.in_h, self.in_w), mode='bilinear',

@@ -71,7 +71,8 @@ class LevelHead(nn.Module):
         self.vlad = NetVLAD(in_channels=local_dim, clusters=clusters) \
             if pooling == 'netvlad' else None
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(global, local (B, D, h, w), detection (B, h, w), attention (B, h, w))``."""
         projected = self.projection(features)
         local = F.normalize(projected, p=2, dim=1)
@@ -129,7 +130,7 @@ class HierarchicalAttentionFusion(nn.Module):
         """Whether the levels pool by NetVLAD, whose centroids k-means starts (initialise_head)."""
         return self.levels[0].vlad is not None
 
-    def forward(self, features):
+    def forward(self, features: dict[str, torch.Tensor]) -> ModelOutput:
         """Fuse ``{tap: (B, C_l, h_l, w_l)}`` into a unit-norm descriptor (see the options)."""
         weights = F.softplus(self.level_weights)
         parts, attention, extras = [], {}, {}
@@ -206,7 +207,8 @@ class HAFLoss(nn.Module):
         negative_distance = self._distance(anchor, negative, level)
         return F.relu(self.margin + positive_distance - negative_distance).mean()
 
-    def forward(self, anchor, positive, negative):
+    def forward(self, anchor: ModelOutput, positive: ModelOutput, negative: ModelOutput
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the weighted total and the per-level losses."""
         losses = {level: self.level_loss(anchor, positive, negative, level) for level in LEVELS}
         total = sum(self.level_weights[level] * losses[level] for level in LEVELS)

@@ -7,11 +7,19 @@ normalises with batch statistics and updates its running ones.
 :func:`evaluating` restores each submodule's own mode instead.
 """
 
+from __future__ import annotations
+
 from contextlib import contextmanager
+from typing import Iterator, TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_Module = TypeVar('_Module', bound='nn.Module')
 
 
 @contextmanager
-def evaluating(module):
+def evaluating(module: _Module) -> Iterator[_Module]:
     """Run the block with ``module`` in eval mode; then give each submodule its mode back."""
     modes = [(submodule, submodule.training) for submodule in module.modules()]
     module.eval()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from vl_attention.config import ConfigError
 from vl_attention.models.modes import evaluating
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
@@ -80,7 +81,7 @@ class NetVLAD(nn.Module):
         intra_normalised = F.normalize(residuals, p=2, dim=-1)
         return F.normalize(intra_normalised.flatten(1), p=2, dim=-1)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> ModelOutput:
         """Pool ``(B, C, H, W)`` features; return descriptor and soft assignment."""
         local_features = self.local_features(features)
         assignment = self.soft_assignment(local_features)
@@ -111,9 +112,9 @@ class NetVLAD(nn.Module):
             raise ValueError(f'k-means needs local features (N, {self.in_channels}), got '
                              f'{features.shape}')
         if len(features) < self.clusters:
-            raise ValueError(f'k-means for {self.clusters} clusters needs at least '
-                             f'{self.clusters} local features, got {len(features)}; sample '
-                             'more images or positions')
+            raise ConfigError(f'k-means for {self.clusters} clusters needs at least '
+                              f'{self.clusters} local features, got {len(features)}; sample '
+                              'more images or positions')
         local = self.local_features(torch.from_numpy(features)[:, :, None, None])
         local = np.ascontiguousarray(local[:, :, 0, 0].numpy())
         kmeans = faiss.Kmeans(self.in_channels, self.clusters, niter=iterations, seed=seed,
@@ -139,7 +140,7 @@ class CRN(NetVLAD):
                          normalize_input=normalize_input)
         self.context_attention = ContextualReweighting(in_channels=in_channels)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> ModelOutput:
         """Pool ``(B, C, H, W)`` features with the reweighted assignment."""
         local_features = self.local_features(features)
         assignment = self.soft_assignment(local_features)
@@ -167,7 +168,7 @@ class ContextualReweighting(nn.Module):
         with torch.no_grad():
             self.accumulation.bias.fill_(1.0)
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return the reweighting mask ``(B, 1, H, W)`` for ``(B, C, H, W)`` features."""
         pooled = F.avg_pool2d(features, kernel_size=2)
         context = torch.cat([F.relu(conv(pooled)) for conv in self.context_filters], dim=1)
@@ -201,7 +202,7 @@ def sample_tap_features(model, image_batches, *, per_image=64, max_features=50_0
             if count >= max_features:
                 break
     if not count:
-        raise ValueError('no images to sample local features from')
+        raise ConfigError('no images to sample local features from')
     return {tap: torch.cat(local)[:max_features].cpu().numpy().astype(np.float32)
             for tap, local in samples.items()}
 

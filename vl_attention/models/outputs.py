@@ -33,12 +33,12 @@ class ModelOutput:
     logits: typing.Optional[torch.Tensor] = None
     extras: typing.Mapping[str, torch.Tensor] = field(default_factory=dict)
 
-    def with_descriptor(self, descriptor):
+    def with_descriptor(self, descriptor: torch.Tensor) -> 'ModelOutput':
         """Copy with another descriptor (after whitening, say)."""
         return replace(self, descriptor=descriptor)
 
 
-def as_model_output(head_result):
+def as_model_output(head_result: object) -> ModelOutput:
     """Wrap a bare descriptor tensor; pass a :class:`ModelOutput` through."""
     if isinstance(head_result, ModelOutput):
         return head_result

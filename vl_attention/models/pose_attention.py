@@ -112,7 +112,7 @@ class PoseAttention(nn.Module):
         state_dict.setdefault(prefix + POSE_ORIGIN_KEY, torch.zeros(3, dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, features):
+    def forward(self, features: dict[str, torch.Tensor]) -> ModelOutput:
         """Attend over ``{tap: (B, C, H, W)}`` for T steps; return a :class:`ModelOutput`."""
         layers = self._project(features)                       # (B, L, d, h, w)
         positions = layers.flatten(3).transpose(2, 3)          # (B, L, hw, d)
@@ -223,7 +223,7 @@ class PoseOutputs(nn.Module):
         _require_pose_head(model)
         self.model = model
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Descriptor, relative position and (x, y, z, w) orientation of a normalised batch."""
         output = self.model.outputs(images)
         return output.descriptor, output.pose[:, :3], output.pose[:, list(POSE_XYZW_COLUMNS)]
@@ -290,7 +290,7 @@ class PoseLoss(nn.Module):
         self.s_x = nn.Parameter(torch.tensor(float(beta_init[0])), requires_grad=learn_weights)
         self.s_q = nn.Parameter(torch.tensor(float(beta_init[1])), requires_grad=learn_weights)
 
-    def forward(self, predicted_pose, true_pose):
+    def forward(self, predicted_pose: torch.Tensor, true_pose: torch.Tensor) -> torch.Tensor:
         """Loss of predicted ``(B, 7)`` poses (xyz + wxyz) against true ones."""
         position_l1, rotation_l1 = pose_loss_terms(predicted_pose, true_pose)
         return (position_l1 * torch.exp(-self.s_x) + self.s_x

@@ -201,7 +201,8 @@ class RegionalAttention(nn.Module):
         context = global_feature[:, None, :].expand_as(region_features)
         return self.region_attention(torch.cat([region_features, context], dim=-1))[..., 0]
 
-    def forward(self, features, *, images=None):
+    def forward(self, features: torch.Tensor, *,
+                images: torch.Tensor | None = None) -> ModelOutput:
         """Pool ``(B, C, H, W)`` features (of ``images``, for the image grid) into ``(B, C)``."""
         image_size = None if images is None else tuple(int(size) for size in images.shape[-2:])
         macs = self.pooled_regions(features, 'max', image_size)

@@ -33,6 +33,7 @@ from torch import nn
 import torch.nn.functional as F
 import torchvision
 
+from vl_attention.config import ConfigError
 from vl_attention.models.attention_blocks import ChannelAttention, SpatialAttention
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
@@ -157,12 +158,13 @@ class SemanticStream(nn.Module):
             self.network.eval()
         return self
 
-    def forward(self, images, size, class_map=None):
+    def forward(self, images: torch.Tensor, size: tuple[int, ...],
+                class_map: torch.Tensor | None = None) -> torch.Tensor:
         """Class scores ``(B, n_classes, h, w)`` for images ``(B, 3, H, W)``, ``size = (h, w)``."""
         if self.network is None:
             if class_map is None:
-                raise ValueError('semantic_network: class_map needs the per-pixel class map: '
-                                 'call model.outputs(images, class_map=labels_or_scores)')
+                raise ConfigError('semantic_network: class_map needs the per-pixel class map: '
+                                  'call model.outputs(images, class_map=labels_or_scores)')
             scores = class_map_scores(class_map.to(images.device), n_classes=self.n_classes,
                                       batch=images.shape[0])
             # area resizing keeps every pixel's vote: class fractions per feature cell
@@ -219,7 +221,8 @@ class SAANE(nn.Module):
         """Submodules whose weights come from a file (the semantic network given a state dict)."""
         return ('semantic_stream',) if self._semantic_weights_loaded else ()
 
-    def forward(self, features, *, images, class_map=None):
+    def forward(self, features: torch.Tensor, *, images: torch.Tensor,
+                class_map: torch.Tensor | None = None) -> ModelOutput:
         """Describe appearance features ``(B, C_in, h, w)`` and their images ``(B, 3, H, W)``."""
         semantic_scores = self.semantic_stream(images, features.shape[-2:], class_map)
         appearance = self.appearance_projection(features)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from vl_attention.errors import VLAttentionError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(VLAttentionError, RuntimeError):
     """Pretrained weights are missing or do not fit the network."""
 
 

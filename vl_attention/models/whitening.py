@@ -43,7 +43,7 @@ class PCAWhitening(nn.Module):
         self.fitted.fill_(True)
         return self
 
-    def forward(self, descriptors):
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
         """Whiten ``(B, in_dim)`` descriptors into unit-norm ``(B, out_dim)``."""
         if not torch.jit.is_tracing() and not bool(self.fitted):
             raise RuntimeError('PCA-whitening is not fitted; fit it on database descriptors '

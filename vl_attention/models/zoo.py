@@ -16,13 +16,13 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOT_COMPONENTS = {'descriptor', 'zoo'}
 
 
-def component_module_names():
+def component_module_names() -> list[str]:
     """Full names of the component modules of the package, sorted."""
     names = (module.name for module in pkgutil.iter_modules([_PACKAGE_DIR]))
     return sorted(f'{_PACKAGE}.{name}' for name in names if name not in _NOT_COMPONENTS)
 
 
-def import_components():
+def import_components() -> None:
     """Import each component module of the package once (idempotent)."""
     for name in component_module_names():
         importlib.import_module(name)

@@ -21,6 +21,7 @@ from dataclasses import replace
 import sys
 import threading
 import time
+import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -29,6 +30,7 @@ from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -43,7 +45,7 @@ except ImportError:
 from vl_attention.data.images import ImageDecodeError
 from vl_attention.engine.embedder import create_embedder
 from vl_attention.engine.preprocess import FrameError
-from vl_attention.errors import VLAttentionError
+from vl_attention.errors import one_line, VLAttentionError
 from vl_attention.localization import health, Localizer
 from vl_attention.localization.frames import map_to_odom, robot_result
 from vl_attention.localization.odometry import OdometryBuffer, OdometryConfig, yaw_from_quaternion
@@ -58,7 +60,9 @@ from vl_attention.ros.params import (CAMERA_INFO_TOPIC, camera_extrinsic, check_
 from vl_attention.ros.rectify import Rectifier
 
 # What start-up may raise on purpose (bad parameters, maps, backends): one line, exit code 1.
-STARTUP_ERRORS = (VLAttentionError, ValueError, RuntimeError, OSError, ParameterException)
+# rclpy's own ParameterException (e.g. a -p value of the wrong type at declare time) is bad
+# input too; anything else is a bug and keeps its traceback.
+STARTUP_ERRORS = (VLAttentionError, ParameterException)
 ODOMETRY_DEPTH = 50
 
 
@@ -158,7 +162,7 @@ class _LocalizeCore:
         try:
             values = check_values(self.params | changes)
             self._apply(values, set(changes))
-        except (ParameterError, ValueError) as error:
+        except VLAttentionError as error:   # ParameterError, or a config the values make
             self.get_logger().warning(f'parameters refused: {error}')
             return SetParametersResult(successful=False, reason=str(error))
         self.get_logger().info('parameters set: ' + ', '.join(
@@ -205,7 +209,10 @@ class _LocalizeCore:
             response.message = (f'map {map_dir} refused, keeping the loaded map '
                                 f'({old.map.manifest.count} images): '
                                 + ' '.join(str(error).split()))
-            self.get_logger().error(response.message)
+            # an expected refusal (a damaged or foreign map) is one line; a bug keeps its
+            # traceback in the log
+            self.get_logger().error(response.message if isinstance(error, VLAttentionError)
+                                    else f'{response.message}\n{traceback.format_exc()}')
             return response
         with self._localizer_lock:
             self.localizer = localizer
@@ -236,7 +243,8 @@ class _LocalizeCore:
     def _subscribe_images(self):
         transport = self.params['image_transport']
         if transport not in ('raw', 'compressed'):
-            raise ValueError(f"image_transport must be 'raw' or 'compressed', got {transport!r}")
+            raise ParameterError(f"image_transport must be 'raw' or 'compressed', got "
+                                 f'{transport!r}')
         message_type, topic = (Image, IMAGE_TOPIC) if transport == 'raw' \
             else (CompressedImage, COMPRESSED_IMAGE_TOPIC)
         subscription = _overridable_subscription(self, message_type, topic, self._on_image,
@@ -318,9 +326,10 @@ class _LocalizeCore:
         except FrameError as error:
             self._reject(error, error, reason='bad_frame')
             return
-        except Exception as error:  # a bug must not kill the worker: report and go on
+        except Exception as error:  # a bug must not kill the worker: log its traceback, go on
             self.stats.on_rejected(f'internal error: {error!r}', reason='internal_error')
-            self.get_logger().error(f'frame failed: {error!r}', throttle_duration_sec=5.0)
+            self.get_logger().error(f'frame failed: {error!r}\n{traceback.format_exc()}',
+                                    throttle_duration_sec=5.0)
             return
         self.stats.on_result(result, (time.perf_counter() - received_at) * 1e3)
         self.last_result = result
@@ -359,7 +368,7 @@ class _LocalizeCore:
     def _publish_diagnostics(self):
         try:
             config, problems = health.health_config(self.params), []
-        except ValueError as error:  # e.g. max_rate_hz set below min_rate_hz at run time
+        except VLAttentionError as error:  # e.g. max_rate_hz below min_rate_hz at run time
             config, problems = health.HealthConfig(), [f'{error}; using the defaults']
         snapshot = self.stats.snapshot(dropped=self.slot.dropped, window_s=config.window_s)
         assessment = health.assess(snapshot, time.monotonic(), config)
@@ -418,7 +427,7 @@ class LifecycleLocalizeNode(_LocalizeCore, LifecycleNode):
         try:
             self._configure()
         except STARTUP_ERRORS as error:
-            self.get_logger().error('configure failed: ' + ' '.join(str(error).split()))
+            self.get_logger().error('configure failed: ' + one_line(error))
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 
@@ -464,12 +473,19 @@ def main(args=None, *, node_class=None):
     """
     try:
         rclpy.init(args=args)
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 0
+    except _rclpy.RCLError as error:  # rcl refuses malformed --ros-args (e.g. `-p name:=`)
+        print('localize_node: ' + one_line(error), file=sys.stderr)
+        return 1
+    try:
         node = (node_class or LocalizeNode)()
     except (KeyboardInterrupt, ExternalShutdownException):
         rclpy.try_shutdown()
         return 0
     except STARTUP_ERRORS as error:
-        print('localize_node: ' + ' '.join(str(error).split()), file=sys.stderr)
+        print('localize_node: ' + one_line(error), file=sys.stderr)
         rclpy.try_shutdown()
         return 1
     try:

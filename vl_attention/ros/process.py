@@ -5,9 +5,15 @@ import random
 import subprocess
 import sys
 
+from vl_attention.errors import VLAttentionError
+
 # What isolates a run: its domain, and local-only discovery. ROS_AUTOMATIC_DISCOVERY_RANGE exists
 # from Iron on; Humble only knows ROS_LOCALHOST_ONLY. Both are set, each distro reads its own.
 ROS_ENVIRONMENT_KEYS = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOCALHOST_ONLY')
+
+
+class NodeProcessError(VLAttentionError, RuntimeError):
+    """The ``localize_node`` process did not start or answer; its log says why."""
 
 
 def isolated_ros_environment(domain_id=None, base=None):

@@ -22,8 +22,8 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 
 from vl_attention.data.images import encode_compressed
 from vl_attention.ros.conversions import rgb_to_image_msg, stamp_to_ns
-from vl_attention.ros.process import (isolated_ros_environment, ROS_ENVIRONMENT_KEYS,
-                                      start_localize_node, stop_process)
+from vl_attention.ros.process import (isolated_ros_environment, NodeProcessError,
+                                      ROS_ENVIRONMENT_KEYS, start_localize_node, stop_process)
 
 LOG = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def live_localize_node(parameters, *, image_topic, log_path, compressed=False, d
             rclpy.init()
         client = ReplayClient(image_topic=image_topic, compressed=compressed)
         if not client.wait_for_localizer(timeout_s=start_timeout_s) or node.poll() is not None:
-            raise RuntimeError(f'localize_node did not start; see {log_path}')
+            raise NodeProcessError(f'localize_node did not start; see {log_path}')
         yield client
     finally:
         if client is not None:

@@ -22,6 +22,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from vl_attention.config import ConfigError
 from vl_attention.geo import enu_to_geodetic
 
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
@@ -50,7 +51,7 @@ class RosbagWriter:
                  topics=BagTopics(), typestore=Stores.ROS2_JAZZY, gps_sigma_m=0.0):
         """Open a bag at ``path`` (which must not exist yet)."""
         if storage not in STORAGES:
-            raise ValueError(f'unknown bag storage {storage!r}; known: {", ".join(STORAGES)}')
+            raise ConfigError(f'unknown bag storage {storage!r}; known: {", ".join(STORAGES)}')
         self.path = Path(path)
         self.camera, self.origin, self.compressed = camera, origin, compressed
         self.gps_sigma_m = gps_sigma_m

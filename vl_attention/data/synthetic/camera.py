@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.geo import quaternion_to_matrix
 
 # Columns are the optical axes (x right, y down, z forward) written in the body frame.
@@ -33,19 +34,19 @@ class PinholeCamera:
 
     def __post_init__(self):
         if int(self.width) <= 0 or int(self.height) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f'camera size {self.width}x{self.height} is empty; width and height must be > 0')
         if not (self.fx > 0 and self.fy > 0):
-            raise ValueError(f'focal lengths fx={self.fx}, fy={self.fy} must be positive')
+            raise ConfigError(f'focal lengths fx={self.fx}, fy={self.fy} must be positive')
 
     @classmethod
     def from_fov(cls, width, height, hfov_deg=80.0, frame_id='camera_optical'):
         """Build a camera with square pixels and the principal point at the image centre."""
         if int(width) <= 0 or int(height) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f'camera size {width}x{height} is empty; width and height must be > 0')
         if not 1.0 <= hfov_deg < 179.0:
-            raise ValueError(f'hfov_deg={hfov_deg} must lie in [1, 179)')
+            raise ConfigError(f'hfov_deg={hfov_deg} must lie in [1, 179)')
         focal_px = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
         return cls(int(width), int(height), focal_px, focal_px,
                    (width - 1) / 2.0, (height - 1) / 2.0, frame_id)

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from vl_attention.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -44,9 +46,9 @@ class Condition:
     def __post_init__(self):
         for name in ('rain_intensity', 'snow_cover', 'lit_window_fraction'):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f'{name}={getattr(self, name)} must lie in [0, 1]')
+                raise ConfigError(f'{name}={getattr(self, name)} must lie in [0, 1]')
         if self.fog_visibility_m <= 0 or self.exposure_gain <= 0 or self.noise_std < 0:
-            raise ValueError('fog_visibility_m and exposure_gain must be > 0, noise_std >= 0')
+            raise ConfigError('fog_visibility_m and exposure_gain must be > 0, noise_std >= 0')
 
     @property
     def sun_direction_enu(self):
@@ -96,7 +98,8 @@ def get_condition(name, **overrides):
     condition = default
     for part in name.split('+'):
         if part not in CONDITIONS:
-            raise ValueError(f'unknown condition {part!r}; known: {", ".join(sorted(CONDITIONS))}')
+            raise ConfigError(f'unknown condition {part!r}; known: '
+                              f'{", ".join(sorted(CONDITIONS))}')
         preset = CONDITIONS[part]
         changed = {f.name: getattr(preset, f.name) for f in fields(Condition)
                    if getattr(preset, f.name) != getattr(default, f.name)}

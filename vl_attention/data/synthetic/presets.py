@@ -18,6 +18,7 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
+from vl_attention.config import ConfigError
 from vl_attention.data.synthetic.camera import PinholeCamera
 from vl_attention.data.synthetic.conditions import get_condition
 from vl_attention.data.synthetic.occluders import place_occluders
@@ -25,7 +26,7 @@ from vl_attention.data.synthetic.render import render
 from vl_attention.data.synthetic.town import generate_town, TownConfig
 from vl_attention.data.synthetic.traversal import plan_traversal, TraversalConfig
 from vl_attention.data.synthetic.writers import ImageFolderWriter, write_world_json
-from vl_attention.io import json_safe
+from vl_attention.io import json_safe, make_directory
 
 LOGGER = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ PRESETS = {
 def get_preset(name):
     """Look up a WorldPreset by name."""
     if name not in PRESETS:
-        raise ValueError(f'unknown synthetic world preset {name!r}; known: '
-                         f'{", ".join(sorted(PRESETS))}')
+        raise ConfigError(f'unknown synthetic world preset {name!r}; known: '
+                          f'{", ".join(sorted(PRESETS))}')
     return PRESETS[name]
 
 
@@ -163,9 +164,8 @@ def generate(preset, out_dir, *, seed=None, storage=None, progress=True):
     if seed is not None:
         config = replace(config, seed=int(seed))
     if storage not in (None, 'mcap', 'sqlite3'):
-        raise ValueError(f'unknown bag storage {storage!r}; known: mcap, sqlite3')
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f'unknown bag storage {storage!r}; known: mcap, sqlite3')
+    out_dir = make_directory(out_dir, 'synthetic world directory')
     camera = config.camera()
     town = generate_town(config.seed, config.town)
     entries = [_write_traversal(town, camera, config, i, spec, out_dir, storage, progress,

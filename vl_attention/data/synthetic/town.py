@@ -12,6 +12,7 @@ import logging
 import cv2
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.data.synthetic import textures
 from vl_attention.data.synthetic.geometry import QuadBuilder, QuadSet
 from vl_attention.data.synthetic.ground import ground_texture
@@ -48,10 +49,10 @@ class TownConfig:
 
     def __post_init__(self):
         if self.blocks_x < 1 or self.blocks_y < 1:
-            raise ValueError(f'a town needs at least 1x1 blocks, got '
-                             f'{self.blocks_x}x{self.blocks_y}')
+            raise ConfigError(f'a town needs at least 1x1 blocks, got '
+                              f'{self.blocks_x}x{self.blocks_y}')
         if not 20.0 <= self.block_min_m <= self.block_max_m:
-            raise ValueError('need 20 <= block_min_m <= block_max_m')
+            raise ConfigError('need 20 <= block_min_m <= block_max_m')
 
 
 @dataclass(frozen=True)

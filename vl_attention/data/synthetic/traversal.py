@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from vl_attention.config import ConfigError
 from vl_attention.geo import quaternion_from_yaw_pitch_roll
 
 TURN_RADIUS_M = 7.0
@@ -40,11 +41,11 @@ class TraversalConfig:
 
     def __post_init__(self):
         if self.speed_mps <= 0 or self.frame_rate_hz <= 0:
-            raise ValueError('speed_mps and frame_rate_hz must be positive')
+            raise ConfigError('speed_mps and frame_rate_hz must be positive')
         if self.num_frames is not None and self.num_frames < 1:
-            raise ValueError(f'num_frames={self.num_frames} must be >= 1')
+            raise ConfigError(f'num_frames={self.num_frames} must be >= 1')
         if abs(self.lateral_offset_m) > TURN_RADIUS_M - 1.0:
-            raise ValueError(f'|lateral_offset_m| must be < {TURN_RADIUS_M - 1.0} m')
+            raise ConfigError(f'|lateral_offset_m| must be < {TURN_RADIUS_M - 1.0} m')
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from vl_attention.geo import enu_to_geodetic
-from vl_attention.io import atomic_path, atomic_write_text
+from vl_attention.io import atomic_path, atomic_write_text, make_directory, PathError
 
 POSES_HEADER = ('image', 'stamp_ns', 'latitude_deg', 'longitude_deg', 'altitude_m',
                 'x_m', 'y_m', 'z_m', 'qx', 'qy', 'qz', 'qw')
@@ -55,7 +55,7 @@ class ImageFolderWriter:
     def __init__(self, out_dir, camera, origin):
         """Create ``out_dir/images`` and write camera_info.yaml."""
         self.out_dir = Path(out_dir)
-        (self.out_dir / 'images').mkdir(parents=True, exist_ok=True)
+        make_directory(self.out_dir / 'images', 'image directory')
         self.origin = origin
         self._frames = []
         write_camera_info(self.out_dir / 'camera_info.yaml', camera)
@@ -66,7 +66,8 @@ class ImageFolderWriter:
         bgr = np.ascontiguousarray(image_rgb[..., ::-1])
         if not cv2.imwrite(str(self.out_dir / 'images' / name), bgr,
                            [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-            raise OSError(f'could not write {self.out_dir / "images" / name}')
+            raise PathError(f'could not write {self.out_dir / "images" / name}; give a '
+                            'directory you can write to, with free space')
         self._frames.append((name, int(stamp_ns), np.asarray(position_enu_m, np.float64),
                              np.asarray(quaternion_xyzw, np.float64)))
 
