@@ -99,7 +99,8 @@ def test_mapped_places_give_fix_and_pose_with_input_stamp(raw_client, tiny_world
         covariance = np.array(fix.position_covariance).reshape(3, 3)
         assert np.all(np.linalg.eigvalsh(covariance) > 0)
         errors.append(_error_m(fix, columns, index, origin))
-        pose = _wait_pose(raw_client, stamp)
+        pose = raw_client.wait_for_pose(stamp)
+        assert pose is not None, f'no PoseWithCovarianceStamped for stamp {stamp}'
         assert pose.header.frame_id == 'map'
         assert (pose.header.stamp.sec, pose.header.stamp.nanosec) == (
             fix.header.stamp.sec, fix.header.stamp.nanosec)
@@ -109,16 +110,6 @@ def test_mapped_places_give_fix_and_pose_with_input_stamp(raw_client, tiny_world
             atol=0.01)
         assert len(pose.pose.covariance) == 36
     assert np.median(errors) < 2.0 and max(errors) < 10.0, errors
-
-
-def _wait_pose(client, stamp, timeout_s=5.0):
-    import time
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if stamp in client.responses.poses:
-            return client.responses.poses[stamp]
-        time.sleep(0.01)
-    raise AssertionError(f'no PoseWithCovarianceStamped for stamp {stamp}')
 
 
 def _bad_raw_images(rgb):

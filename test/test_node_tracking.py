@@ -95,7 +95,9 @@ def test_published_pose_is_the_robots_with_a_camera_extrinsic(
             client.publish_frame(rgb, stamp, frame_id='camera_optical')
             if client.wait_for_response(stamp, timeout_s=15.0) is not None:
                 break
-        pose = client.responses.poses[stamp].pose.pose
+        answer = client.wait_for_pose(stamp)
+        assert answer is not None, f'no pose for the frame; node log:\n{log.read_text()}'
+        pose = answer.pose.pose
         expected, orientation = base_in_map(
             (records.position_enu_m[index], records.orientation_xyzw[index]), extrinsic.pose())
         got = np.array([pose.position.x, pose.position.y, pose.position.z])

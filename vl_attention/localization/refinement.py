@@ -4,8 +4,9 @@ Each candidate place's triangulated keypoints are matched (ratio test +
 mutual check) and handed to :func:`~vl_attention.geometry.pnp.solve_pnp`;
 the candidate with the most inliers wins, so inlier counts re-rank the
 retrieval candidates. A pose with at least ``accept_inliers`` inliers ends the
-search early: no wrong place reaches that many at the PnP threshold, and the
-remaining candidates' matching and RANSAC are saved. Its confidence is
+search early and saves the remaining candidates' matching and RANSAC (on the
+validation town it never stopped at another pose than trying all would have
+chosen). Its confidence is
 ``inliers / (inliers + inlier_half_confidence)``.
 """
 

@@ -106,6 +106,20 @@ class ReplayClient(Node):
             time.sleep(0.01)
         return None
 
+    def wait_for_pose(self, stamp_ns, timeout_s=5.0):
+        """Wait until the pose for ``stamp_ns`` arrived; return it or None.
+
+        The node publishes the fix and the pose back to back, on two topics: one can
+        arrive before the other.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if stamp_ns in self.responses.poses:
+                    return self.responses.poses[stamp_ns]
+            time.sleep(0.01)
+        return None
+
     def latency_ms(self, stamp_ns):
         """Time from publishing a frame to receiving its fix, in ms (None if no fix)."""
         with self._lock:
