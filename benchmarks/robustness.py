@@ -518,6 +518,22 @@ def frame_latency(localizer, traversal, size):
     return row
 
 
+def camera_clock(route, period_s, rate_hz, seconds):
+    """Yield ``(stamp_s, frame)`` at ``rate_hz`` for ``seconds``, on the wall clock.
+
+    The robot drives ``route`` (frames ``period_s`` apart) at its recorded speed; each
+    tick gives the route frame of its instant; a late tick follows at once.
+    """
+    start, ticks = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        stamp_s = ticks / rate_hz
+        yield stamp_s, route[min(int(stamp_s / period_s + 1e-9), len(route) - 1)]
+        ticks += 1
+        delay = start + ticks / rate_hz - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def offered_load(localizer, route, period_s, rate_hz, seconds=OVERLOAD_SECONDS):
     """Offer camera frames at ``rate_hz`` to the node's LatestFrameSlot; localize as the node.
 
@@ -535,15 +551,9 @@ def offered_load(localizer, route, period_s, rate_hz, seconds=OVERLOAD_SECONDS):
 
     def camera():
         """Put the messages at ``rate_hz`` for ``seconds``, then close the slot."""
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            stamp_s = offered[0] / rate_hz
-            frame = route[min(int(stamp_s / period_s + 1e-9), len(route) - 1)]
+        for stamp_s, frame in camera_clock(route, period_s, rate_hz, seconds):
             slot.put((_raw_image(frame, stamp_s), time.perf_counter()))
             offered[0] += 1
-            delay = start + offered[0] / rate_hz - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
         slot.close()
 
     def worker():
@@ -656,14 +666,9 @@ def live_node(map_dir, traversal, rate_hz, seconds, work_dir, dds_profile='fastd
             {'map_dir': str(map_dir), 'backend': 'onnxruntime'}, image_topic='/camera/image_raw',
             log_path=log_path) as client:
         start, published = time.perf_counter(), 0
-        while time.perf_counter() - start < seconds:
-            stamp_s = published / rate_hz
-            frame = route[min(int(stamp_s / traversal.period_s + 1e-9), len(route) - 1)]
+        for stamp_s, frame in camera_clock(route, traversal.period_s, rate_hz, seconds):
             client.publish_message(messages[id(frame)], int(round(1e9 * (1.0 + stamp_s))))
             published += 1
-            delay = start + published / rate_hz - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
         elapsed = time.perf_counter() - start
         time.sleep(2.0)   # the last answers
         diagnostics = client.latest_diagnostics()

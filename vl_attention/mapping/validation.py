@@ -32,6 +32,7 @@ import zlib
 import numpy as np
 import numpy.typing as npt
 
+from vl_attention.errors import one_line
 from vl_attention.mapping.errors import MapFormatError
 from vl_attention.mapping.layout import DESCRIPTORS_FILE, INDEX_FILE, RECORDS_FILE, VERIFY_MODES
 
@@ -103,7 +104,7 @@ def refuse_damaged(load: _Load) -> _Load:
             where = Path(path) / 'records.npz' if isinstance(error, zipfile.BadZipFile) else \
                 f'map {path}'
             raise error_type(f'{where} is damaged and unreadable ({type(error).__name__}: '
-                             f'{_one_line(error)}); {FIX}') from error
+                             f'{one_line(error)[:300]}); {FIX}') from error
     return cast('_Load', checked)
 
 
@@ -267,10 +268,6 @@ def _fail(path: StrPath, problem: str) -> NoReturn:
 def _check_verify_mode(verify: object) -> None:
     if verify not in VERIFY_MODES:
         raise ValueError(f'unknown verify mode {verify!r}; known: {VERIFY_MODES}')
-
-
-def _one_line(error: BaseException) -> str:
-    return ' '.join(str(error).split())[:300]
 
 
 __all__ = ['READ_ERRORS', 'refuse_damaged', 'validate_descriptors', 'validate_index',

@@ -207,8 +207,7 @@ class _LocalizeCore:
         except Exception as error:  # whatever is wrong with the new map, keep the running one
             response.success = False
             response.message = (f'map {map_dir} refused, keeping the loaded map '
-                                f'({old.map.manifest.count} images): '
-                                + ' '.join(str(error).split()))
+                                f'({old.map.manifest.count} images): ' + one_line(error))
             # an expected refusal (a damaged or foreign map) is one line; a bug keeps its
             # traceback in the log
             self.get_logger().error(response.message if isinstance(error, VLAttentionError)

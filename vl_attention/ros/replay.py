@@ -98,13 +98,7 @@ class ReplayClient(Node):
 
     def wait_for_response(self, stamp_ns, timeout_s=10.0):
         """Wait until a fix for ``stamp_ns`` arrived; return it or None."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if stamp_ns in self.responses.fixes:
-                    return self.responses.fixes[stamp_ns]
-            time.sleep(0.01)
-        return None
+        return self._wait_for(self.responses.fixes, stamp_ns, timeout_s)
 
     def wait_for_pose(self, stamp_ns, timeout_s=5.0):
         """Wait until the pose for ``stamp_ns`` arrived; return it or None.
@@ -112,11 +106,15 @@ class ReplayClient(Node):
         The node publishes the fix and the pose back to back, on two topics: one can
         arrive before the other.
         """
+        return self._wait_for(self.responses.poses, stamp_ns, timeout_s)
+
+    def _wait_for(self, received, stamp_ns, timeout_s):
+        """Poll ``received`` (a dict the callbacks fill) for ``stamp_ns``; its value or None."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                if stamp_ns in self.responses.poses:
-                    return self.responses.poses[stamp_ns]
+                if stamp_ns in received:
+                    return received[stamp_ns]
             time.sleep(0.01)
         return None
 
