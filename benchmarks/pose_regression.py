@@ -28,7 +28,14 @@ Baselines: the mean training pose (position mean, chordal quaternion mean),
 and the pose of the nearest training image by descriptor (the project's
 default retrieval model, ImageNet EfficientNet-Lite0 GeM, untrained on the
 scene). Errors are medians over the test images: position (m) and rotation
-(deg). Prints a table and writes ``benchmarks/results/pose_regression.json``.
+(deg).
+
+Through the node's code: a map of the training images built with the pose
+model itself, and :class:`~vl_attention.localization.Localizer` with
+``pose_source='regression'`` and ``'retrieval'`` (single frames, no filter:
+the test images are too few for one), scored with the fixes it gives and the
+share of errors inside its 95% covariance ellipse (x-y of the scene frame).
+Prints a table and writes ``benchmarks/results/pose_regression.json``.
 """
 
 import argparse
@@ -50,8 +57,13 @@ from vl_attention.engine.backends import create_backend
 from vl_attention.engine.embedder import Embedder
 from vl_attention.engine.export import ONNX_FILE, read_export
 from vl_attention.engine.preprocess import preprocess_frames
+from vl_attention.evaluation.consistency import consistency_summary
 from vl_attention.evaluation.metrics import pose_errors
+from vl_attention.geo import enu_to_geodetic, GeodeticOrigin
 from vl_attention.io import atomic_write_text, json_safe
+from vl_attention.localization import Localizer, LocalizerConfig, TrackingConfig
+from vl_attention.mapping import Map, MapIndex, MapManifest
+from vl_attention.mapping.records import records_from_columns
 from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
 from vl_attention.training.config import TrainConfig
 from vl_attention.training.datasets import (load_place_views, PlaceSetConfig, PlaceViews,
@@ -197,6 +209,48 @@ def exported_embedder(export_dir):
     return Embedder(backend, card)
 
 
+def scene_map(embedder, views, origin=GeodeticOrigin(0.0, 0.0, 0.0)):
+    """Map of the training views, embedded by the pose model, positions in the scene frame."""
+    latitude, longitude, altitude = enu_to_geodetic(views.positions_m, origin)
+    records = records_from_columns([f'{i}.png' for i in range(len(views))],
+                                   np.arange(len(views)), latitude, longitude, altitude,
+                                   views.quaternions_xyzw, origin)
+    descriptors = embedder.embed_batches(list(views.images))
+    index = MapIndex.create('flat_ip', descriptors.shape[1])
+    index.add(descriptors)
+    return Map(MapManifest(model_name=embedder.card.model_name,
+                           model_fingerprint=embedder.fingerprint, count=len(views),
+                           descriptor_dim=descriptors.shape[1], geodetic_origin=origin),
+               index, records)
+
+
+def through_localizer(embedder, train_views, test_views):
+    """``Localizer.localize`` per test image for each pose source: errors of its fixes."""
+    map_ = scene_map(embedder, train_views)
+    config = LocalizerConfig(top_k=1, candidates=min(5, len(train_views)))
+    rows = {}
+    for pose_source in ('regression', 'retrieval'):
+        localizer = Localizer(map_, embedder=embedder, config=config,
+                              tracking=TrackingConfig(use_filter=False, refine=False,
+                                                      pose_source=pose_source))
+        results = [localizer.localize(image) for image in test_views.images]
+        fixed = np.array([result.ok for result in results])
+        position = np.array([result.position_enu_m for result in results])
+        orientation = np.array([result.orientation_xyzw for result in results])
+        position_errors, rotation_errors = pose_errors(
+            position, test_views.positions_m, orientation, test_views.quaternions_xyzw)
+        covariances = np.array([result.position_covariance_m2[:2, :2] for result in results])
+        errors_xy = position[:, :2] - test_views.positions_m[:, :2]
+        rows[pose_source] = {
+            'fixes': int(fixed.sum()), 'frames': len(results),
+            'position_median_m': float(np.median(position_errors[fixed])) if fixed.any()
+            else None,
+            'rotation_median_deg': float(np.median(rotation_errors[fixed])) if fixed.any()
+            else None,
+            'consistency': consistency_summary(errors_xy[fixed], covariances[fixed])}
+    return rows
+
+
 # --- baselines -------------------------------------------------------------------------------
 
 def mean_quaternion(quaternions_xyzw):
@@ -254,7 +308,8 @@ def evaluate_scene(name, scene, *, steps, lr, device, retrieval, work_dir):
             'pose_loss_last_10': summary['loss_last_10'],
             'regression_latency_ms_batch1': latency_ms,
             'card_outputs': list(embedder.card.outputs), 'card_pose_frame':
-            embedder.card.pose_frame, 'methods': methods}
+            embedder.card.pose_frame, 'methods': methods,
+            'localizer': through_localizer(embedder, train_views, test_views)}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -269,6 +324,15 @@ def print_table(results):
         print(f'{"":<24} ({result["train_images"]} train / {result["test_images"]} test images, '
               f'{result["train_steps"]} steps in {result["train_seconds"]:.0f} s, pose loss '
               f'{result["pose_loss_first_10"]:.2f} -> {result["pose_loss_last_10"]:.2f})')
+        for source, row in result['localizer'].items():
+            print(f'{"":<24} Localizer pose_source={source:<11} fixes {row["fixes"]}/'
+                  f'{row["frames"]}, {_fmt(row["position_median_m"])} m, '
+                  f'{_fmt(row["rotation_median_deg"])} deg, '
+                  f'{_fmt(row["consistency"]["inside_95_ellipse"])} in the 95% ellipse')
+
+
+def _fmt(value):
+    return 'n/a' if value is None else f'{value:.3f}'
 
 
 def main(argv=None):

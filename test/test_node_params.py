@@ -74,7 +74,7 @@ def test_every_default_passes_and_descriptors_carry_ranges_choices_and_read_only
     read_only = {param.name for param in NODE_PARAMS if descriptor(param).read_only}
     assert read_only == {'map_dir', 'model', 'backend', 'device', 'precision', 'export_dir',
                          'threads', 'cache_dir', 'image_transport', 'odom_topic', 'use_filter',
-                         'refine', 'publish_tf', 'rectify'}
+                         'refine', 'pose_source', 'publish_tf', 'rectify'}
     top_k = descriptor(PARAMS_BY_NAME['top_k']).integer_range[0]
     assert (top_k.from_value, top_k.to_value) == (1, 1000)
     radius = descriptor(PARAMS_BY_NAME['neighbour_radius_m'])
@@ -149,6 +149,18 @@ def test_map_with_a_missing_file_gives_one_line(tiny_map, export_cache, tmp_path
     assert result.returncode == 1, result.stderr
     assert errors == [f'localize_node: {broken / missing} is missing; rebuild the map'], \
         result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.ros
+def test_regression_pose_source_on_a_model_without_a_pose_head_is_refused(tiny_map, export_cache,
+                                                                          tmp_path):
+    result = _run_node(['-p', f'map_dir:={tiny_map}', '-p', f'cache_dir:={export_cache}',
+                        '-p', 'backend:=onnxruntime', '-p', 'pose_source:=regression'], tmp_path)
+    errors = [line for line in result.stderr.splitlines() if 'localize_node:' in line]
+    assert result.returncode == 1, result.stderr
+    assert len(errors) == 1 and errors[0].startswith(
+        'localize_node: pose_source regression needs a model with a pose head; '), result.stderr
     assert 'Traceback' not in result.stderr
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 import torch.nn.functional as F
 
 from vl_attention.config import ConfigError
@@ -17,6 +18,10 @@ from vl_attention.engine.card_builder import make_model_card
 from vl_attention.engine.embedder import Embedder
 from vl_attention.engine.export import CARD_FILE, export_onnx, ONNX_FILE, read_export
 from vl_attention.engine.model_card import ModelCard
+from vl_attention.geo import enu_to_geodetic, GeodeticOrigin
+from vl_attention.localization import Localizer, LocalizerConfig, TrackingConfig
+from vl_attention.mapping import Map, MapIndex, MapManifest
+from vl_attention.mapping.records import records_from_columns
 from vl_attention.models import AGGREGATORS, build_model, load_model_config
 from vl_attention.models.pose_attention import adaptive_average_pool, pose_errors_from_poses, \
     pose_loss_terms, pose_origin_m, PoseAttention, PoseLoss, PoseOutputs, set_pose_origin
@@ -409,3 +414,74 @@ def test_cards_and_weights_from_before_the_pose_outputs_still_load(pose_export):
     np.testing.assert_array_equal(pose_origin_m(model), [0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match='3 finite metres'):
         set_pose_origin(model, [1.0, float('nan'), 0.0])
+
+
+def _map_of(embedder, frames, positions_enu_m):
+    """Build a map of ``frames`` at ENU positions (camera facing north) with ``embedder``."""
+    origin = GeodeticOrigin(47.0, 8.0, 400.0)
+    positions = np.asarray(positions_enu_m, np.float64)
+    latitude, longitude, altitude = enu_to_geodetic(positions, origin)
+    records = records_from_columns([f'{i}.png' for i in range(len(frames))],
+                                   np.arange(len(frames)), latitude, longitude, altitude,
+                                   np.tile([0.0, 0.0, 0.0, 1.0], (len(frames), 1)), origin)
+    descriptors = embedder.embed(frames)
+    index = MapIndex.create('flat_ip', descriptors.shape[1])
+    index.add(descriptors)
+    manifest = MapManifest(model_name=embedder.card.model_name,
+                           model_fingerprint=embedder.fingerprint, count=len(frames),
+                           descriptor_dim=descriptors.shape[1], geodetic_origin=origin)
+    return Map(manifest, index, records)
+
+
+def _noise_frames(count, seed=5):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def test_localizer_publishes_the_regressed_pose_gated_by_retrieval(pose_export):
+    _, export_dir = pose_export
+    embedder = Embedder(create_backend('onnxruntime-cpu', model=None,
+                                       onnx_path=export_dir / ONNX_FILE), read_export(export_dir))
+    frames = _noise_frames(3)
+    # the head regresses (101, -48, 10) for every image (hand-set, see pose_export)
+    map_ = _map_of(embedder, frames, [[100.0, -48.0, 10.0], [0.0, 0.0, 0.0], [400.0, 300.0, 0.0]])
+    config = LocalizerConfig(top_k=1, candidates=3, min_confidence=0.0)
+    tracking = TrackingConfig(use_filter=False, refine=False, pose_source='regression')
+    localizer = Localizer(map_, embedder=embedder, config=config, tracking=tracking)
+    near = localizer.localize(frames[0])
+    retrieval = Localizer(map_, embedder=embedder, config=config).localize(frames[0])
+    assert retrieval.pose_source == 'retrieval' and retrieval.place_index == -1
+    np.testing.assert_allclose(retrieval.position_enu_m, [100.0, -48.0, 10.0], atol=1e-6)
+    assert near.ok and near.pose_source == 'regression'
+    np.testing.assert_allclose(near.position_enu_m, [101.0, -48.0, 10.0], atol=1e-5)
+    np.testing.assert_allclose(near.orientation_xyzw, EXPECTED_XYZW, atol=1e-5)
+    # covariance: the retrieval estimate's plus the outer product of the 1 m east offset
+    expected = retrieval.position_covariance_m2 + np.diag([1.0, 0.0, 0.0])
+    np.testing.assert_allclose(near.position_covariance_m2, expected, atol=1e-4)
+    rotation = Rotation.from_quat(EXPECTED_XYZW).as_rotvec()
+    np.testing.assert_allclose(near.orientation_covariance_rad2,
+                               retrieval.orientation_covariance_rad2
+                               + np.outer(rotation, rotation), atol=1e-4)
+    assert near.single_frame is not None and near.single_frame.pose_source == 'retrieval'
+    np.testing.assert_allclose(near.latitude_deg, 47.0 - 48.0 / 111_195.0, atol=1e-6)
+    far = localizer.localize(frames[1])      # retrieval says (0, 0, 0): |(101, -48, 10)| = 112.3 m
+    assert not far.ok and far.pose_source == 'regression'
+    assert 'regressed pose 112.3 m from the retrieval estimate' in far.reason
+    assert 'max_regression_offset_m 25' in far.reason
+
+
+def test_regression_pose_source_needs_a_pose_head(tmp_path):
+    config = dataclasses.replace(load_model_config('resnet18_gem'), input_height=64,
+                                 input_width=64)
+    model = build_model(config)
+    export_onnx(model, make_model_card(config, model), tmp_path)
+    embedder = Embedder(create_backend('onnxruntime-cpu', model=None,
+                                       onnx_path=tmp_path / ONNX_FILE), read_export(tmp_path))
+    map_ = _map_of(embedder, _noise_frames(2), [[0.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
+    with pytest.raises(ConfigError, match='pose_source regression needs a model with a pose '
+                                          'head; resnet18_gem has none'):
+        Localizer(map_, embedder=embedder,
+                  tracking=TrackingConfig(use_filter=False, refine=False,
+                                          pose_source='regression'))
+    with pytest.raises(ConfigError, match="pose_source 'pose' is not one of"):
+        TrackingConfig(pose_source='pose')

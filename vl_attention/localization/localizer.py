@@ -14,6 +14,12 @@ No ROS here: the node and the evaluator call the same code.
 * covariance: weighted spread of the neighbours plus a floor (``*_floor``
   standard deviations), inflated by ``1 / confidence`` so that an ambiguous
   match reports a proportionally larger uncertainty.
+
+The published pose is chosen by ``TrackingConfig.pose_source``: ``pnp`` (the
+PnP pose where refinement verified the frame, else the filter's or the single
+frame's estimate), ``retrieval`` (the filter's or the single frame's estimate;
+PnP only verifies), or ``regression`` (the pose head of a ``pose_attention``
+model, gated by and compared with the retrieval pipeline's estimate).
 """
 
 from dataclasses import dataclass, field, replace
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
     from vl_attention.mapping.map_format import Map
 
 LOG = logging.getLogger(__name__)
+POSE_SOURCES = ('pnp', 'retrieval', 'regression')
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class LocalizationResult:
     neighbours: tuple[Neighbour, ...]
     embed_ms: float = 0.0
     search_ms: float = 0.0
-    pose_source: str = 'retrieval'        # retrieval | filter | pnp
+    pose_source: str = 'retrieval'        # retrieval | filter | pnp | regression
     filter_state: str = ''                # '' (no filter) | initialising | tracking | lost
     filter_mass: float = float('nan')
     place_index: int = -1
@@ -125,10 +132,18 @@ class TrackingConfig:
     # with refinement on, a filter estimate is a fix only if PnP verified a place within
     # the filter's cluster radius in the last ``verification_frames`` frames (0: never required)
     verification_frames: int = 20   # chosen on the synthetic validation town (10 / 20 / 30)
+    # the published pose (module docstring): pnp | retrieval | regression
+    pose_source: str = 'pnp'
+    # regression: a regressed position farther than this from the pipeline's estimate is no fix
+    max_regression_offset_m: float = 25.0
 
     def __post_init__(self) -> None:
         if self.verification_ratio < 1.0 or self.verification_frames < 0:
             raise ConfigError('need verification_ratio >= 1 and verification_frames >= 0')
+        if self.pose_source not in POSE_SOURCES:
+            raise ConfigError(f'pose_source {self.pose_source!r} is not one of {POSE_SOURCES}')
+        if self.max_regression_offset_m <= 0:
+            raise ConfigError('max_regression_offset_m must be > 0')
 
 
 class Localizer:
@@ -157,6 +172,11 @@ class Localizer:
         self.embedder = embedder
         self.config = config
         self.tracking = tracking = tracking or TrackingConfig(use_filter=False, refine=False)
+        if tracking.pose_source == 'regression' and embedder is not None and \
+                not embedder.card.has_pose:
+            raise ConfigError(f'pose_source regression needs a model with a pose head; '
+                              f'{embedder.card.model_name} has none (use a pose_attention '
+                              'model trained on the mapped scene, or pose_source pnp)')
         self.place_filter = _create_filter(map_, tracking) if tracking.use_filter else None
         self.refiner, self.refinement_note = _create_refiner(map_, tracking)
         self._last_stamp_s: Optional[float] = None
@@ -198,11 +218,17 @@ class Localizer:
         bounded-speed model over the time since the previous frame.
         """
         if self.embedder is None:
-            raise ValueError('this Localizer was made without an embedder: pass embedder=, '
-                             'use Localizer.from_map, or call track() with a descriptor')
-        descriptor = self.embedder.embed([frame])[0]
-        result = self.track(descriptor, stamp_s=stamp_s, motion=motion, frame=frame)
-        return replace(result, embed_ms=self.embedder.last_latency_ms)
+            raise ConfigError('this Localizer was made without an embedder: pass embedder=, '
+                              'use Localizer.from_map, or call track() with a descriptor')
+        if self.tracking.pose_source != 'regression':
+            descriptor = self.embedder.embed([frame])[0]
+            result = self.track(descriptor, stamp_s=stamp_s, motion=motion, frame=frame)
+            return replace(result, embed_ms=self.embedder.last_latency_ms)
+        descriptors, positions_m, orientations_xyzw = self.embedder.embed_with_pose([frame])
+        embed_ms = self.embedder.last_latency_ms
+        result = self.track(descriptors[0], stamp_s=stamp_s, motion=motion, frame=frame)
+        return replace(self._regressed(result, positions_m[0], orientations_xyzw[0]),
+                       embed_ms=embed_ms)
 
     def track(self, descriptor: np.ndarray, *, stamp_s: Optional[float] = None,
               motion: Optional['Motion'] = None,
@@ -309,6 +335,8 @@ class Localizer:
             return replace(self._unverified(result), refinement=f'PnP pose {offset:.1f} m from '
                            f'the filter estimate (> max_offset_from_filter_m {gate:g}); kept '
                            'the filter', inliers=refined.inliers, refine_ms=refine_ms)
+        if self.tracking.pose_source != 'pnp':   # PnP verified the place; its pose is not used
+            return replace(result, inliers=refined.inliers, refinement='', refine_ms=refine_ms)
         latitude, longitude, altitude = enu_to_geodetic(refined.position_enu_m,
                                                         self.map.manifest.geodetic_origin)
         return replace(result, ok=True, reason='', position_enu_m=refined.position_enu_m,
@@ -319,6 +347,36 @@ class Localizer:
                        confidence=refined.confidence, pose_source='pnp',
                        inliers=refined.inliers, refinement='', refine_ms=refine_ms,
                        place_index=refined.place_index)
+
+    def _regressed(self, result: LocalizationResult, position_m: np.ndarray,
+                   orientation_xyzw: np.ndarray) -> LocalizationResult:
+        """Return the pose head's pose, gated by and compared with the pipeline's ``result``.
+
+        The regressed pose is a fix only where the pipeline has one within
+        ``max_regression_offset_m``. Its covariance is the pipeline's plus the
+        outer product of their difference (position and rotation vector): an
+        independent estimate's disagreement is the evidence of the regression's
+        error that one frame has.
+        """
+        offset_m = position_m - result.position_enu_m
+        rotation = (Rotation.from_quat(result.orientation_xyzw).inv()
+                    * Rotation.from_quat(orientation_xyzw)).as_rotvec()
+        distance_m = float(np.linalg.norm(offset_m))
+        gate = self.tracking.max_regression_offset_m
+        ok, reason = result.ok, result.reason
+        if ok and distance_m > gate:
+            ok, reason = False, (f'regressed pose {distance_m:.1f} m from the {result.pose_source}'
+                                 f' estimate (> max_regression_offset_m {gate:g})')
+        latitude, longitude, altitude = enu_to_geodetic(position_m,
+                                                        self.map.manifest.geodetic_origin)
+        return replace(result, ok=ok, reason=reason, position_enu_m=np.asarray(position_m),
+                       latitude_deg=float(latitude), longitude_deg=float(longitude),
+                       altitude_m=float(altitude), orientation_xyzw=np.asarray(orientation_xyzw),
+                       position_covariance_m2=result.position_covariance_m2
+                       + np.outer(offset_m, offset_m),
+                       orientation_covariance_rad2=result.orientation_covariance_rad2
+                       + np.outer(rotation, rotation),
+                       pose_source='regression')
 
     def estimate(self, descriptor: np.ndarray) -> LocalizationResult:
         """Single-frame estimate from one descriptor ``(D,)`` (no filter, no refinement)."""

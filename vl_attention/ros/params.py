@@ -21,6 +21,7 @@ from vl_attention.localization.frames import Extrinsic
 from vl_attention.mapping import map_model_dir
 from vl_attention.errors import VLAttentionError
 from vl_attention.localization import LocalizerConfig, TrackingConfig
+from vl_attention.localization.localizer import POSE_SOURCES
 from vl_attention.localization.health import health_config
 from vl_attention.localization.place_filter import PlaceFilterConfig
 from vl_attention.ros.topics import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC,  # noqa: F401
@@ -134,6 +135,11 @@ NODE_PARAMS = (
     Param('use_filter', True, 'run the place filter (HMM) over the image stream',
           read_only=True),
     Param('refine', True, 'refine the pose with local features + PnP (maps with features)',
+          read_only=True),
+    Param('pose_source', TrackingConfig.pose_source,
+          'the published pose: pnp (PnP where it verifies, else the filter / retrieval '
+          'estimate), retrieval (PnP only verifies), regression (the pose head of a '
+          'pose_attention model, gated by the retrieval estimate)', choices=POSE_SOURCES,
           read_only=True),
     Param('odom_topic', '', "nav_msgs/Odometry topic for the filter's motion model "
           '("" = bounded-speed model)', read_only=True),
@@ -258,6 +264,7 @@ def tracking_config(values):
     """Build the TrackingConfig (filter, refinement) from parameter values."""
     return TrackingConfig(
         use_filter=bool(values['use_filter']), refine=bool(values['refine']),
+        pose_source=str(values['pose_source']),
         filter=PlaceFilterConfig(max_speed_mps=float(values['max_speed_mps']),
                                  temperature_scale=float(values['filter_temperature_scale'])))
 
