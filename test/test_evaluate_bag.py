@@ -27,20 +27,25 @@ def _world_origin(world):
     return GeodeticOrigin(**json.loads((world / 'world.json').read_text())['origin'])
 
 
-@pytest.fixture(scope='module')
-def tiny_bag(tiny_world, tmp_path_factory):
-    """Write the tiny world's night query traversal as an mcap bag (image, fix, GT pose)."""
-    world = json.loads((tiny_world / 'world.json').read_text())
+def _traversal_bag(world_dir, traversal, path):
+    """Write one traversal of a synthetic world as an mcap bag (image, fix, GT pose)."""
+    world = json.loads((world_dir / 'world.json').read_text())
     camera = {k: v for k, v in world['camera'].items() if not k.startswith('distortion')}
-    columns = read_poses_csv(tiny_world / 'query_night' / 'poses.csv')
-    path = tmp_path_factory.mktemp('query_bag') / 'query_night'
-    with RosbagWriter(path, PinholeCamera(**camera), _world_origin(tiny_world)) as writer:
+    columns = read_poses_csv(world_dir / traversal / 'poses.csv')
+    with RosbagWriter(path, PinholeCamera(**camera), _world_origin(world_dir)) as writer:
         for row, name in enumerate(columns['image']):
-            bgr = cv2.imread(str(tiny_world / 'query_night' / 'images' / name))
+            bgr = cv2.imread(str(world_dir / traversal / 'images' / name))
             writer.write(bgr[..., ::-1], columns['stamp_ns'][row],
                          [columns[k][row] for k in ('x_m', 'y_m', 'z_m')],
                          [columns[k][row] for k in ('qx', 'qy', 'qz', 'qw')])
     return path
+
+
+@pytest.fixture(scope='module')
+def tiny_bag(tiny_world, tmp_path_factory):
+    """Write the tiny world's night query traversal as an mcap bag."""
+    return _traversal_bag(tiny_world, 'query_night',
+                          tmp_path_factory.mktemp('query_bag') / 'query_night')
 
 
 def _config(tiny_world, export_cache, **changes):
@@ -71,6 +76,41 @@ def test_tracking_modes_score_the_same_frames_stage_by_stage(
     report = (out / 'report.md').read_text()
     assert '| effnet_lite0_gem | filtered |' in report and '| effnet_lite0_gem | output |' \
         in report
+
+
+def _positions(records):
+    return np.array([record.position_enu_m for record in records])
+
+
+def test_pose_source_picks_the_published_stage(tiny_map, tiny_world, export_cache, tmp_path):
+    from vl_attention.engine.embedder import create_embedder
+    from vl_attention.evaluation.evaluate_bag import localize_offline
+    from vl_attention.mapping.map_format import load_map
+    day_bag = _traversal_bag(tiny_world, 'map_day', tmp_path / 'day')   # day frames refine
+    map_ = load_map(tiny_map)
+    embedder = create_embedder(_config(tiny_world, export_cache).embedder)
+    runs = {source: localize_offline(_config(tiny_world, export_cache, pose_source=source),
+                                     [day_bag], map_, embedder, 'effnet_lite0_gem')
+            for source in ('pnp', 'retrieval')}
+    pnp, retrieval = runs['pnp'].modes, runs['retrieval'].modes
+    assert runs['retrieval'].info['pose_source'] == 'retrieval'
+    # the same filter runs under both: PnP verifies in both, it is published only under pnp
+    np.testing.assert_allclose(_positions(pnp['filtered']), _positions(retrieval['filtered']))
+    np.testing.assert_allclose(_positions(retrieval['output']), _positions(retrieval['filtered']))
+    moved = np.linalg.norm(_positions(pnp['output']) - _positions(pnp['filtered']), axis=1)
+    assert np.nanmax(moved) > 0.05     # some frames were refined: their PnP pose is published
+
+
+def test_pose_source_regression_without_a_pose_head_is_a_one_line_error(
+        tiny_bag, tiny_map, export_cache, tmp_path, capsys):
+    from vl_attention import cli
+    argv = ['evaluate-bag', '--map', str(tiny_map), '--bag', str(tiny_bag), '--gt-topic',
+            '/gps/fix', '--out', str(tmp_path), '--pose-source', 'regression',
+            '--max-frames', '2', '--backend', 'onnxruntime', '--cache-dir', str(export_cache)]
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert 'pose_source regression needs a model with a pose head' in error
+    assert 'Traceback' not in error
 
 
 def _frames(out):

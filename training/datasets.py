@@ -21,9 +21,9 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from vl_attention.config import ConfigError
 from vl_attention.data.synthetic.camera import PinholeCamera
@@ -50,7 +50,7 @@ class PlaceSetConfig:
     hfov_deg: float = 80.0
     num_places: int = 72
     place_spacing_m: float = 6.0
-    conditions: tuple = ('day', 'dusk', 'night', 'fog')
+    conditions: Tuple[str, ...] = ('day', 'dusk', 'night', 'fog')
     passes_per_condition: int = 1
     lateral_offset_m: float = 2.0
     lateral_jitter_m: float = 0.8
@@ -61,7 +61,7 @@ class PlaceSetConfig:
     negative_distance_m: float = 15.0
     held_out_places: int = 24
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.num_places < 2 or self.passes_per_condition < 1 or not self.conditions:
             raise ConfigError('need num_places >= 2, passes_per_condition >= 1 and a condition')
         if not 0 < self.positive_distance_m <= self.negative_distance_m:
@@ -74,11 +74,11 @@ class PlaceSetConfig:
             get_condition(name)  # unknown names fail here, listing the known ones
 
     @property
-    def num_passes(self):
+    def num_passes(self) -> int:
         """Number of drives along the route (conditions x passes per condition)."""
         return len(self.conditions) * self.passes_per_condition
 
-    def cache_key(self):
+    def cache_key(self) -> str:
         """Short digest of every setting (the cache file name derives from it)."""
         text = json.dumps([CACHE_VERSION, asdict(self)], sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -95,11 +95,11 @@ class PlaceViews:
     pass_ids: np.ndarray        # (N,) index of the drive
     conditions: np.ndarray      # (N,) condition name of the drive
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Return the number of images."""
         return len(self.images)
 
-    def subset(self, mask):
+    def subset(self, mask: Any) -> 'PlaceViews':
         """Select views by a boolean mask or an index array."""
         return PlaceViews(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
 
@@ -113,7 +113,8 @@ class PlaceRecognitionSplits:
     queries: PlaceViews
 
 
-def _pass_traversal(config, town, pass_index, rng):
+def _pass_traversal(config: PlaceSetConfig, town: Any, pass_index: int,
+                    rng: np.random.Generator) -> Any:
     """Traversal of one drive: the route with this drive's offsets and heading jitter."""
     lateral_m = config.lateral_offset_m + rng.uniform(-1, 1) * config.lateral_jitter_m
     traversal = plan_traversal(town, TraversalConfig(
@@ -130,12 +131,12 @@ def _pass_traversal(config, town, pass_index, rng):
     return traversal
 
 
-def render_place_views(config):
+def render_place_views(config: PlaceSetConfig) -> PlaceViews:
     """Render every pass of a :class:`PlaceSetConfig` (about 15 ms per 160x120 frame)."""
     town = generate_town(config.world_seed, config.town)
     camera = PinholeCamera.from_fov(config.width, config.height, config.hfov_deg)
     rng = np.random.default_rng([config.world_seed, config.jitter_seed, 0x9ace])
-    columns = {f.name: [] for f in fields(PlaceViews)}
+    columns: Dict[str, List[Any]] = {f.name: [] for f in fields(PlaceViews)}
     for pass_index in range(config.num_passes):
         name = config.conditions[pass_index // config.passes_per_condition]
         condition = get_condition(name)
@@ -154,7 +155,7 @@ def render_place_views(config):
                          for key, value in columns.items()})
 
 
-def load_place_views(config, cache_dir):
+def load_place_views(config: PlaceSetConfig, cache_dir: str | Path) -> PlaceViews:
     """Load the views of ``config`` from ``cache_dir``; render and cache them on first use."""
     path = Path(cache_dir) / f'places_{config.cache_key()}.npz'
     if path.is_file():
@@ -167,7 +168,8 @@ def load_place_views(config, cache_dir):
     return views
 
 
-def place_recognition_splits(views, config):
+def place_recognition_splits(views: PlaceViews,
+                             config: PlaceSetConfig) -> PlaceRecognitionSplits:
     """Split views by place: held-out places are the last ``held_out_places`` on the route.
 
     Training places closer than ``negative_distance_m`` to a held-out place are
@@ -185,7 +187,8 @@ def place_recognition_splits(views, config):
                                   queries=views.subset(held_out & ~first))
 
 
-def split_by_pass(views, held_out_passes):
+def split_by_pass(views: PlaceViews,
+                  held_out_passes: Sequence[int]) -> Tuple[PlaceViews, PlaceViews]:
     """Split views into (training, held-out) by the drives they come from (pose regression)."""
     held_out = np.isin(views.pass_ids, np.asarray(held_out_passes))
     if held_out.all() or not held_out.any():
@@ -194,19 +197,7 @@ def split_by_pass(views, held_out_passes):
     return views.subset(~held_out), views.subset(held_out)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One training batch: images and their ground truth, as tensors."""
-
-    indices: torch.Tensor       # (B,) rows of the training images
-    images: torch.Tensor        # (B, 3, H, W) normalised
-    positions_m: torch.Tensor   # (B, 3) relative to the set's origin_m
-    poses: torch.Tensor         # (B, 7) position + unit quaternion (w, x, y, z), w >= 0
-    positive_mask: torch.Tensor  # (B, B) bool: rows showing the same place (never itself)
-    negative_mask: torch.Tensor  # (B, B) bool: rows surely showing another place
-
-
-def poses_wxyz(positions_m, quaternions_xyzw):
+def poses_wxyz(positions_m: np.ndarray, quaternions_xyzw: np.ndarray) -> np.ndarray:
     """``(N, 7)`` float32 poses: position and unit quaternion ``(w, x, y, z)`` with w >= 0."""
     quaternions = np.asarray(quaternions_xyzw, np.float64)
     quaternions = quaternions / np.linalg.norm(quaternions, axis=1, keepdims=True)

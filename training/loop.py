@@ -42,11 +42,10 @@ from vl_attention.training.checkpoint import (load_checkpoint, restore_rng_state
                                               save_checkpoint)
 from vl_attention.training.config import model_config, ScheduleConfig, TrainConfig
 from vl_attention.training.data import load_training_data, TrainingData
-from vl_attention.training.datasets import Batch
 from vl_attention.training.distributed import DistributedContext
 from vl_attention.training.losses import make_loss
 from vl_attention.training.outputs import RunArtifacts, RunLogger
-from vl_attention.training.sampling import HardNegativeCache, ImageRows
+from vl_attention.training.sampling import Batch, HardNegativeCache, ImageRows
 from vl_attention.training.trainable import (cache_backbone_features, has_frozen_stages,
                                              make_optimizer, outputs_from_cache,
                                              set_training_mode, TapFeatures)

@@ -2,7 +2,7 @@
 
 Every loss is an ``nn.Module`` called as ``loss(output, batch) -> (total, parts)``
 with the model's :class:`~vl_attention.models.outputs.ModelOutput` for a
-:class:`~vl_attention.training.datasets.Batch`; ``parts`` maps names to
+:class:`~vl_attention.training.sampling.Batch`; ``parts`` maps names to
 detached scalars for logging. Losses with learnable weights (the pose loss)
 expose them as parameters, which the trainer optimises with the model.
 

@@ -16,14 +16,28 @@ whose descriptors lie closest to the anchor's among a cache of training
 descriptors re-embedded every ``refresh_every_steps`` steps.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.evaluation.metrics import positives, within_radius_mask
 from vl_attention.training.augment import augment
-from vl_attention.training.datasets import Batch, poses_wxyz
+from vl_attention.training.datasets import poses_wxyz
 from vl_attention.training.sources.base import DatasetLayoutError
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: images and their ground truth, as tensors."""
+
+    indices: torch.Tensor       # (B,) rows of the training images
+    images: torch.Tensor        # (B, 3, H, W) normalised
+    positions_m: torch.Tensor   # (B, 3) relative to the set's origin_m
+    poses: torch.Tensor         # (B, 7) position + unit quaternion (w, x, y, z), w >= 0
+    positive_mask: torch.Tensor  # (B, B) bool: rows showing the same place (never itself)
+    negative_mask: torch.Tensor  # (B, B) bool: rows surely showing another place
 
 
 class GroundTruth:
@@ -183,7 +197,7 @@ class HardNegativeCache:
 
 
 class BatchBuilder:
-    """Rows -> :class:`~vl_attention.training.datasets.Batch` with ground-truth masks."""
+    """Rows -> :class:`Batch` with ground-truth masks."""
 
     def __init__(self, dataset, ground_truth, images):
         self.ground_truth, self.images = ground_truth, images

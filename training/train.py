@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 import sys
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -21,7 +22,7 @@ from vl_attention.errors import one_line, VLAttentionError
 from vl_attention.training.config import load_recipe
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the train options to an argparse parser."""
     parser.add_argument('--config', required=True,
                         help='recipe name (config/training/<name>.yaml) or YAML path')
@@ -42,10 +43,10 @@ def add_arguments(parser):
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='')
 
 
-def recipe_from_args(args):
+def recipe_from_args(args: argparse.Namespace) -> Any:
     """Load the recipe and apply the command-line replacements."""
     cfg = load_recipe(args.config)
-    changes = {}
+    changes: Dict[str, Any] = {}
     if args.model:
         changes['model'] = args.model
     if args.dataset:
@@ -54,7 +55,7 @@ def recipe_from_args(args):
     if args.dataset_option:
         dataset = changes.get('dataset', cfg.dataset)
         changes['dataset'] = replace(dataset, options=frozen_mapping(
-            {**dataset.options, **_options(args.dataset_option)}))
+            {**dataset.options, **dataset_options(args.dataset_option)}))
     for name in ('epochs', 'steps_per_epoch', 'device'):
         if getattr(args, name):
             changes[name] = getattr(args, name)
@@ -64,8 +65,9 @@ def recipe_from_args(args):
         raise ConfigError(f'{args.config}: {error}') from error
 
 
-def _options(pairs):
-    options = {}
+def dataset_options(pairs: Sequence[str]) -> Dict[str, Any]:
+    """Return ``--dataset-option KEY=VALUE`` pairs as a dict of YAML-parsed values."""
+    options: Dict[str, Any] = {}
     for pair in pairs:
         key, separator, value = pair.partition('=')
         if not separator or not key:
@@ -74,7 +76,7 @@ def _options(pairs):
     return options
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Train as the arguments say; print the summary's headline numbers."""
     from vl_attention.training.loop import fit
     cfg = recipe_from_args(args)
@@ -87,7 +89,7 @@ def run(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m vl_attention.training.train``."""
     parser = argparse.ArgumentParser(prog='python -m vl_attention.training.train',
                                      description=__doc__.splitlines()[0])

@@ -1,9 +1,11 @@
 """Validation during training: Recall@N and PR-AUC of held-out queries, via the evaluation code.
 
 A held-out set is a dataset's ``database`` rows and its ``query`` rows. Query
-positives are the database images within ``positive_distance_m`` (positions),
-with the same place label, or the dataset's own per-query lists (revisited
-Oxford / Paris). Retrieval is an exact FAISS inner-product search
+positives are those ``evaluate-vpr`` uses
+(:func:`vl_attention.evaluation.place_dataset.query_positives`): the dataset's own
+per-query lists (revisited Oxford / Paris, ``vpr_layout`` folders), else the database
+images within ``positive_distance_m`` (positions), else those with the same place label.
+Retrieval is an exact FAISS inner-product search
 (:func:`vl_attention.evaluation.evaluate_vpr.retrieve`) scored by
 :func:`vl_attention.evaluation.metrics.retrieval_metrics`, overall and per
 query condition (e.g. night, fog). :func:`predict` gives the descriptors and
@@ -19,11 +21,11 @@ import torch
 
 from vl_attention.engine.preprocess import Preprocessing
 from vl_attention.evaluation.evaluate_vpr import retrieve
-from vl_attention.evaluation.metrics import positives, retrieval_metrics
+from vl_attention.evaluation.metrics import retrieval_metrics
+from vl_attention.evaluation.place_dataset import PlaceDataset, query_positives
 from vl_attention.models.descriptor import DescriptorModel
 from vl_attention.models.modes import evaluating
 from vl_attention.training.sampling import ImageRows
-from vl_attention.training.sources.base import DatasetLayoutError, PlaceDataset
 
 Device = Union[str, torch.device]
 
@@ -39,24 +41,6 @@ class RetrievalSet:
     query_conditions: np.ndarray
 
 
-def _positives(dataset: PlaceDataset, database_rows: np.ndarray, query_rows: np.ndarray,
-               positive_distance_m: float) -> Tuple[np.ndarray, ...]:
-    """Each query's database positives: the dataset's own lists, positions or place labels."""
-    if dataset.positives is not None:
-        database_index = np.full(len(dataset), -1)
-        database_index[database_rows] = np.arange(len(database_rows))
-        mapped = [database_index[dataset.positives[q]] for q in query_rows]
-        return tuple(np.sort(rows[rows >= 0]) for rows in mapped)
-    if dataset.has_positions:
-        return positives(dataset.positions_m[query_rows, :2],
-                         dataset.positions_m[database_rows, :2], positive_distance_m)
-    if (dataset.place_ids >= 0).all():
-        database_ids = dataset.place_ids[database_rows]
-        return tuple(np.flatnonzero(database_ids == dataset.place_ids[q]) for q in query_rows)
-    raise DatasetLayoutError(f'{dataset.name}: validation needs positions, place labels or '
-                             'per-query positive lists')
-
-
 def retrieval_set(dataset: PlaceDataset, preprocessing: Preprocessing, *,
                   positive_distance_m: float, preload: bool,
                   name: str = 'validation') -> Optional[RetrievalSet]:
@@ -65,7 +49,7 @@ def retrieval_set(dataset: PlaceDataset, preprocessing: Preprocessing, *,
     query_rows = np.flatnonzero(dataset.roles == 'query')
     if not len(database_rows) or not len(query_rows):
         return None
-    positives = _positives(dataset, database_rows, query_rows, positive_distance_m)
+    positives = query_positives(dataset, database_rows, query_rows, positive_distance_m)
     return RetrievalSet(
         name=name, positives=positives, query_conditions=dataset.conditions[query_rows],
         database=ImageRows(dataset.subset(database_rows), preprocessing, preload=preload),

@@ -156,8 +156,16 @@ def _run_export(args):
 def _add_evaluate_vpr(subparsers):
     parser = subparsers.add_parser('evaluate-vpr', help='Recall@N, PR curve and latency on a '
                                    'place-recognition dataset folder')
-    parser.add_argument('--dataset', required=True, type=Path,
-                        help='folder with database/, queries/ and ground truth')
+    parser.add_argument('--dataset', required=True, nargs='+', metavar=('[KIND]', 'ROOT'),
+                        help='a dataset: ROOT, a folder with database/, queries/ and ground '
+                        'truth (kind vpr_layout), or KIND ROOT, any layout training reads '
+                        '(docs/datasets.md), e.g. pittsburgh ROOT')
+    parser.add_argument('--dataset-option', action='append', default=[], metavar='KEY=VALUE',
+                        help='a dataset adapter option (YAML value, e.g. variant=250k); '
+                        'repeatable')
+    parser.add_argument('--split', default=None, choices=('train', 'val', 'test'),
+                        help='the split whose database and query images are scored '
+                        '(default: test, else val, else train)')
     parser.add_argument('--out', required=True, type=Path, help='report directory')
     parser.add_argument('--positive-distance-m', type=float, default=25.0,
                         help='positive radius for database.csv/queries.csv ground truth')
@@ -179,16 +187,39 @@ def _add_evaluate_vpr(subparsers):
     _add_embedder_arguments(parser)
 
 
+def _evaluation_dataset(args):
+    """Return the PlaceDataset of ``--dataset [KIND] ROOT`` and ``--dataset-option``."""
+    from vl_attention.config import ConfigError
+    from vl_attention.evaluation.place_dataset import DatasetError
+    from vl_attention.training.sources import DATASETS, load_dataset
+    from vl_attention.training.train import dataset_options
+    if len(args.dataset) > 2:
+        raise ConfigError(f'--dataset takes ROOT or KIND ROOT, got {len(args.dataset)} values: '
+                          f'{args.dataset}')
+    kind, root = args.dataset if len(args.dataset) == 2 else ('vpr_layout', args.dataset[0])
+    DATASETS.get(kind)   # an unknown kind fails first, listing the known ones
+    options = dataset_options(args.dataset_option)
+    if args.sequential is not None:
+        if kind != 'vpr_layout':
+            raise ConfigError(f'--sequential K is ground truth of vpr_layout folders; {kind} '
+                              'brings its own')
+        options['sequential'] = args.sequential
+    if not Path(root).expanduser().exists():
+        raise DatasetError(f'--dataset {kind} {root}: {root} does not exist')
+    return load_dataset(kind, root=Path(root).expanduser(), **options)
+
+
 def _run_evaluate_vpr(args):
     from vl_attention.evaluation.evaluate_vpr import main, VPREvalConfig
     models = tuple(name for name in args.models.split(',') if name)
     cfg = VPREvalConfig(embedder=_embedder_config(args), models=models,
                         positive_distance_m=args.positive_distance_m,
-                        sequential=args.sequential, progress=not args.no_progress,
+                        progress=not args.no_progress,
                         ratio_test_exclusion_m=args.ratio_test_exclusion_m,
                         ratio_test_exclusion_frames=args.ratio_test_exclusion_frames,
-                        filter=args.filter)
-    out = main(cfg, args.dataset, args.out)
+                        filter=args.filter, split=args.split,
+                        sequential=args.sequential)
+    out = main(cfg, _evaluation_dataset(args), args.out)
     print((out / 'report.md').read_text())
 
 
@@ -222,6 +253,11 @@ def _add_evaluate_bag(subparsers):
     parser.add_argument('--tracking', choices=('full', 'filter', 'off'), default='full',
                         help='offline pipeline: place filter + PnP (the node default), the '
                              'filter only, or single frames (default: %(default)s)')
+    parser.add_argument('--pose-source', choices=('pnp', 'retrieval', 'regression'),
+                        default='pnp', help='the published pose, as the node parameter '
+                        'pose_source: PnP where verified, the filter or single-frame '
+                        'estimate, or the regressed pose of a pose_attention model (default: '
+                        '%(default)s)')
     localizer = parser.add_argument_group('localizer (as the node parameters)')
     for item in fields(LocalizerConfig):
         localizer.add_argument('--' + item.name.replace('_', '-'), type=type(item.default),
@@ -241,7 +277,7 @@ def _run_evaluate_bag(args):
         image_topic=args.image_topic, gt_topic=args.gt_topic,
         gt_origin=GeodeticOrigin(*args.gt_origin) if args.gt_origin else None,
         max_gap_s=args.max_gap_s, max_frames=args.max_frames, realtime=args.realtime,
-        rate=args.rate, tracking=args.tracking)
+        rate=args.rate, tracking=args.tracking, pose_source=args.pose_source)
     out = main(cfg, args.bag, args.map, args.out)
     print((out / 'report.md').read_text())
 

@@ -1,5 +1,8 @@
 """Headless matplotlib and the atomic PNG writer every report plot uses."""
 
+from pathlib import Path
+from typing import Any
+
 import matplotlib
 
 from vl_attention.io import atomic_path
@@ -10,7 +13,7 @@ from matplotlib import pyplot  # noqa: E402  (after choosing the headless backen
 __all__ = ['pyplot', 'save_figure']
 
 
-def save_figure(figure, path):
+def save_figure(figure: Any, path: str | Path) -> None:
     """Write a matplotlib figure atomically as PNG."""
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format='png', dpi=110, bbox_inches='tight')

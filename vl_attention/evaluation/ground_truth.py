@@ -18,11 +18,12 @@ outside the track or inside a gap longer than ``max_gap_s`` are skipped and coun
 import collections
 from dataclasses import dataclass
 import itertools
+from typing import Any, Callable, Counter, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from vl_attention.data.rosbag_reader import image_messages, read_positions
-from vl_attention.geo import enu_to_geodetic, geodetic_to_enu
+from vl_attention.geo import enu_to_geodetic, GeodeticOrigin, geodetic_to_enu
 from vl_attention.data.association import Associator, PositionTrack
 
 
@@ -36,11 +37,11 @@ class GroundTruth:
     frame: str                 # how the values were brought into the map frame
 
     @property
-    def has_orientation(self):
+    def has_orientation(self) -> bool:
         """Whether rotation errors can be computed (not for NavSatFix)."""
         return self.track.orientations_xyzw is not None
 
-    def describe(self):
+    def describe(self) -> Dict[str, Any]:
         """JSON-ready description for reports."""
         return {'topic': self.topic, 'type': self.msgtype, 'samples': len(self.track.stamps_ns),
                 'orientation': self.has_orientation, 'frame': self.frame}
@@ -52,10 +53,11 @@ class FrameTruth:
 
     stamp_ns: int
     position_enu_m: np.ndarray
-    orientation_xyzw: np.ndarray = None
+    orientation_xyzw: Optional[np.ndarray] = None
 
 
-def read_ground_truth(reader, topic, *, map_origin, gt_origin=None):
+def read_ground_truth(reader: Any, topic: str, *, map_origin: GeodeticOrigin,
+                      gt_origin: Optional[GeodeticOrigin] = None) -> GroundTruth:
     """Read ``topic`` of an open bag reader into a :class:`GroundTruth` in the map frame."""
     positions = read_positions(reader, topic)
     track = positions.track
@@ -73,7 +75,9 @@ def read_ground_truth(reader, topic, *, map_origin, gt_origin=None):
                        f'pose frame at origin {gt_origin} -> WGS84 -> ENU at the map origin')
 
 
-def frames_with_truth(reader, image_topic, truth, *, max_gap_s, skipped, max_frames=0):
+def frames_with_truth(reader: Any, image_topic: str, truth: GroundTruth, *, max_gap_s: float,
+                      skipped: Counter[str], max_frames: int = 0,
+                      ) -> Iterator[Tuple[FrameTruth, Callable[[], Any]]]:
     """Yield ``(FrameTruth, decode)`` per image that has ground truth.
 
     Frames without it are not yielded; ``skipped`` (a Counter) counts them by
@@ -91,9 +95,10 @@ def frames_with_truth(reader, image_topic, truth, *, max_gap_s, skipped, max_fra
                          association.orientation_xyzw), decode
 
 
-def truth_by_stamp(reader, image_topic, truth, *, max_gap_s, max_frames=0):
+def truth_by_stamp(reader: Any, image_topic: str, truth: GroundTruth, *, max_gap_s: float,
+                   max_frames: int = 0) -> Tuple[Dict[int, FrameTruth], Counter[str]]:
     """Ground truth per image stamp, decoding no image: ``({stamp_ns: FrameTruth}, skipped)``."""
-    skipped = collections.Counter()
+    skipped: Counter[str] = collections.Counter()
     frames = {frame.stamp_ns: frame for frame, _ in
               frames_with_truth(reader, image_topic, truth, max_gap_s=max_gap_s,
                                 skipped=skipped, max_frames=max_frames)}

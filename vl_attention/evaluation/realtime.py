@@ -21,15 +21,22 @@ rclpy is imported only inside functions: the rest of the evaluation needs no ROS
 """
 
 import logging
+from pathlib import Path
 import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from vl_attention.data.rosbag_reader import (header_stamp_ns, IMAGE_TYPES, open_bags,
                                              topic_connections)
+from vl_attention.engine.embedder import EmbedderConfig
 from vl_attention.evaluation.bag_records import BagRun, FrameRecord
-from vl_attention.evaluation.ground_truth import read_ground_truth, truth_by_stamp
+from vl_attention.evaluation.ground_truth import FrameTruth, read_ground_truth, truth_by_stamp
+from vl_attention.localization import LocalizerConfig
 from vl_attention.ros.process import NodeProcessError
+
+# the BagEvalConfig of evaluate_bag (which imports this module; annotated Any, no cycle)
+BagEvalConfig = Any
 
 LOG = logging.getLogger(__name__)
 REPLAY_TOPIC = '/vl_attention_replay/image'
@@ -37,7 +44,9 @@ RESPONSE_TIMEOUT_S = 15.0
 WARM_UP_TIMEOUT_S = 60.0
 
 
-def node_parameters(embedder_cfg, localizer_cfg, map_dir, *, compressed):
+def node_parameters(embedder_cfg: EmbedderConfig, localizer_cfg: LocalizerConfig,
+                    map_dir: str | Path, *, compressed: bool,
+                    pose_source: str = 'pnp') -> Dict[str, Any]:
     """Parameters of the live node: the offline run's model, backend and localizer settings."""
     from dataclasses import asdict
     return {'map_dir': str(map_dir), 'model': embedder_cfg.model,
@@ -47,16 +56,17 @@ def node_parameters(embedder_cfg, localizer_cfg, map_dir, *, compressed):
             'image_transport': 'compressed' if compressed else 'raw',
             'publish_navsatfix': True, 'publish_pose': True, 'publish_no_fix': True,
             # evaluate-bag compares single-frame estimates frame by frame
-            'use_filter': False, 'refine': False,
+            'use_filter': False, 'refine': False, 'pose_source': pose_source,
             } | asdict(localizer_cfg)
 
 
-def _message_type(connections):
+def _message_type(connections: Sequence[Any]) -> Any:
     from sensor_msgs.msg import CompressedImage, Image
     return CompressedImage if connections[0].msgtype.endswith('CompressedImage') else Image
 
 
-def warm_up(client, raw, message_type, timeout_s=WARM_UP_TIMEOUT_S):
+def warm_up(client: Any, raw: bytes, message_type: Any,
+            timeout_s: float = WARM_UP_TIMEOUT_S) -> Dict[str, Any]:
     """Send the bag's first image (stamps 1, 2, ... ns) until the node answers one.
 
     Discovery can match our publisher before the node's subscription has matched
@@ -77,26 +87,29 @@ def warm_up(client, raw, message_type, timeout_s=WARM_UP_TIMEOUT_S):
                            f'{timeout_s:.0f} s')
 
 
-def _settled_diagnostics(client, timeout_s=5.0):
+def _settled_diagnostics(client: Any, timeout_s: float = 5.0) -> Dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        values = client.latest_diagnostics()
+        values: Dict[str, Any] = client.latest_diagnostics()
         if values and _processed(values) >= int(values['frames_received']) > 0:
             return values
         time.sleep(0.1)
     raise NodeProcessError('localize_node published no settled /diagnostics after the warm-up')
 
 
-def _processed(values):
+def _processed(values: Dict[str, Any]) -> int:
     return sum(int(values.get(key, 0)) for key in (
         'frames_localized', 'frames_no_fix', 'frames_rejected', 'frames_dropped'))
 
 
-def replay(reader, connections, client, *, rate, max_frames=0):
+def replay(reader: Any, connections: Sequence[Any], client: Any, *, rate: float,
+           max_frames: int = 0) -> List[int]:
     """Publish the bag's image messages at recorded speed x ``rate``; return their stamps."""
     from rclpy.serialization import deserialize_message
     message_type = _message_type(connections)
-    published, started, first_stamp = [], None, None
+    published: List[int] = []
+    started: Optional[float] = None
+    first_stamp = 0
     for count, (_, _, raw) in enumerate(reader.messages(connections=connections)):
         if max_frames and count >= max_frames:
             break
@@ -110,7 +123,8 @@ def replay(reader, connections, client, *, rate, max_frames=0):
     return published
 
 
-def wait_for_responses(client, published, timeout_s=RESPONSE_TIMEOUT_S):
+def wait_for_responses(client: Any, published: Sequence[int],
+                       timeout_s: float = RESPONSE_TIMEOUT_S) -> Dict[str, Any]:
     """Wait for the last frame's fix, every accepted fix's pose and settled diagnostics."""
     client.wait_for_response(published[-1], timeout_s=timeout_s)
     deadline = time.monotonic() + 5.0
@@ -124,16 +138,18 @@ def wait_for_responses(client, published, timeout_s=RESPONSE_TIMEOUT_S):
                 and answered >= len(fixes):
             return values
         time.sleep(0.1)
-    return client.latest_diagnostics()
+    last: Dict[str, Any] = client.latest_diagnostics()
+    return last
 
 
-def record_from_messages(truth, client):
+def record_from_messages(truth: FrameTruth, client: Any) -> FrameRecord:
     """Turn what the node published for one frame into a :class:`FrameRecord`."""
     fix = client.responses.fixes.get(truth.stamp_ns)
     pose = client.responses.poses.get(truth.stamp_ns)
     latency_ms = client.latency_ms(truth.stamp_ns)
-    unknown = dict(confidence=float('nan'), position_enu_m=np.full(3, np.nan),
-                   orientation_xyzw=None, position_covariance_m2=np.full((3, 3), np.nan))
+    unknown: Dict[str, Any] = dict(
+        confidence=float('nan'), position_enu_m=np.full(3, np.nan), orientation_xyzw=None,
+        position_covariance_m2=np.full((3, 3), np.nan))
     if fix is None or (fix.status.status >= 0 and pose is None):
         return FrameRecord(truth, False, False, latency_ms=float('nan'), **unknown)
     if fix.status.status < 0:
@@ -146,13 +162,15 @@ def record_from_messages(truth, client):
                        covariance, latency_ms)
 
 
-def _run_info(cfg, client, published, baseline, final):
+def _run_info(cfg: BagEvalConfig, client: Any, published: Sequence[int],
+              baseline: Dict[str, Any], final: Dict[str, Any]) -> Tuple[Dict[str, Any], float]:
     sent = [client.sent_at[s] for s in published]
     received = [client.responses.received_at[s] for s in published
                 if s in client.responses.received_at]
     wall_s = (max(received) - min(sent)) if received else 0.0
 
-    def count(key):  # the replay's share of a node counter (warm-up frames subtracted)
+    # the replay's share of a node counter (warm-up frames subtracted)
+    def count(key: str) -> Optional[int]:
         return int(final.get(key, 0)) - int(baseline.get(key, 0)) if final else None
     info = {'mode': 'realtime', 'rate': cfg.rate, 'frames_published': len(published),
             'frames_without_response': sum(s not in client.responses.fixes for s in published),
@@ -163,7 +181,9 @@ def _run_info(cfg, client, published, baseline, final):
     return info, wall_s
 
 
-def localize_realtime(cfg, bag_paths, map_dir, manifest, embedder_cfg, *, log_path):
+def localize_realtime(cfg: BagEvalConfig, bag_paths: Sequence[str | Path], map_dir: str | Path,
+                      manifest: Any, embedder_cfg: EmbedderConfig, *,
+                      log_path: str | Path) -> BagRun:
     """Replay the bags into a live node and return a :class:`BagRun` of what it published."""
     with open_bags(bag_paths) as reader:
         truth = read_ground_truth(reader, cfg.gt_topic, map_origin=manifest.geodetic_origin,
@@ -173,7 +193,7 @@ def localize_realtime(cfg, bag_paths, map_dir, manifest, embedder_cfg, *, log_pa
         connections = topic_connections(reader, cfg.image_topic, IMAGE_TYPES, 'image')
         compressed = connections[0].msgtype.endswith('CompressedImage')
         parameters = node_parameters(embedder_cfg, cfg.localizer, map_dir,
-                                     compressed=compressed)
+                                     compressed=compressed, pose_source=cfg.pose_source)
         from vl_attention.ros.replay import live_localize_node
         with live_localize_node(parameters, image_topic=REPLAY_TOPIC, compressed=compressed,
                                 log_path=log_path, domain_id=cfg.ros_domain_id,

@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 from pathlib import Path
 import platform
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -13,14 +14,16 @@ from vl_attention import __version__
 from vl_attention.evaluation.bag_records import horizontal_errors, rotation_errors_deg
 from vl_attention.evaluation.figures import pyplot, save_figure
 from vl_attention.evaluation.trajectory_plots import plot_error_cdf, plot_trajectory
+from vl_attention.evaluation.vpr_dataset import VPRDataset
 from vl_attention.io import atomic_write_bytes, atomic_write_text, json_safe, make_directory
 
 SOFTWARE = ('torch', 'onnxruntime', 'faiss-cpu', 'numpy', 'opencv-python-headless')
 
 
-def software_versions():
+def software_versions() -> Dict[str, Optional[str]]:
     """Versions of the package and the libraries that produce the numbers."""
-    versions = {'vl_attention': __version__, 'python': platform.python_version()}
+    versions: Dict[str, Optional[str]] = {'vl_attention': __version__,
+                                          'python': platform.python_version()}
     for name in SOFTWARE:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -29,7 +32,7 @@ def software_versions():
     return versions
 
 
-def plot_pr_curves(runs, path):
+def plot_pr_curves(runs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]], path: Path) -> None:
     """Ratio-test precision-recall curve of each model."""
     figure, axes = pyplot.subplots(figsize=(5, 4))
     for result, plots in runs:
@@ -42,7 +45,7 @@ def plot_pr_curves(runs, path):
     save_figure(figure, path)
 
 
-def plot_recall_at_n(runs, path):
+def plot_recall_at_n(runs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]], path: Path) -> None:
     """Recall@N curve of each model."""
     figure, axes = pyplot.subplots(figsize=(5, 4))
     for result, _ in runs:
@@ -55,9 +58,10 @@ def plot_recall_at_n(runs, path):
     save_figure(figure, path)
 
 
-def example_strip(dataset, plots, path, examples, top=3, height=96):
+def example_strip(dataset: VPRDataset, plots: Dict[str, Any], path: Path, examples: int,
+                  top: int = 3, height: int = 96) -> None:
     """Strip of example queries (left) and their top matches; green = positive, red = not."""
-    rows = []
+    rows: List[np.ndarray] = []
     chosen = np.linspace(0, len(dataset.query_images) - 1, num=min(examples,
                                                                    len(dataset.query_images)))
     for query in chosen.astype(int):
@@ -72,14 +76,16 @@ def example_strip(dataset, plots, path, examples, top=3, height=96):
     atomic_write_bytes(path, cv2.imencode('.png', strip)[1].tobytes())
 
 
-def _tile(image_path, height, colour_bgr):
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+def _tile(image_path: Path, height: int, colour_bgr: Tuple[int, int, int]) -> np.ndarray:
+    image: Any = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     width = max(1, round(image.shape[1] * height / image.shape[0]))
     image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.copyMakeBorder(image, 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=colour_bgr)
+    bordered: np.ndarray = cv2.copyMakeBorder(image, 3, 3, 3, 3, cv2.BORDER_CONSTANT,
+                                              value=colour_bgr)
+    return bordered
 
 
-def markdown_table(results):
+def markdown_table(results: Sequence[Dict[str, Any]]) -> str:
     """One row per model: Recall@N, PR-AUC, Recall@100%P, timings."""
     n_values = list(results[0]['recall_at_n'])
     header = ['model', 'D'] + [f'R@{n}' for n in n_values] + \
@@ -101,7 +107,9 @@ def markdown_table(results):
     return '\n'.join(lines)
 
 
-def write_vpr_report(out_dir, dataset, runs, *, examples=5):
+def write_vpr_report(out_dir: str | Path, dataset: VPRDataset,
+                     runs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]], *,
+                     examples: int = 5) -> Path:
     """Write metrics.json, report.md, pr_curve.png, recall_at_n.png, examples.png."""
     out_dir = make_directory(out_dir, 'report directory')
     results = [result for result, _ in runs]
@@ -122,11 +130,11 @@ def write_vpr_report(out_dir, dataset, runs, *, examples=5):
     return out_dir
 
 
-def _number(value, digits=2):
+def _number(value: Optional[float], digits: int = 2) -> str:
     return 'n/a' if value is None else f'{value:.{digits}f}'
 
 
-def bag_markdown_table(results):
+def bag_markdown_table(results: Sequence[Dict[str, Any]]) -> str:
     """One row per model: acceptance, errors, fractions within, covariance honesty, latency."""
     within_keys = list(results[0]['fraction_of_frames_within'])
     header = ['model', 'frames', 'accepted', 'median m', 'mean m', 'p95 m', 'median deg'] + \
@@ -151,7 +159,7 @@ def bag_markdown_table(results):
     return '\n'.join(lines)
 
 
-def mode_markdown_table(results):
+def mode_markdown_table(results: Sequence[Dict[str, Any]]) -> str:
     """One row per model and estimate: single frame, filtered and the published output."""
     rows = [(result['model'], mode, summary) for result in results
             for mode, summary in result.get('modes', {}).items()]
@@ -178,7 +186,7 @@ def mode_markdown_table(results):
     return '\n'.join(lines + ['', note, ''])
 
 
-def _bag_notes(result):
+def _bag_notes(result: Dict[str, Any]) -> List[str]:
     notes = [f'* `{result["model"]}` ({result["mode"]}, {result.get("backend", "")}): ground '
              f'truth {result["ground_truth"]["type"]} on `{result["ground_truth"]["topic"]}`, '
              f'{result["ground_truth"]["frame"]}; frames without ground truth: '
@@ -191,7 +199,8 @@ def _bag_notes(result):
     return notes
 
 
-def write_bag_report(out_dir, description, runs):
+def write_bag_report(out_dir: str | Path, description: Dict[str, Any],
+                     runs: Sequence[Any]) -> Path:
     """Write metrics.json, report.md, trajectory_<model>.png and error_cdf.png.
 
     ``runs`` holds ``(result, BagRun, Map)`` per model (see ``evaluate_bag``).

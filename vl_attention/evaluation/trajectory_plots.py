@@ -1,11 +1,16 @@
 """Plots of a bag evaluation: trajectory coloured by error, and error CDFs."""
 
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple
+
 import numpy as np
 
+from vl_attention.evaluation.bag_records import BagRun
 from vl_attention.evaluation.figures import pyplot, save_figure
 
 
-def plot_trajectory(run, map_positions_enu_m, path, *, title):
+def plot_trajectory(run: BagRun, map_positions_enu_m: np.ndarray, path: str | Path, *,
+                    title: str) -> None:
     """Map places (grey), ground truth (black line), fixes coloured by error, rejected marked.
 
     An accepted fix is drawn at its estimate, coloured by its horizontal error;
@@ -36,13 +41,14 @@ def plot_trajectory(run, map_positions_enu_m, path, *, title):
     save_figure(figure, path)
 
 
-def _cdf(axes, values, label):
+def _cdf(axes: Any, values: np.ndarray, label: str) -> None:
     values = np.sort(np.asarray(values, dtype=np.float64))
     fractions = np.arange(1, len(values) + 1) / len(values)
     axes.step(values, fractions, where='post', label=label)
 
 
-def plot_error_cdf(curves, path):
+def plot_error_cdf(curves: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]],
+                   path: str | Path) -> None:
     """Error CDFs of accepted frames, one curve per model.
 
     ``curves`` is a list of ``(label, position_errors_m, rotation_errors_deg or None)``;
