@@ -14,6 +14,8 @@ setup(
     packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']) + [f'{PACKAGE}.training'] + [
         f'{PACKAGE}.training.{name}' for name in find_packages('training')],
     package_dir={f'{PACKAGE}.training': 'training'},
+    # trained heads (state dicts of heads only) and their model cards
+    package_data={PACKAGE: ['models/shipped/*.pt', 'models/shipped/*.json']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),

