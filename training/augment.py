@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.config import ConfigError
 
@@ -31,7 +32,7 @@ class AugmentationConfig:
     blur_sigma_px: tuple = (0.0, 1.5)
     noise_sigma: float = 6.0           # on the 0..255 scale
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.copies < 0:
             raise ConfigError(f'augmentation copies must be >= 0, got {self.copies}')
         for name in ('gamma', 'gain', 'contrast', 'haze', 'blur_sigma_px'):
@@ -41,7 +42,8 @@ class AugmentationConfig:
                                   f'{getattr(self, name)}')
 
 
-def augment(image, config, seed):
+def augment(image: npt.NDArray[np.uint8], config: AugmentationConfig,
+            seed: int) -> npt.NDArray[np.uint8]:
     """Return a photometrically changed copy of uint8 RGB ``image`` (same seed, same copy)."""
     rng = np.random.default_rng(seed)
     values = image.astype(np.float32) / 255.0
@@ -59,7 +61,7 @@ def augment(image, config, seed):
     return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def copy_seeds(count, copies, seed):
+def copy_seeds(count: int, copies: int, seed: int) -> npt.NDArray[np.int64]:
     """Per expanded row: 0 for the original image, else the seed of its augmented copy.
 
     Rows are ordered image by image: image i is row ``i * (copies + 1)``,

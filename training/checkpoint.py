@@ -13,9 +13,11 @@ numpy parts of the state (numpy's random state, the negative cache) are stored
 as tagged tensors of the same dtype and turned back into arrays on load.
 """
 
+from pathlib import Path
 import pickle
 import random
 import re
+from typing import Any, Dict, Mapping, Union
 
 import numpy as np
 import torch
@@ -37,17 +39,18 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint needs more than tensors and containers to load; nothing in it ran."""
 
 
-def rng_state(generators):
+def rng_state(generators: Mapping[str, torch.Generator]) -> Dict[str, Any]:
     """Random states of this process: the global ones and the named ``torch.Generator``s."""
-    state = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(),
-             'python': random.getstate(),
-             'generators': {name: g.get_state() for name, g in generators.items()}}
+    state: Dict[str, Any] = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(),
+                             'python': random.getstate(),
+                             'generators': {name: g.get_state() for name, g in generators.items()}}
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng_state(state, generators):
+def restore_rng_state(state: Mapping[str, Any],
+                      generators: Mapping[str, torch.Generator]) -> None:
     """Restore :func:`rng_state` (the named generators in place)."""
     torch.set_rng_state(state['torch'])
     np.random.set_state(state['numpy'])
@@ -58,13 +61,13 @@ def restore_rng_state(state, generators):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def save_checkpoint(path, payload):
+def save_checkpoint(path: Union[str, Path], payload: Dict[str, Any]) -> None:
     """Write ``payload`` (a dict) to ``path`` atomically: a kill never leaves half a file."""
     with atomic_path(path) as temporary:
         torch.save(dict(to_weights_only(payload), version=CHECKPOINT_VERSION), temporary)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; no code in the file runs."""
     try:
         payload = torch.load(path, map_location='cpu', weights_only=True)
@@ -86,13 +89,13 @@ def load_checkpoint(path):
     return from_weights_only(payload)
 
 
-def _refused_global(error):
+def _refused_global(error: BaseException) -> str:
     """Name the global that torch's weights-only unpickler refused, or say what it refused."""
     found = re.search(r'GLOBAL ([\w.]+)', str(error))
     return found.group(1) if found else 'objects other than tensors and containers'
 
 
-def to_weights_only(value):
+def to_weights_only(value: Any) -> Any:
     """``value`` with every numpy array and scalar replaced by a tagged tensor (recursive)."""
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
@@ -107,7 +110,7 @@ def to_weights_only(value):
     return value
 
 
-def from_weights_only(value):
+def from_weights_only(value: Any) -> Any:
     """Invert :func:`to_weights_only`: tagged tensors become numpy arrays and scalars again."""
     if isinstance(value, dict):
         if set(value) == {_NUMPY_ARRAY}:

@@ -9,7 +9,9 @@ ones (:func:`vl_attention.config.from_dict`).
 
 from dataclasses import dataclass, field, replace
 import logging
+from pathlib import Path
 import typing
+from typing import Union
 
 from vl_attention.config import (ConfigError, find_config_file, frozen_mapping, from_dict,
                                  read_yaml)
@@ -53,7 +55,7 @@ class SamplingConfig:
     negative_cache_size: int = 1000
     refresh_every_steps: int = 250
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0 < self.positive_distance_m <= self.negative_distance_m:
             raise ConfigError(f'need 0 < positive_distance_m ({self.positive_distance_m}) <= '
                               f'negative_distance_m ({self.negative_distance_m})')
@@ -84,7 +86,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     backbone_lr_scale: float = 1.0  # trainable trunk stages learn at lr x this
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ConfigError(f'unknown optimizer {self.name!r}; known: {list(OPTIMIZERS)}')
         if self.lr <= 0 or self.weight_decay < 0 or self.backbone_lr_scale <= 0:
@@ -105,7 +107,7 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.01
     warmup_steps: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
             raise ConfigError(f'unknown schedule {self.name!r}; known: {list(SCHEDULES)}')
         if self.step_epochs < 1 or not 0 < self.gamma <= 1 or self.warmup_steps < 0:
@@ -152,7 +154,7 @@ class TrainConfig:
     export: bool = True                    # ONNX + model card at the end
     log_every_steps: int = 10
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.checkpoint_every_steps < 1:
             raise ConfigError('epochs, steps_per_epoch and checkpoint_every_steps must be >= 1')
         if self.device not in ('auto', 'cpu', 'cuda'):
@@ -166,22 +168,22 @@ class TrainConfig:
                               'checkpoint is chosen by validation Recall@5, then Recall@1')
 
     @property
-    def total_steps(self):
+    def total_steps(self) -> int:
         """Steps of the whole run."""
         return self.epochs * self.steps_per_epoch
 
 
-def load_recipe(name_or_path):
+def load_recipe(name_or_path: Union[str, Path]) -> TrainConfig:
     """Load a recipe by name (``config/training/<name>.yaml``) or path."""
     text = str(name_or_path)
     if text.endswith(('.yaml', '.yml')) or '/' in text:
-        path = text
+        path: Union[str, Path] = text
     else:
         path = find_config_file(f'training/{text}.yaml', what=f'training recipe {text!r}')
     return from_dict(TrainConfig, read_yaml(path), where=str(path))
 
 
-def model_config(cfg):
+def model_config(cfg: TrainConfig) -> ModelConfig:
     """Return the recipe's :class:`ModelConfig`: the preset with ``model_overrides`` applied."""
     config = load_model_config(cfg.model)
     overrides = dict(cfg.model_overrides)
@@ -200,7 +202,7 @@ def model_config(cfg):
     return config
 
 
-def warn_frozen_random_trunk(recipe_name, config):
+def warn_frozen_random_trunk(recipe_name: str, config: ModelConfig) -> None:
     """Warn when a recipe freezes (part of) a trunk that has no weights: it never learns.
 
     A warning, not an error: pose regression of one scene does learn on a frozen

@@ -3,11 +3,15 @@
 from dataclasses import dataclass
 import logging
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from vl_attention.config import ConfigError
+from vl_attention.engine.preprocess import Preprocessing
+from vl_attention.evaluation.place_dataset import PlaceDataset
 from vl_attention.training.augment import copy_seeds
+from vl_attention.training.config import DatasetSpec, TrainConfig
 from vl_attention.training.sampling import (BatchBuilder, GroundTruth, ImageRows,
                                             PlaceBatchSampler)
 from vl_attention.training.sources import concatenate, load_dataset, shift_apart
@@ -29,11 +33,11 @@ class TrainingData:
     description: dict
 
 
-def _load(spec):
+def _load(spec: DatasetSpec) -> PlaceDataset:
     return load_dataset(spec.kind, root=str(Path(spec.root).expanduser()), **spec.options)
 
 
-def _training_rows(dataset, spec):
+def _training_rows(dataset: PlaceDataset, spec: DatasetSpec) -> PlaceDataset:
     train = dataset.select(split='train')
     if spec.train_conditions:
         train = train.subset(np.isin(train.conditions, spec.train_conditions))
@@ -45,7 +49,7 @@ def _training_rows(dataset, spec):
     return train
 
 
-def _held_out_rows(cfg, dataset):
+def _held_out_rows(cfg: TrainConfig, dataset: PlaceDataset) -> Optional[PlaceDataset]:
     if cfg.validation.kind:
         return _load(cfg.validation)
     for split in ('val', 'test'):
@@ -55,7 +59,7 @@ def _held_out_rows(cfg, dataset):
     return None
 
 
-def load_training_data(cfg, preprocessing):
+def load_training_data(cfg: TrainConfig, preprocessing: Preprocessing) -> TrainingData:
     """Load the recipe's dataset(s) and build sampler, images and the held-out set."""
     dataset = _load(cfg.dataset)
     train = _training_rows(dataset, cfg.dataset)

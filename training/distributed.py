@@ -9,11 +9,14 @@ CPU ranks use gloo.
 from dataclasses import dataclass
 import datetime
 import os
+from typing import Any, List, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from vl_attention.engine.backend_base import BackendUnavailable
+
+_T = TypeVar('_T')
 
 
 @dataclass(frozen=True)
@@ -26,30 +29,30 @@ class DistributedContext:
     device: torch.device
 
     @property
-    def enabled(self):
+    def enabled(self) -> bool:
         """Whether several processes train together."""
         return self.world_size > 1
 
     @property
-    def is_main(self):
+    def is_main(self) -> bool:
         """Whether this process writes checkpoints, logs and reports."""
         return self.rank == 0
 
-    def barrier(self):
+    def barrier(self) -> None:
         """Wait for every process (no-op alone)."""
         if self.enabled:
             dist.barrier()
 
-    def gather(self, value):
+    def gather(self, value: _T) -> List[_T]:
         """Return every process's ``value`` as a list indexed by rank (``[value]`` alone)."""
         if not self.enabled:
             return [value]
-        gathered = [None] * self.world_size
+        gathered: List[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
 
 
-def _device(choice, local_rank):
+def _device(choice: str, local_rank: int) -> torch.device:
     if choice == 'cuda' or (choice == 'auto' and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise BackendUnavailable('device cuda asked for, but torch sees no CUDA device; use '
@@ -59,7 +62,7 @@ def _device(choice, local_rank):
     return torch.device('cpu')
 
 
-def setup(device_choice='auto', *, timeout_s=600):
+def setup(device_choice: str = 'auto', *, timeout_s: float = 600) -> DistributedContext:
     """Join the torchrun process group if there is one; return this process's context."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
@@ -72,7 +75,7 @@ def setup(device_choice='auto', *, timeout_s=600):
                               device=device)
 
 
-def teardown(context):
+def teardown(context: DistributedContext) -> None:
     """Leave the process group."""
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()

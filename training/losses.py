@@ -25,20 +25,30 @@ module imports without them.
 """
 
 from dataclasses import fields, replace
+from typing import Any, cast, Dict, Mapping, Optional, Tuple, TYPE_CHECKING
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from vl_attention.config import ConfigError
+from vl_attention.models.backbone_utils import StagedBackbone
+from vl_attention.models.descriptor import DescriptorModel
 from vl_attention.models.outputs import ModelOutput
 from vl_attention.registry import Registry
-from vl_attention.training.mining import descriptor_distances, mine_triplets, STRATEGIES
+from vl_attention.training.config import LossSpec
+from vl_attention.training.mining import (descriptor_distances, mine_triplets, STRATEGIES,
+                                          Triplets)
+
+if TYPE_CHECKING:
+    from vl_attention.training.sampling import Batch
 
 LOSSES = Registry('loss function')
+# a loss's result: (total, {part name: detached scalar})
+LossResult = Tuple[torch.Tensor, Dict[str, torch.Tensor]]
 
 
-def make_loss(spec, model):
+def make_loss(spec: LossSpec, model: DescriptorModel) -> nn.Module:
     """Build the :data:`LOSSES` entry a ``LossSpec`` names, given ``model`` if it needs it."""
     options = dict(spec.options)
     if getattr(LOSSES.get(spec.name), 'needs_model', False):
@@ -46,7 +56,7 @@ def make_loss(spec, model):
     return LOSSES.create(spec.name, **options)
 
 
-def select_rows(value, rows):
+def select_rows(value: Any, rows: torch.Tensor) -> Any:
     """Index the batch dimension of a tensor, or of every tensor in a dict / list / tuple."""
     if isinstance(value, torch.Tensor):
         return value[rows]
@@ -57,7 +67,7 @@ def select_rows(value, rows):
     return value
 
 
-def select_outputs(output, rows):
+def select_outputs(output: ModelOutput, rows: torch.Tensor) -> ModelOutput:
     """Select the given batch rows of a :class:`ModelOutput` (every field, extras too)."""
     return replace(output, **{f.name: select_rows(getattr(output, f.name), rows)
                               for f in fields(ModelOutput)})
@@ -66,14 +76,14 @@ def select_outputs(output, rows):
 class _MiningLoss(nn.Module):
     """Shared mining step of the ranking losses."""
 
-    def __init__(self, *, mining, seed):
+    def __init__(self, *, mining: str, seed: int) -> None:
         super().__init__()
         if mining not in STRATEGIES:
             raise ConfigError(f'unknown mining {mining!r}; known: {list(STRATEGIES)}')
         self.mining = mining
         self.generator = torch.Generator().manual_seed(seed)
 
-    def triplets(self, output, batch):
+    def triplets(self, output: ModelOutput, batch: 'Batch') -> Triplets:
         """Triplets mined on the output's descriptors with the batch's ground truth."""
         return mine_triplets(output.descriptor, batch.positive_mask, batch.negative_mask,
                              strategy=self.mining, generator=self.generator)
@@ -83,13 +93,13 @@ class _MiningLoss(nn.Module):
 class TripletLoss(_MiningLoss):
     """Margin ranking loss on Euclidean distances of unit descriptors."""
 
-    def __init__(self, *, margin=0.1, mining='hard', seed=0):
+    def __init__(self, *, margin: float = 0.1, mining: str = 'hard', seed: int = 0) -> None:
         super().__init__(mining=mining, seed=seed)
         if margin <= 0:
             raise ConfigError(f'triplet margin must be > 0, got {margin}')
         self.margin = float(margin)
 
-    def forward(self, output, batch):
+    def forward(self, output: ModelOutput, batch: 'Batch') -> LossResult:
         """Mean hinge over the batch's mined triplets."""
         triplets = self.triplets(output, batch)
         distances = descriptor_distances(output.descriptor)
@@ -107,12 +117,13 @@ class HAFTripletLoss(_MiningLoss):
     ``haf_options`` are HAFLoss's own (level weights, margin).
     """
 
-    def __init__(self, *, mining='hard', seed=0, haf_options=None):
+    def __init__(self, *, mining: str = 'hard', seed: int = 0,
+                 haf_options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(mining=mining, seed=seed)
         from vl_attention.models.haf import HAFLoss
         self.haf = HAFLoss(**dict(haf_options or {}))
 
-    def forward(self, output, batch):
+    def forward(self, output: ModelOutput, batch: 'Batch') -> LossResult:
         """Weighted sum of the per-level ranking losses on the mined triplets."""
         triplets = self.triplets(output, batch)
         total, parts = self.haf(select_outputs(output, triplets.anchor),
@@ -128,13 +139,13 @@ class PoseRegressionLoss(nn.Module):
     ``pose_options`` are PoseLoss's own (learnable weighting and its initial values).
     """
 
-    def __init__(self, *, pose_options=None):
+    def __init__(self, *, pose_options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__()
         from vl_attention.models.pose_attention import pose_loss_terms, PoseLoss
         self.pose_loss = PoseLoss(**dict(pose_options or {}))
         self.pose_loss_terms = pose_loss_terms
 
-    def forward(self, output, batch):
+    def forward(self, output: ModelOutput, batch: 'Batch') -> LossResult:
         """Pose loss of the batch; the model must return a ``(B, 7)`` pose."""
         if output.pose is None:
             raise ConfigError('the pose loss needs a pose-regressing model (ModelOutput.pose is '
@@ -165,17 +176,20 @@ class ImageNetDistillationLoss(nn.Module):
 
     needs_model = True
     EXTRAS = ('weighted_region_mac', 'global_average')
+    weight: torch.Tensor   # buffers (register_buffer in __init__)
+    bias: torch.Tensor
 
-    def __init__(self, *, model, temperature=1.0):
+    def __init__(self, *, model: DescriptorModel, temperature: float = 1.0) -> None:
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f'imagenet_distillation temperature must be > 0, got {temperature}')
-        classifier = model.backbone.imagenet_classifier()
+        # every backbone is a StagedBackbone, which has imagenet_classifier (Backbone does not)
+        classifier = cast(StagedBackbone, model.backbone).imagenet_classifier()
         self.register_buffer('weight', classifier.weight.detach().clone(), persistent=False)
         self.register_buffer('bias', classifier.bias.detach().clone(), persistent=False)
         self.temperature = float(temperature)
 
-    def forward(self, output, batch):
+    def forward(self, output: ModelOutput, batch: 'Batch') -> LossResult:
         """Mean cross-entropy over the batch, and how often the two top classes agree."""
         missing = [name for name in self.EXTRAS if name not in output.extras]
         if missing:
@@ -193,6 +207,6 @@ class ImageNetDistillationLoss(nn.Module):
         agreement = (log_predicted.argmax(dim=-1) == target.argmax(dim=-1)).float().mean()
         return total, {'cross_entropy': total.detach(), 'top1_agreement': agreement}
 
-    def logits(self, pooled):
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Class logits of ``(B, C)`` pooled features, divided by the temperature."""
         return F.linear(pooled, self.weight, self.bias) / self.temperature

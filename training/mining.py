@@ -14,6 +14,7 @@ mining collapses a model (all descriptors alike) or overfits to label noise.
 """
 
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,18 +33,19 @@ class Triplets:
     positive: torch.Tensor
     negative: torch.Tensor
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Return the number of triplets."""
         return len(self.anchor)
 
 
-def descriptor_distances(descriptors):
+def descriptor_distances(descriptors: torch.Tensor) -> torch.Tensor:
     """Euclidean distances ``(B, B)`` between the rows of ``descriptors``."""
     squared = (descriptors[:, None, :] - descriptors[None, :, :]).pow(2).sum(-1)
     return squared.clamp(min=1e-12).sqrt()
 
 
-def ground_truth_masks(positions_m, *, positive_distance_m, negative_distance_m):
+def ground_truth_masks(positions_m: torch.Tensor, *, positive_distance_m: float,
+                       negative_distance_m: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Boolean ``(B, B)`` masks of positive pairs (never the image itself) and negative pairs.
 
     Distances are planar (x, y), as everywhere ground truth is computed
@@ -57,7 +59,9 @@ def ground_truth_masks(positions_m, *, positive_distance_m, negative_distance_m)
     return torch.from_numpy(positive).to(device), torch.from_numpy(negative).to(device)
 
 
-def mine_triplets(descriptors, positive, negative, *, strategy='hard', generator=None):
+def mine_triplets(descriptors: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
+                  strategy: str = 'hard',
+                  generator: Optional[torch.Generator] = None) -> Triplets:
     """One triplet per anchor that has a positive and a negative in the batch.
 
     ``positive`` / ``negative`` are the batch's boolean ``(B, B)`` ground-truth
@@ -83,7 +87,7 @@ def mine_triplets(descriptors, positive, negative, *, strategy='hard', generator
                     _random_choice(negative, generator))
 
 
-def _random_choice(mask, generator):
+def _random_choice(mask: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """One uniformly drawn True column per row of a boolean mask."""
     noise = torch.rand(mask.shape, generator=generator, device=mask.device)
     return noise.masked_fill(~mask, -1.0).argmax(dim=1)

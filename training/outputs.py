@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 import time
+from typing import Any, Dict, Iterator, List, Optional, TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -28,10 +29,18 @@ from vl_attention.config import to_dict
 from vl_attention.engine.card_builder import make_model_card
 from vl_attention.engine.export import export_onnx
 from vl_attention.io import atomic_path, atomic_write_text, json_safe
+from vl_attention.models.descriptor import DescriptorModel
 from vl_attention.models.pose_attention import pose_head, set_pose_origin
 from vl_attention.models.whitening import PCAWhitening
-from vl_attention.training.config import model_config
+from vl_attention.training.config import model_config, TrainConfig
 from vl_attention.training.validation import embed_rows
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+# training.loop.Run: loop imports this module, so importing its type back, even only for
+# type checking, would be an import cycle (test/test_layering.py); attributes are unchecked
+Run = Any
 
 LOGGER = logging.getLogger(__name__)
 WHITENING_SAMPLES = 4096
@@ -40,15 +49,15 @@ WHITENING_SAMPLES = 4096
 class RunLogger:
     """Progress bar and tensorboard scalars (main process only)."""
 
-    def __init__(self, writer, enabled):
+    def __init__(self, writer: Optional['SummaryWriter'], enabled: bool) -> None:
         self.writer, self.enabled = writer, enabled
 
-    def progress(self, *, total, initial):
+    def progress(self, *, total: int, initial: int) -> tqdm:
         """Return a progress bar over the steps (hidden off a terminal and on other ranks)."""
         return tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True,
                     disable=None if self.enabled else True)
 
-    def step(self, run, total, parts):
+    def step(self, run: Run, total: float, parts: Dict[str, float]) -> None:
         """Log the loss, its parts and the learning rate of the latest step."""
         if self.writer is None:
             return
@@ -57,7 +66,7 @@ class RunLogger:
             self.writer.add_scalar(f'train/{name}', value, run.step)
         self.writer.add_scalar('train/lr', run.scheduler.get_last_lr()[0], run.step)
 
-    def validation(self, result):
+    def validation(self, result: Dict[str, Any]) -> None:
         """Log validation Recall@N and PR-AUC, overall and per condition."""
         if self.writer is None:
             return
@@ -72,7 +81,7 @@ class RunLogger:
 class RunArtifacts:
     """Paths of a run directory and the writes into it (only the main process writes)."""
 
-    def __init__(self, out_dir, *, is_main):
+    def __init__(self, out_dir: Union[str, Path], *, is_main: bool) -> None:
         self.root = Path(out_dir).expanduser().resolve()
         self.is_main = is_main
         self.recipe = self.root / 'recipe.yaml'
@@ -84,7 +93,7 @@ class RunArtifacts:
         self.summary = self.root / 'summary.json'
         self.losses = self.root / 'losses.json'
 
-    def problem(self, *, resume):
+    def problem(self, *, resume: bool) -> Optional[str]:
         """Why the directory does not fit a fresh run (or a resume), or None if it does."""
         if resume and not self.checkpoint.is_file():
             return (f'nothing to resume: {self.checkpoint} does not exist; start the run '
@@ -94,13 +103,13 @@ class RunArtifacts:
                     '--resume or choose another --out')
         return None
 
-    def write_recipe(self, cfg):
+    def write_recipe(self, cfg: TrainConfig) -> None:
         """Write the recipe of a fresh run (main process)."""
         if self.is_main:
             atomic_write_text(self.recipe, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     @contextlib.contextmanager
-    def logger(self, run):
+    def logger(self, run: Run) -> Iterator[RunLogger]:
         """Yield the run's :class:`RunLogger`; tensorboard resumes at the run's step."""
         writer = None
         if self.is_main:
@@ -113,11 +122,12 @@ class RunArtifacts:
             if writer is not None:
                 writer.close()
 
-    def save_best_weights(self, model):
+    def save_best_weights(self, model: DescriptorModel) -> None:
         """Keep the current weights as the best so far."""
         _save_state(self.best_weights, model.state_dict())
 
-    def finish(self, run, *, replica_hashes, images_all_ranks, resumed_from_step=None):
+    def finish(self, run: Run, *, replica_hashes: List[str], images_all_ranks: int,
+               resumed_from_step: Optional[int] = None) -> Optional[Dict[str, Any]]:
         """Write final weights, preset, export and summary (main process); return the summary."""
         if not self.is_main:
             return None
@@ -139,7 +149,8 @@ class RunArtifacts:
         atomic_write_text(self.summary, json.dumps(json_safe(summary), indent=2))
         return summary
 
-    def _summary(self, run, replica_hashes, images_all_ranks):
+    def _summary(self, run: Run, replica_hashes: List[str],
+                 images_all_ranks: int) -> Dict[str, Any]:
         seconds = max(run.train_seconds, 1e-9)
         return {
             'name': run.cfg.name, 'model': run.cfg.model, 'steps': run.step,
@@ -159,12 +170,12 @@ class RunArtifacts:
             'finished_unix_s': time.time()}
 
 
-def _save_state(path, state):
+def _save_state(path: Path, state: Dict[str, Any]) -> None:
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
 
 
-def _fit_whitening(run, whitening_dim):
+def _fit_whitening(run: Run, whitening_dim: int) -> None:
     """Append PCA-whitening fitted on training descriptors when the preset asks for it."""
     if not whitening_dim:
         return

@@ -15,6 +15,7 @@ import csv
 import logging
 from pathlib import Path
 import re
+from typing import Any, cast, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -22,7 +23,9 @@ from scipy.spatial.transform import Rotation
 
 from vl_attention.config import ConfigError
 from vl_attention.data.synthetic.camera import OPTICAL_IN_BODY
-from vl_attention.data.association import Associator, sorted_track
+from vl_attention.data.association import Associator, PositionTrack, sorted_track
+from vl_attention.evaluation.place_dataset import PlaceDataset
+# vl_attention.training.* is Any to mypy (setup.cfg): cast() states what its calls return
 from vl_attention.training.sources.base import (DatasetLayoutError, DATASETS, make_dataset,
                                                 require_path)
 
@@ -32,9 +35,11 @@ INS_COLUMNS = ('timestamp', 'northing', 'easting', 'down', 'utm_zone', 'roll', '
 # NED world axes written in ENU, and the FRD body axes written in FLU (REP 103).
 NED_IN_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 FRD_IN_FLU = np.diag([1.0, -1.0, -1.0])
+# the columns an adapter collects row by row, by make_dataset keyword
+Columns = Dict[str, List[Any]]
 
 
-def body_quaternions_from_optical(rotations_optical_to_world):
+def body_quaternions_from_optical(rotations_optical_to_world: np.ndarray) -> np.ndarray:
     """Quaternions ``(x, y, z, w)`` of the body frame from optical-to-world matrices."""
     return Rotation.from_matrix(rotations_optical_to_world @ OPTICAL_IN_BODY.T).as_quat()
 
@@ -43,8 +48,10 @@ def body_quaternions_from_optical(rotations_optical_to_world):
 
 
 @DATASETS.register('oxford_robotcar')
-def load_oxford_robotcar(*, root, traversals=None, conditions=None, camera='stereo/centre',
-                         max_gap_s=0.5, every_nth=1, split='train'):
+def load_oxford_robotcar(*, root: str | Path, traversals: Optional[Sequence[str]] = None,
+                         conditions: Optional[Mapping[str, str]] = None,
+                         camera: str = 'stereo/centre', max_gap_s: float = 0.5, every_nth: int = 1,
+                         split: str = 'train') -> PlaceDataset:
     """Load Oxford RobotCar traversals (Maddern et al., "1 Year, 1000km", IJRR 2017).
 
     Layout (one folder per traversal, named by its start time)::
@@ -68,7 +75,8 @@ def load_oxford_robotcar(*, root, traversals=None, conditions=None, camera='ster
     ``sequences`` are the traversal names, ``conditions`` come from the
     ``conditions`` mapping ``{traversal: label}`` (e.g. ``night``, ``snow``).
     """
-    root = require_path(root, 'the RobotCar folder holding <YYYY-MM-DD-HH-MM-SS>/ traversals')
+    root = cast(Path, require_path(
+        root, 'the RobotCar folder holding <YYYY-MM-DD-HH-MM-SS>/ traversals'))
     if int(every_nth) < 1:
         raise ConfigError(f'every_nth={every_nth} must be >= 1')
     conditions = dict(conditions or {})
@@ -77,7 +85,8 @@ def load_oxford_robotcar(*, root, traversals=None, conditions=None, camera='ster
     if unknown:
         raise ConfigError(f'conditions names traversal(s) {unknown} that are not loaded; '
                           f'the traversals are {names}')
-    columns = {'image_paths': [], 'positions_m': [], 'quaternions_xyzw': [], 'sequences': []}
+    columns: Columns = {'image_paths': [], 'positions_m': [], 'quaternions_xyzw': [],
+                        'sequences': []}
     zones = set()
     for name in names:
         track, zone = _read_ins(require_path(root / name / 'gps' / 'ins.csv',
@@ -94,7 +103,7 @@ def load_oxford_robotcar(*, root, traversals=None, conditions=None, camera='ster
                                'axes': 'easting, northing, up'}, **columns)
 
 
-def _traversal_names(root, traversals):
+def _traversal_names(root: Path, traversals: Optional[Sequence[str]]) -> List[str]:
     if traversals is not None:
         for name in traversals:
             require_path(root / name, 'a traversal folder named by its start time')
@@ -105,7 +114,7 @@ def _traversal_names(root, traversals):
     return names
 
 
-def _read_ins(path):
+def _read_ins(path: Path) -> Tuple[PositionTrack, str]:
     with path.open(newline='') as handle:
         reader = csv.DictReader(handle)
         missing = [name for name in INS_COLUMNS if name not in (reader.fieldnames or ())]
@@ -131,7 +140,8 @@ def _read_ins(path):
     return sorted_track(stamps, values, quaternions), zones.pop()
 
 
-def _add_traversal(columns, folder, camera, track, max_gap_s, every_nth):
+def _add_traversal(columns: Columns, folder: Path, camera: str, track: PositionTrack,
+                   max_gap_s: float, every_nth: int) -> None:
     images = require_path(folder / camera, 'the camera images named <timestamp_us>.png')
     files = sorted((int(p.stem), p) for p in images.iterdir()
                    if p.suffix.lower() in ('.png', '.jpg') and p.stem.isdigit())
@@ -153,7 +163,7 @@ def _add_traversal(columns, folder, camera, track, max_gap_s, every_nth):
     LOGGER.info('%s: %d images on the INS track, %d outside it', folder.name, kept, skipped)
 
 
-def _refuse_bayer(path):
+def _refuse_bayer(path: Path) -> None:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise DatasetLayoutError(f'{path} is not a readable image')
@@ -167,7 +177,8 @@ def _refuse_bayer(path):
 
 
 @DATASETS.register('seven_scenes')
-def load_seven_scenes(*, root, scenes=None, scene_spacing_m=1000.0):
+def load_seven_scenes(*, root: str | Path, scenes: Optional[Sequence[str]] = None,
+                      scene_spacing_m: float = 1000.0) -> PlaceDataset:
     """Load Microsoft 7-Scenes (Shotton et al., "Scene Coordinate Regression Forests", CVPR 2013).
 
     Layout::
@@ -181,9 +192,10 @@ def load_seven_scenes(*, root, scenes=None, scene_spacing_m=1000.0):
     ``test`` / ``query``; sequences are ``<scene>/seq-XX``. Depth images are
     not read. Non-finite poses give NaN rows.
     """
-    root = require_path(root, 'the 7-Scenes folder holding one folder per scene')
+    root = cast(Path, require_path(root, 'the 7-Scenes folder holding one folder per scene'))
     scenes = _scene_names(root, scenes, 'TrainSplit.txt')
-    columns = {'image_paths': [], 'matrices': [], 'sequences': [], 'splits': [], 'roles': []}
+    columns: Columns = {'image_paths': [], 'matrices': [], 'sequences': [], 'splits': [],
+                        'roles': []}
     offsets = {}
     for index, scene in enumerate(scenes):
         offsets[scene] = [index * float(scene_spacing_m), 0.0, 0.0]
@@ -201,7 +213,7 @@ def load_seven_scenes(*, root, scenes=None, scene_spacing_m=1000.0):
                         **columns)
 
 
-def _scene_names(root, scenes, marker):
+def _scene_names(root: Path, scenes: Optional[Sequence[str]], marker: str) -> List[str]:
     if scenes is not None:
         for scene in scenes:
             require_path(root / scene / marker, f'the split file of scene {scene}')
@@ -213,7 +225,7 @@ def _scene_names(root, scenes, marker):
     return names
 
 
-def _split_sequences(path):
+def _split_sequences(path: Path) -> List[str]:
     require_path(path, 'the list of the split\'s sequences ("sequence1" per line)')
     sequences = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -225,7 +237,7 @@ def _split_sequences(path):
     return sequences
 
 
-def _add_sequence(columns, folder, offset_m):
+def _add_sequence(columns: Columns, folder: Path, offset_m: Sequence[float]) -> int:
     require_path(folder, 'a sequence folder of frame-XXXXXX.color.png / .pose.txt')
     images = sorted(folder.glob('frame-*.color.png'))
     if not images:
@@ -246,7 +258,7 @@ def _add_sequence(columns, folder, offset_m):
     return len(images)
 
 
-def _poses_from_matrices(matrices):
+def _poses_from_matrices(matrices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     positions = np.full((len(matrices), 3), np.nan)
     quaternions = np.full((len(matrices), 4), np.nan)
     finite = np.isfinite(matrices).all(axis=(1, 2))
@@ -258,7 +270,7 @@ def _poses_from_matrices(matrices):
     return positions, quaternions
 
 
-def _scene_frame(dataset, offsets):
+def _scene_frame(dataset: str, offsets: Mapping[str, Sequence[float]]) -> Dict[str, Any]:
     return {'kind': 'scene', 'dataset': dataset, 'scene_offsets_m': offsets,
             'orientation': 'camera body (x forward, y left, z up) in the scene frame'}
 
@@ -267,7 +279,8 @@ def _scene_frame(dataset, offsets):
 
 
 @DATASETS.register('cambridge')
-def load_cambridge(*, root, scenes=None, scene_spacing_m=1000.0):
+def load_cambridge(*, root: str | Path, scenes: Optional[Sequence[str]] = None,
+                   scene_spacing_m: float = 1000.0) -> PlaceDataset:
     """Load Cambridge Landmarks (Kendall et al., "PoseNet", ICCV 2015).
 
     Layout::
@@ -283,9 +296,11 @@ def load_cambridge(*, root, scenes=None, scene_spacing_m=1000.0):
     ``dataset_train`` rows are split ``train`` / role ``database``,
     ``dataset_test`` rows ``test`` / ``query``; sequences are ``<Scene>/seqX``.
     """
-    root = require_path(root, 'the Cambridge Landmarks folder holding one folder per scene')
+    root = cast(Path, require_path(
+        root, 'the Cambridge Landmarks folder holding one folder per scene'))
     scenes = _scene_names(root, scenes, 'dataset_train.txt')
-    columns = {'image_paths': [], 'poses': [], 'sequences': [], 'splits': [], 'roles': []}
+    columns: Columns = {'image_paths': [], 'poses': [], 'sequences': [], 'splits': [],
+                        'roles': []}
     offsets = {}
     for index, scene in enumerate(scenes):
         offsets[scene] = [index * float(scene_spacing_m), 0.0, 0.0]
@@ -307,7 +322,7 @@ def load_cambridge(*, root, scenes=None, scene_spacing_m=1000.0):
                         **columns)
 
 
-def _read_pose_list(path):
+def _read_pose_list(path: Path) -> List[Tuple[str, List[float]]]:
     rows = []
     for number, line in enumerate(path.read_text().splitlines()[3:], start=4):
         if not line.strip():

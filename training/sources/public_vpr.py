@@ -32,10 +32,13 @@ import logging
 import os
 from pathlib import Path
 import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.config import ConfigError
+from vl_attention.evaluation.place_dataset import PlaceDataset
 from vl_attention.training.sources.base import (
     DatasetLayoutError, DATASETS, make_dataset, require_path, SPLITS)
 
@@ -52,7 +55,7 @@ TIME_OF_DAY_WORDS = {'day': 'day', 'daytime': 'day', 'sunset': 'sunset', 'evenin
 
 # --- NetVLAD dataset specifications (Pittsburgh, Tokyo 24/7, Tokyo TM) -----------------
 
-def read_dbstruct(path):
+def read_dbstruct(path: str | Path) -> Dict[str, Any]:
     """Read a NetVLAD dataset specification (struct ``dbStruct`` of a MATLAB v5 file).
 
     Returns a dict with ``which_set``, ``database_names``, ``query_names``,
@@ -82,7 +85,7 @@ def read_dbstruct(path):
     return _parse_dbstruct(struct, fields, path)
 
 
-def _parse_dbstruct(struct, fields, path):
+def _parse_dbstruct(struct: Any, fields: Set[str], path: str | Path) -> Dict[str, Any]:
     database, queries = _strings(struct.dbImageFns), _strings(struct.qImageFns)
     for name, names in (('numImages', database), ('numQueries', queries)):
         if int(getattr(struct, name)) != len(names):
@@ -104,12 +107,12 @@ def _parse_dbstruct(struct, fields, path):
     return spec
 
 
-def _strings(cell):
+def _strings(cell: Any) -> List[str]:
     # squeeze_me turns a 1 x 1 cell into a bare string and an N x 1 cell into (N,).
     return [str(name) for name in np.atleast_1d(np.asarray(cell, dtype=object)).ravel()]
 
 
-def _utm(value, count, path, field):
+def _utm(value: Any, count: int, path: str | Path, field: str) -> npt.NDArray[np.float64]:
     utm = np.asarray(value, np.float64)
     if utm.size != 2 * count:
         raise DatasetLayoutError(f'{path}: dbStruct.{field} has {utm.size} values for {count} '
@@ -119,7 +122,8 @@ def _utm(value, count, path, field):
     return utm.reshape(2, count).T
 
 
-def _image_paths(root, folders, names, what):
+def _image_paths(root: str | Path, folders: Sequence[str], names: Sequence[str],
+                 what: str) -> List[str]:
     """Full paths of ``names`` under the first of ``folders`` that holds ``names[0]``.
 
     Tokyo 24/7 ships its database as .png files that its dbStruct names .jpg, so the
@@ -141,7 +145,8 @@ def _image_paths(root, folders, names, what):
         f'{[str(Path(root) / folder) for folder in folders]}')
 
 
-def _spec_columns(spec, database_paths, query_paths, split):
+def _spec_columns(spec: Mapping[str, Any], database_paths: Sequence[str],
+                  query_paths: Sequence[str], split: str) -> Dict[str, Any]:
     """Columns of one specification: database rows, then query rows, all of ``split``."""
     database_count, query_count = len(database_paths), len(query_paths)
     utm = np.concatenate([spec['database_utm'], spec['query_utm']])
@@ -151,7 +156,7 @@ def _spec_columns(spec, database_paths, query_paths, split):
             'splits': [split] * (database_count + query_count)}
 
 
-def join_columns(parts):
+def join_columns(parts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Concatenate column dicts (arrays row-wise, lists of labels as lists)."""
     joined = {}
     for key in parts[0]:
@@ -161,7 +166,7 @@ def join_columns(parts):
     return joined
 
 
-def _netvlad_frame(specs, zone):
+def _netvlad_frame(specs: Sequence[Mapping[str, Any]], zone: str) -> Dict[str, Any]:
     frame = {'kind': 'utm', 'zone': zone, 'source': 'dbStruct utmDb / utmQ'}
     thresholds = {spec['positive_distance_m'] for spec in specs}
     if len(thresholds) == 1:
@@ -169,18 +174,20 @@ def _netvlad_frame(specs, zone):
     return frame
 
 
-def as_names(value):
+def as_names(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     """Return a tuple of names from one name or a sequence of them (configs give either)."""
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _folders(explicit, defaults):
+def _folders(explicit: Optional[str], defaults: Tuple[str, ...]) -> Tuple[str, ...]:
     return (explicit,) if explicit is not None else defaults
 
 
 @DATASETS.register('pittsburgh')
-def load_pittsburgh(*, root, variant='30k', splits=SPLITS, specs_dir='datasets',
-                    database_dir=None, queries_dir=None):
+def load_pittsburgh(*, root: str | Path, variant: str = '30k',
+                    splits: Union[str, Sequence[str]] = SPLITS, specs_dir: str = 'datasets',
+                    database_dir: Optional[str] = None,
+                    queries_dir: Optional[str] = None) -> PlaceDataset:
     """Pittsburgh 30k / 250k in the NetVLAD splits (Torii et al. CVPR 2013; NetVLAD 2016).
 
     Layout as distributed (database tars ``000.tar`` .. ``010.tar``, ``queries_real.tar``
@@ -218,8 +225,9 @@ def load_pittsburgh(*, root, variant='30k', splits=SPLITS, specs_dir='datasets',
 
 
 @DATASETS.register('tokyo247')
-def load_tokyo247(*, root, specs_dir='datasets', database_dir=None, queries_dir=None,
-                  query_conditions_csv=None):
+def load_tokyo247(*, root: str | Path, specs_dir: str = 'datasets',
+                  database_dir: Optional[str] = None, queries_dir: Optional[str] = None,
+                  query_conditions_csv: Optional[str | Path] = None) -> PlaceDataset:
     """Tokyo 24/7 (Torii et al. CVPR 2015) with NetVLAD's ``tokyo247.mat`` specification.
 
     Layout as distributed (database tars ``03814.tar`` .. ``03829.tar``, the query zip)::
@@ -255,13 +263,13 @@ def load_tokyo247(*, root, specs_dir='datasets', database_dir=None, queries_dir=
                         frame=_netvlad_frame([spec], '54S'), **columns)
 
 
-def time_of_day(name):
+def time_of_day(name: str) -> str:
     """Return ``day`` / ``sunset`` / ``night`` named by a word of ``name``, else ``''``."""
     words = [word for word in re.split(r'[^a-z]+', name.lower()) if word in TIME_OF_DAY_WORDS]
     return TIME_OF_DAY_WORDS[words[-1]] if words else ''
 
 
-def _read_conditions(path):
+def _read_conditions(path: str | Path) -> Dict[str, str]:
     path = require_path(path, 'the Tokyo 24/7 query conditions (columns name,condition)')
     rows = read_csv_columns(path, ('name', 'condition'))
     unknown = sorted({row['condition'] for row in rows} - set(TOKYO247_CONDITIONS))
@@ -272,7 +280,8 @@ def _read_conditions(path):
 
 
 @DATASETS.register('tokyo_tm')
-def load_tokyo_tm(*, root, splits=('train', 'val'), specs_dir='datasets', images_dir='images'):
+def load_tokyo_tm(*, root: str | Path, splits: Union[str, Sequence[str]] = ('train', 'val'),
+                  specs_dir: str = 'datasets', images_dir: str = 'images') -> PlaceDataset:
     """Tokyo Time Machine (Arandjelovic et al., NetVLAD, CVPR 2016).
 
     Layout (NetVLAD's ``localPaths.m``: the TM root "should contain images/")::
@@ -310,7 +319,7 @@ def load_tokyo_tm(*, root, splits=('train', 'val'), specs_dir='datasets', images
                         frame=_netvlad_frame(specs, '54S'), **columns)
 
 
-def read_csv_columns(path, columns):
+def read_csv_columns(path: str | Path, columns: Sequence[str]) -> List[Dict[str, str]]:
     """Rows of a CSV file as dicts, naming the file and the columns it lacks."""
     with open(path, newline='') as handle:
         reader = csv.DictReader(handle)

@@ -27,11 +27,15 @@ import logging
 import os
 from pathlib import Path
 import re
+from typing import Any, cast, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.config import ConfigError
 from vl_attention.data.images import IMAGE_SUFFIXES
+from vl_attention.evaluation.place_dataset import PlaceDataset, RowLists
+# vl_attention.training.* is Any to mypy (setup.cfg): cast() states what its calls return
 from vl_attention.training.sources.base import (
     AREA_SPACING_M, DatasetLayoutError, DATASETS, make_dataset, require_path)
 from vl_attention.training.sources.public_vpr import as_names, join_columns, read_csv_columns
@@ -42,11 +46,14 @@ _LOG = logging.getLogger(__name__)
 MSLS_VAL_CITIES = ('cph', 'sf')
 NORDLAND_SEASONS = ('spring', 'summer', 'fall', 'winter')
 GARDENS_POINT_TRAVERSALS = {'day_left': 'day', 'day_right': 'day', 'night_right': 'night'}
+# one frame-aligned traversal: (folder, condition, sequence, role, split)
+Traversal = Tuple[Path, str, str, str, str]
 
 
 @DATASETS.register('msls')
-def load_msls(*, root, cities=None, val_cities=MSLS_VAL_CITIES, include_test=False,
-              exclude_panoramas=True):
+def load_msls(*, root: str | Path, cities: Optional[Union[str, Sequence[str]]] = None,
+              val_cities: Union[str, Sequence[str]] = MSLS_VAL_CITIES, include_test: bool = False,
+              exclude_panoramas: bool = True) -> PlaceDataset:
     """Mapillary Street-Level Sequences (Warburg et al. CVPR 2020), layout as distributed.
 
     ::
@@ -94,7 +101,7 @@ def load_msls(*, root, cities=None, val_cities=MSLS_VAL_CITIES, include_test=Fal
     return make_dataset('msls', root, columns.pop('image_paths'), frame=frame, **columns)
 
 
-def _msls_cities(root, with_test):
+def _msls_cities(root: Path, with_test: bool) -> Dict[str, str]:
     subdirs = ('train_val', 'test') if with_test else ('train_val',)
     found = {}
     for subdir in subdirs:
@@ -107,9 +114,11 @@ def _msls_cities(root, with_test):
     return found
 
 
-def _msls_side(folder, city, role, split, exclude_panoramas):
+def _msls_side(folder: Path, city: str, role: str, split: str,
+               exclude_panoramas: bool) -> Dict[str, Any]:
     info = _msls_csv(folder, 'seq_info.csv', ('key', 'sequence_key'))
     sequence_of = {row['key']: row['sequence_key'] for row in info}
+    positions: npt.ArrayLike
     if split == 'test':
         rows, positions, conditions = info, np.full((len(info), 3), np.nan), [''] * len(info)
     else:
@@ -132,7 +141,7 @@ def _msls_side(folder, city, role, split, exclude_panoramas):
             'roles': [role] * len(keys), 'splits': [split] * len(keys)}
 
 
-def _msls_csv(folder, name, columns):
+def _msls_csv(folder: Path, name: str, columns: Sequence[str]) -> List[Dict[str, str]]:
     path = require_path(folder / name, f'MSLS keeps {", ".join(columns)} of each image in '
                         f'<city>/{folder.name}/{name}')
     return read_csv_columns(path, columns)
@@ -141,7 +150,9 @@ def _msls_csv(folder, name, columns):
 # --- Frame-aligned traversals: place k is frame k of every traversal ------------------
 
 @DATASETS.register('nordland')
-def load_nordland(*, root, database_season='summer', query_seasons=None, split=None):
+def load_nordland(*, root: str | Path, database_season: str = 'summer',
+                  query_seasons: Optional[Union[str, Sequence[str]]] = None,
+                  split: Optional[str] = None) -> PlaceDataset:
     """Nordland (Suenderhauf et al. 2013): four frame-aligned seasons of one train journey.
 
     Two layouts are read: one folder per season (e.g. the downsampled release), and the
@@ -158,7 +169,8 @@ def load_nordland(*, root, database_season='summer', query_seasons=None, split=N
     each row's split is its partition and ``split`` ('train' / 'test') loads only that one.
     """
     root = Path(root)
-    partitions = [part for part in ('train', 'test') if (root / part).is_dir()]
+    partitions: List[Optional[str]] = [part for part in ('train', 'test')
+                                       if (root / part).is_dir()]
     if partitions and split is not None:
         if split not in partitions:
             raise DatasetLayoutError(f'{root / str(split)} is missing: the partitioned '
@@ -169,7 +181,7 @@ def load_nordland(*, root, database_season='summer', query_seasons=None, split=N
     unknown = [season for season in seasons if season not in NORDLAND_SEASONS]
     if unknown:
         raise ConfigError(f'unknown Nordland season(s) {unknown}; seasons are {NORDLAND_SEASONS}')
-    groups = []
+    groups: List[Traversal] = []
     for part in partitions or [None]:
         queries = query_seasons or [
             season for season in NORDLAND_SEASONS
@@ -180,15 +192,16 @@ def load_nordland(*, root, database_season='summer', query_seasons=None, split=N
     return _frame_aligned('nordland', root, groups)
 
 
-def _nordland_folder(root, season, partition):
+def _nordland_folder(root: Path, season: str, partition: Optional[str]) -> Path:
     if partition is None:
         return root / season
     return root / partition / f'{season}_images_{partition}'
 
 
 @DATASETS.register('gardenspoint')
-def load_gardenspoint(*, root, database_traversal='day_right',
-                      query_traversals=('day_left', 'night_right'), split='test'):
+def load_gardenspoint(*, root: str | Path, database_traversal: str = 'day_right',
+                      query_traversals: Union[str, Sequence[str]] = ('day_left', 'night_right'),
+                      split: str = 'test') -> PlaceDataset:
     """Read GardensPoint Walking (QUT; Suenderhauf et al. IROS 2015): three aligned walks.
 
     Layout as distributed::
@@ -201,7 +214,7 @@ def load_gardenspoint(*, root, database_traversal='day_right',
     ``place_ids``. Condition is ``day`` / ``night`` from the folder, sequence the folder
     name; ``database_traversal`` is the database, ``query_traversals`` the queries.
     """
-    query_traversals = as_names(query_traversals)
+    query_traversals = cast(Tuple[str, ...], as_names(query_traversals))
     traversals = (database_traversal,) + query_traversals
     unknown = [name for name in traversals if name not in GARDENS_POINT_TRAVERSALS]
     if unknown:
@@ -213,7 +226,7 @@ def load_gardenspoint(*, root, database_traversal='day_right',
     return _frame_aligned('gardenspoint', root, groups)
 
 
-def _frame_aligned(name, root, groups):
+def _frame_aligned(name: str, root: str | Path, groups: Sequence[Traversal]) -> PlaceDataset:
     """Build a dataset from ``(folder, condition, sequence, role, split)`` traversals."""
     columns = []
     for folder, condition, sequence, role, split in groups:
@@ -236,7 +249,7 @@ def _frame_aligned(name, root, groups):
     return make_dataset(name, root, joined.pop('image_paths'), frame=frame, **joined)
 
 
-def frame_number(path):
+def frame_number(path: str | Path) -> int:
     """Return the last number in a file name (``Image042.jpg`` -> 42, ``15001.png`` -> 15001)."""
     match = re.search(r'(\d+)\D*$', Path(path).stem)
     if match is None:
@@ -245,9 +258,9 @@ def frame_number(path):
     return int(match.group(1))
 
 
-def list_images(folder, what):
+def list_images(folder: str | Path, what: str) -> List[str]:
     """Image files under ``folder`` (recursively) in natural order of their relative paths."""
-    folder = require_path(folder, what)
+    folder = cast(Path, require_path(folder, what))
     images = [path for path in folder.rglob('*')
               if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
     if not images:
@@ -257,14 +270,15 @@ def list_images(folder, what):
         p.relative_to(folder).as_posix()))]
 
 
-def _natural_key(name):
+def _natural_key(name: str) -> List[Union[int, str]]:
     return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
 
 
 # --- VPR-Bench packaging: ref/, query/, ground_truth_new.npy --------------------------
 
 @DATASETS.register('sped')
-def load_sped(*, root, allow_pickle=False, split='test'):
+def load_sped(*, root: str | Path, allow_pickle: bool = False,
+              split: str = 'test') -> PlaceDataset:
     """SPED (Chen et al. ICRA 2017) as packaged by VPR-Bench (Zaffar et al. IJCV 2021).
 
     Layout (VPR-Bench ``datasets/SPEDTEST``; see :func:`load_vpr_bench`)::
@@ -277,7 +291,8 @@ def load_sped(*, root, allow_pickle=False, split='test'):
 
 
 @DATASETS.register('stlucia')
-def load_stlucia(*, root, allow_pickle=False, split='test'):
+def load_stlucia(*, root: str | Path, allow_pickle: bool = False,
+                 split: str = 'test') -> PlaceDataset:
     """St Lucia (Glover et al. ICRA 2010) as packaged by VPR-Bench (Zaffar et al. IJCV 2021).
 
     Layout (VPR-Bench ``datasets/StLucia_small``; see :func:`load_vpr_bench`)::
@@ -289,7 +304,8 @@ def load_stlucia(*, root, allow_pickle=False, split='test'):
     return load_vpr_bench('stlucia', root, allow_pickle=allow_pickle, split=split)
 
 
-def load_vpr_bench(name, root, *, allow_pickle=False, split='test'):
+def load_vpr_bench(name: str, root: str | Path, *, allow_pickle: bool = False,
+                   split: str = 'test') -> PlaceDataset:
     """Read a set in VPR-Bench's layout: ``ref/``, ``query/``, ``ground_truth_new.npy``.
 
     Images are indexed in natural (numeric-aware) order of their file names, the order
@@ -312,7 +328,8 @@ def load_vpr_bench(name, root, *, allow_pickle=False, split='test'):
         frame={'kind': 'none', 'ground_truth': 'positives from ground_truth_new.npy'})
 
 
-def read_vpr_bench_ground_truth(path, query_count, database_count, *, allow_pickle=False):
+def read_vpr_bench_ground_truth(path: str | Path, query_count: int, database_count: int, *,
+                                allow_pickle: bool = False) -> RowLists:
     """Per query, the sorted reference indices VPR-Bench's ``ground_truth_new.npy`` lists.
 
     The file holds rows ``[query index, [reference indices]]`` as a pickled numpy object
@@ -331,7 +348,7 @@ def read_vpr_bench_ground_truth(path, query_count, database_count, *, allow_pick
                 'VPR-Bench release), pass allow_pickle=True, e.g. load_dataset(kind, root, '
                 'allow_pickle=True)') from None
         rows = np.load(path, allow_pickle=True)
-    matches = [set() for _ in range(query_count)]
+    matches: List[Set[int]] = [set() for _ in range(query_count)]
     for row in rows:
         query, references = int(row[0]), np.atleast_1d(np.asarray(row[1], np.int64)).ravel()
         if not 0 <= query < query_count or np.any((references < 0) |
@@ -342,5 +359,5 @@ def read_vpr_bench_ground_truth(path, query_count, database_count, *, allow_pick
     return tuple(np.array(sorted(found), np.int64) for found in matches)
 
 
-def _is_true(value):
+def _is_true(value: str) -> bool:
     return value.strip().lower() in ('true', '1', '1.0', 'yes')

@@ -20,13 +20,17 @@ import hashlib
 import json
 from pathlib import Path
 import pickle
+from typing import Any, BinaryIO, cast, Dict, List, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.config import ConfigError
 from vl_attention.errors import VLAttentionError
+from vl_attention.evaluation.place_dataset import PlaceDataset
 from vl_attention.io import atomic_write_bytes
+# vl_attention.training.* is Any to mypy (setup.cfg): cast() states what its calls return
 from vl_attention.training.sources.base import (DatasetLayoutError, DATASETS, make_dataset,
                                                 require_path)
 from vl_attention.training.sources.robot import default_frames_cache
@@ -50,8 +54,9 @@ class UnsafePickleError(VLAttentionError, ValueError):
 
 
 @DATASETS.register('roxford5k')
-def load_roxford5k(*, root, allow_pickle=False, protocol='medium', crop_queries=True,
-                   cache_dir=None):
+def load_roxford5k(*, root: str | Path, allow_pickle: bool = False, protocol: str = 'medium',
+                   crop_queries: bool = True,
+                   cache_dir: Optional[str | Path] = None) -> PlaceDataset:
     """Load revisited Oxford 5k: ``root/jpg/*.jpg`` and ``root/gnd_roxford5k.pkl``.
 
     See :func:`load_revisited` for the rows, the ground truth and the options.
@@ -61,8 +66,9 @@ def load_roxford5k(*, root, allow_pickle=False, protocol='medium', crop_queries=
 
 
 @DATASETS.register('rparis6k')
-def load_rparis6k(*, root, allow_pickle=False, protocol='medium', crop_queries=True,
-                  cache_dir=None):
+def load_rparis6k(*, root: str | Path, allow_pickle: bool = False, protocol: str = 'medium',
+                  crop_queries: bool = True,
+                  cache_dir: Optional[str | Path] = None) -> PlaceDataset:
     """Load revisited Paris 6k: ``root/jpg/*.jpg`` and ``root/gnd_rparis6k.pkl``.
 
     See :func:`load_revisited` for the rows, the ground truth and the options.
@@ -71,7 +77,8 @@ def load_rparis6k(*, root, allow_pickle=False, protocol='medium', crop_queries=T
                           crop_queries=crop_queries, cache_dir=cache_dir)
 
 
-def load_revisited(name, root, *, allow_pickle, protocol, crop_queries, cache_dir):
+def load_revisited(name: str, root: str | Path, *, allow_pickle: bool, protocol: str,
+                   crop_queries: bool, cache_dir: Optional[str | Path]) -> PlaceDataset:
     """Build a revisited benchmark ``name`` from its folder.
 
     Layout::
@@ -92,7 +99,7 @@ def load_revisited(name, root, *, allow_pickle, protocol, crop_queries, cache_di
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f'protocol={protocol!r}; known protocols: {sorted(PROTOCOLS)}')
-    root = require_path(root, f'the {name} folder holding jpg/ and gnd_{name}.pkl')
+    root = cast(Path, require_path(root, f'the {name} folder holding jpg/ and gnd_{name}.pkl'))
     ground_truth = _read_ground_truth(root, name, allow_pickle)
     images, queries = list(ground_truth['imlist']), list(ground_truth['qimlist'])
     folder = require_path(root / 'jpg', 'the folder of <image name>.jpg files')
@@ -116,7 +123,8 @@ def load_revisited(name, root, *, allow_pickle, protocol, crop_queries, cache_di
                         frame={'kind': 'none'})
 
 
-def _cropped_queries(name, paths, boxes, cache_dir):
+def _cropped_queries(name: str, paths: Sequence[Path], boxes: Sequence[Any],
+                     cache_dir: Optional[str | Path]) -> List[Path]:
     boxes = [None if box is None else [float(v) for v in np.asarray(box).reshape(-1)]
              for box in boxes]
     key = json.dumps([[str(path.resolve()) for path in paths], boxes])
@@ -131,7 +139,7 @@ def _cropped_queries(name, paths, boxes, cache_dir):
     return crops
 
 
-def _write_crop(path, box, crop_path):
+def _write_crop(path: Path, box: Sequence[float], crop_path: Path) -> None:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetLayoutError(f'cannot read query image {path}')
@@ -144,7 +152,7 @@ def _write_crop(path, box, crop_path):
     atomic_write_bytes(crop_path, cv2.imencode('.png', crop)[1].tobytes())
 
 
-def _read_ground_truth(root, name, allow_pickle):
+def _read_ground_truth(root: Path, name: str, allow_pickle: bool) -> Dict[str, Any]:
     json_path = root / f'gnd_{name}.json'
     if json_path.is_file():
         ground_truth = json.loads(json_path.read_text())
@@ -168,11 +176,11 @@ def _read_ground_truth(root, name, allow_pickle):
 class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickler that resolves no global but numpy's array reconstruction."""
 
-    def __init__(self, handle, path):
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
         super().__init__(handle)
         self.path = path
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         """Return numpy's array constructors; refuse every other global."""
         if (module, name) not in _ALLOWED_GLOBALS:
             raise UnsafePickleError(f'{self.path} refers to {module}.{name}, which a plain '
@@ -180,7 +188,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _check_ground_truth(ground_truth, where):
+def _check_ground_truth(ground_truth: object, where: Path) -> None:
     if not isinstance(ground_truth, dict) or not {'imlist', 'qimlist', 'gnd'} <= set(
             ground_truth):
         raise DatasetLayoutError(f'{where} must hold a dict with imlist, qimlist and gnd')
@@ -193,7 +201,8 @@ def _check_ground_truth(ground_truth, where):
             raise DatasetLayoutError(f'{where}: gnd[{number}] lacks {missing}')
 
 
-def _rows(entry, keys, offset, count):
+def _rows(entry: Mapping[str, Any], keys: Sequence[str], offset: int,
+          count: int) -> npt.NDArray[np.int64]:
     indices = np.concatenate([np.asarray(entry[key], np.int64).reshape(-1) for key in keys])
     if len(indices) and (indices.min() < 0 or indices.max() >= count):
         raise DatasetLayoutError(f'ground truth index out of range [0, {count}) in {keys}')

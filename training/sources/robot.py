@@ -15,17 +15,22 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import (Any, Callable, cast, Dict, List, Mapping, Optional, Sequence, Set, Tuple,
+                    TypeVar, Union)
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from vl_attention.config import ConfigError
 from vl_attention.data.rosbag_reader import open_bags, topic_table
 from vl_attention.data.synthetic.town import TownConfig
+from vl_attention.evaluation.place_dataset import PlaceDataset
 from vl_attention.geo import GeodeticOrigin, geodetic_to_enu
 from vl_attention.io import atomic_write_bytes
 from vl_attention.mapping.records import POSES_COLUMNS, read_poses_csv
-from vl_attention.mapping.sources import BagSource
+from vl_attention.mapping.sources import BagSource, SourceFrame
+# vl_attention.training.* is Any to mypy (setup.cfg): cast() states what its calls return
 from vl_attention.training.datasets import (load_place_views, place_recognition_splits,
                                             PlaceSetConfig)
 from vl_attention.training.sources.base import (DatasetLayoutError, DATASETS, make_dataset,
@@ -35,9 +40,16 @@ LOGGER = logging.getLogger(__name__)
 BAG_LAYOUT = 'a rosbag2 directory (metadata.yaml and its .mcap / .db3 files)'
 METRIC_COLUMNS = ('image', 'x_m', 'y_m')
 QUATERNION_COLUMNS = ('qx', 'qy', 'qz', 'qw')
+# an origin as options give it: (lat, lon[, alt]), a dict of GeodeticOrigin's fields, or itself
+OriginLike = Union[GeodeticOrigin, Dict[str, float], Sequence[float]]
+# the columns an adapter collects row by row, by make_dataset keyword
+Columns = Dict[str, List[Any]]
+# the data rows of a CSV: (line number, row)
+CsvRows = List[Tuple[int, Dict[str, str]]]
+_Loader = TypeVar('_Loader', bound=Callable[..., PlaceDataset])
 
 
-def as_origin(origin):
+def as_origin(origin: Optional[OriginLike]) -> Optional[GeodeticOrigin]:
     """Return a GeodeticOrigin from ``(lat, lon[, alt])``, a dict of its fields, or itself."""
     if origin is None or isinstance(origin, GeodeticOrigin):
         return origin
@@ -49,7 +61,7 @@ def as_origin(origin):
     return GeodeticOrigin(*values)
 
 
-def enu_frame(origin):
+def enu_frame(origin: GeodeticOrigin) -> Dict[str, Any]:
     """Frame description of ENU positions at ``origin``."""
     return {'kind': 'enu', 'origin': asdict(origin)}
 
@@ -58,8 +70,10 @@ def enu_frame(origin):
 
 
 @DATASETS.register('rosbag2')
-def load_rosbag2(*, root, image_topic=None, position_topic=None, origin=None, max_gap_s=1.0,
-                 every_nth=1, condition='', cache_dir=None):
+def load_rosbag2(*, root: str | Path | Sequence[str | Path],
+                 image_topic: Optional[str] = None, position_topic: Optional[str] = None,
+                 origin: Optional[OriginLike] = None, max_gap_s: float = 1.0, every_nth: int = 1,
+                 condition: str = '', cache_dir: Optional[str | Path] = None) -> PlaceDataset:
     """Load images of ``image_topic`` posed by ``position_topic`` in one or more rosbag2 bags.
 
     Layout: ``root`` is a bag directory or a list of them, each one sequence
@@ -81,16 +95,17 @@ def load_rosbag2(*, root, image_topic=None, position_topic=None, origin=None, ma
     read-only bags work); the digest covers the bag path, its metadata and the
     topics, and existing PNG files are reused.
     """
-    bags = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+    bags: Sequence[str | Path] = [root] if isinstance(root, (str, os.PathLike)) else list(root)
     if not bags:
         raise ConfigError('rosbag2: root is an empty list; give one or more bag directories')
-    bags = [require_path(bag, BAG_LAYOUT) for bag in bags]
+    bags = cast(List[Path], [require_path(bag, BAG_LAYOUT) for bag in bags])
     if image_topic is None or position_topic is None:
         raise ConfigError(_missing_topics_message(bags[0]))
     if int(every_nth) < 1:
         raise ConfigError(f'every_nth={every_nth} must be >= 1')
     origin = as_origin(origin)
-    columns = {'image_paths': [], 'positions_m': [], 'quaternions_xyzw': [], 'sequences': []}
+    columns: Columns = {'image_paths': [], 'positions_m': [], 'quaternions_xyzw': [],
+                        'sequences': []}
     for bag in bags:
         source = BagSource([bag], image_topic=image_topic, position_topic=position_topic,
                            max_gap_s=max_gap_s, origin=origin)
@@ -107,10 +122,11 @@ def load_rosbag2(*, root, image_topic=None, position_topic=None, origin=None, ma
         raise DatasetLayoutError(f'no posed image on {image_topic!r} in {[str(b) for b in bags]}')
     return make_dataset('rosbag2', ';'.join(str(bag) for bag in bags),
                         columns.pop('image_paths'), conditions=condition,
-                        frame=enu_frame(origin), **columns)
+                        frame=enu_frame(cast(GeodeticOrigin, origin)),  # frames() set it
+                        **columns)
 
 
-def _missing_topics_message(bag):
+def _missing_topics_message(bag: Path) -> str:
     with open_bags([bag]) as reader:
         table = topic_table(reader)
     listing = ', '.join(f'{topic} ({msgtype}, {count})'
@@ -120,13 +136,14 @@ def _missing_topics_message(bag):
             f'Odometry); the topics of {bag} are: {listing}')
 
 
-def default_frames_cache():
+def default_frames_cache() -> Path:
     """Return ``$XDG_CACHE_HOME/vl_attention/frames`` (``~/.cache`` when unset)."""
     base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
     return Path(base) / 'vl_attention' / 'frames'
 
 
-def _frames_folder(bag, image_topic, position_topic, cache_dir):
+def _frames_folder(bag: Path, image_topic: str, position_topic: str,
+                   cache_dir: Optional[str | Path]) -> Path:
     metadata = bag / 'metadata.yaml'
     key = [str(bag.resolve()), image_topic, position_topic,
            metadata.read_text() if metadata.is_file() else '']
@@ -134,7 +151,7 @@ def _frames_folder(bag, image_topic, position_topic, cache_dir):
     return Path(cache_dir or default_frames_cache()) / f'{bag.name}-{digest}'
 
 
-def _cached_png(folder, frame):
+def _cached_png(folder: Path, frame: SourceFrame) -> str:
     path = folder / f'{frame.stamp_ns}.png'
     if not path.is_file():
         ok, png = cv2.imencode('.png', cv2.cvtColor(frame.load(), cv2.COLOR_RGB2BGR))
@@ -148,8 +165,9 @@ def _cached_png(folder, frame):
 
 
 @DATASETS.register('folder_csv')
-def load_folder_csv(*, root, images='images', csv_file='poses.csv', origin=None, condition='',
-                    sequence='', split='train', role=''):
+def load_folder_csv(*, root: str | Path, images: str = 'images', csv_file: str = 'poses.csv',
+                    origin: Optional[OriginLike] = None, condition: str = '', sequence: str = '',
+                    split: str = 'train', role: str = '') -> PlaceDataset:
     """Load images in a folder, positioned by a CSV.
 
     Layout (``images`` and ``csv_file`` are relative to ``root``)::
@@ -195,7 +213,8 @@ def load_folder_csv(*, root, images='images', csv_file='poses.csv', origin=None,
                         quaternions_xyzw=quaternions, frame=frame, **labels)
 
 
-def _geodetic_positions(csv_path, origin):
+def _geodetic_positions(csv_path: Path, origin: Optional[OriginLike]) -> Tuple[
+        np.ndarray, np.ndarray, Dict[str, Any]]:
     columns = read_poses_csv(csv_path)
     geodetic = np.stack([np.asarray(columns[name], np.float64) for name in POSES_COLUMNS[2:5]],
                         axis=-1)
@@ -205,7 +224,8 @@ def _geodetic_positions(csv_path, origin):
     return positions, _unit_quaternions(quaternions, csv_path), enu_frame(origin)
 
 
-def _metric_positions(csv_path, rows, header):
+def _metric_positions(csv_path: Path, rows: CsvRows,
+                      header: Set[str]) -> Tuple[np.ndarray, np.ndarray]:
     has_z = 'z_m' in header
     present = [name for name in QUATERNION_COLUMNS if name in header]
     if present and len(present) != 4:
@@ -223,7 +243,7 @@ def _metric_positions(csv_path, rows, header):
     return positions, quaternions
 
 
-def _numbers(row, names, where):
+def _numbers(row: Mapping[str, str], names: Sequence[str], where: str) -> List[float]:
     try:
         return [float(row[name]) for name in names]
     except (TypeError, ValueError):
@@ -231,7 +251,7 @@ def _numbers(row, names, where):
         raise DatasetLayoutError(f'{where}: {values} must all be numbers') from None
 
 
-def _unit_quaternions(quaternions, csv_path):
+def _unit_quaternions(quaternions: npt.ArrayLike, csv_path: Path) -> npt.NDArray[np.float64]:
     quaternions = np.asarray(quaternions, np.float64)
     norms = np.linalg.norm(quaternions, axis=1, keepdims=True)
     bad = np.flatnonzero(~(norms[:, 0] > 1e-9))
@@ -241,8 +261,9 @@ def _unit_quaternions(quaternions, csv_path):
     return quaternions / norms
 
 
-def _label_columns(csv_path, rows, defaults):
-    labels = {'conditions': [], 'sequences': [], 'splits': [], 'roles': [], 'place_ids': []}
+def _label_columns(csv_path: Path, rows: CsvRows, defaults: Mapping[str, str]) -> Columns:
+    labels: Columns = {'conditions': [], 'sequences': [], 'splits': [], 'roles': [],
+                       'place_ids': []}
     for number, row in rows:
         where = f'{csv_path}:{number}'
         value = {key: (row.get(key) or '').strip() or default
@@ -261,7 +282,7 @@ def _label_columns(csv_path, rows, defaults):
     return labels
 
 
-def _image_path(folder, name, where):
+def _image_path(folder: Path, name: Optional[str], where: str) -> str:
     path = folder / (name or '')
     if not name or not path.is_file():
         raise DatasetLayoutError(f'{where}: image {path} does not exist')
@@ -271,19 +292,20 @@ def _image_path(folder, name, where):
 # --- synthetic world ---------------------------------------------------------------------
 
 
-def _with_place_set_options(loader):
+def _with_place_set_options(loader: _Loader) -> _Loader:
     """Expose every PlaceSetConfig field as a keyword option (kept in sync with the config)."""
     defaults = PlaceSetConfig()
     parameters = [inspect.Parameter('root', inspect.Parameter.KEYWORD_ONLY)] + [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                           default=getattr(defaults, f.name)) for f in fields(PlaceSetConfig)]
-    loader.__signature__ = inspect.Signature(parameters)
+    # a function takes any attribute; inspect.signature (the registry's option check) reads this
+    loader.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     return loader
 
 
 @DATASETS.register('synthetic')
 @_with_place_set_options
-def load_synthetic(*, root, **options):
+def load_synthetic(*, root: str | Path, **options: Any) -> PlaceDataset:
     """Load place sets of the synthetic town, rendered once into the cache folder ``root``.
 
     Options are the fields of :class:`vl_attention.training.datasets.PlaceSetConfig`
