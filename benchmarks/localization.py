@@ -45,6 +45,7 @@ from vl_attention.localization.place_filter import Motion, PlaceFilter, PlaceFil
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared' / 'data'
 CANDIDATES = 20   # retrieved per frame (as the node's ``candidates``)
+NORDLAND_TRAINED_MODELS = ('effnet_lite0_netvlad_vpr',)   # heads trained on places 0-899
 # the other likelihoods at the scales chosen for them on Nordland places 0-899
 OTHER_LIKELIHOODS = {'map_calibrated': 0.35, 'query_normalised': 2.0}
 LOG = logging.getLogger('localization_benchmark')
@@ -364,9 +365,10 @@ def main(argv=None):
             'nordland_dev_64x32', {'tune_0_899': (0, 900), 'validation_900_1199': (900, 1200),
                                    'all_0_1199': (0, 1200)}, sequence_embedders,
             args.temperature_scale)
+        # models whose shipped head learned from these places (its model card's data)
         result['nordland']['trained_on_places_0_899'] = [
             e.card.model_name for e in sequence_embedders
-            if e.card.model_name in args.sequence_models.split(',')]
+            if e.card.model_name in NORDLAND_TRAINED_MODELS]
     if 'corridor' in sections:
         result['corridor'] = real_sequence('corridor', None, sequence_embedders,
                                            args.temperature_scale)
