@@ -40,7 +40,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from benchmarks.localization import patch_normalised, synthetic_world
+from benchmarks.localization import patch_normalised, read_traversal, synthetic_world
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.evaluation.evaluate_vpr import evaluate_model, VPREvalConfig
 from vl_attention.evaluation.metrics import positives
@@ -86,33 +86,30 @@ class MapFittedNetVLAD:
         self.batch_size = batch_size
         self.fingerprint = 'unfitted'
 
-    def _tap_features(self, frames):
+    def _batches(self, frames):
+        """Yield the frames as preprocessed ``(B, 3, H, W)`` tensors."""
         from vl_attention.engine.preprocess import preprocess_frames
         frames = list(frames)
         for start in range(0, len(frames), self.batch_size):
-            images = preprocess_frames(frames[start:start + self.batch_size],
-                                       self.model.preprocessing)
-            with torch.no_grad():
-                yield self.model.backbone(torch.from_numpy(images))
+            yield torch.from_numpy(preprocess_frames(frames[start:start + self.batch_size],
+                                                     self.model.preprocessing))
 
     def fit(self, database_paths, seed=0):
-        """K-means of the local features of the map's images sets the centroids."""
+        """K-means of local features sampled evenly over the map's images sets the centroids."""
         from vl_attention.mapping.sources import read_rgb
-        local = torch.cat([
-            features[self.model.taps[0]].flatten(2).transpose(1, 2).reshape(
-                -1, features[self.model.taps[0]].shape[1])
-            for features in self._tap_features(read_rgb(path) for path in database_paths)])
-        rows = torch.randperm(len(local), generator=torch.Generator().manual_seed(seed))
-        self.model.aggregator.initialise_centroids(local[rows[:MAP_KMEANS_SAMPLES]].numpy())
+        from vl_attention.models.netvlad import sample_local_features
+        per_image = -(-MAP_KMEANS_SAMPLES // len(database_paths))
+        local = sample_local_features(
+            self.model, self._batches(read_rgb(path) for path in database_paths),
+            per_image=per_image, max_features=MAP_KMEANS_SAMPLES, seed=seed)
+        self.model.aggregator.initialise_centroids(local)
         self.fingerprint = f'map_kmeans_k{MAP_KMEANS_CLUSTERS}_{len(database_paths)}_images'
 
     def embed_batches(self, frames):
         """Return unit-norm descriptors of RGB frames."""
-        parts = []
-        for features in self._tap_features(frames):
-            with torch.no_grad():
-                parts.append(self.model.outputs_from_features(features, None).descriptor)
-        return torch.cat(parts).numpy().astype(np.float32)
+        with torch.no_grad():
+            return torch.cat([self.model.outputs(images).descriptor
+                              for images in self._batches(frames)]).numpy().astype(np.float32)
 
 
 def nordland_validation(root=SHARED / 'nordland_dev_64x32', places=NORDLAND_VALIDATION):
@@ -127,27 +124,15 @@ def nordland_validation(root=SHARED / 'nordland_dev_64x32', places=NORDLAND_VALI
 
 def synthetic_pair(world, query, positive_m):
     """Return the benchmark town's day map vs one query drive, positives within ``positive_m``."""
-    from vl_attention.mapping import read_poses_csv
-    traversals = {}
-    for name in ('map_day', query):
-        columns = read_poses_csv(world / name / 'poses.csv')
-        xy = local_xy(np.asarray(columns['latitude_deg']), np.asarray(columns['longitude_deg']))
-        traversals[name] = (tuple(world / name / 'images' / image for image in columns['image']),
-                            xy)
-    (database, database_xy), (queries, query_xy) = traversals['map_day'], traversals[query]
-    return VPRDataset(root=world, database_images=database, query_images=queries,
+    from vl_attention.geo import GeodeticOrigin
+    origin = GeodeticOrigin(**json.loads((world / 'world.json').read_text())['origin'])
+    (database, _, database_enu, _), (queries, _, query_enu, _) = (
+        read_traversal(world / name, origin) for name in ('map_day', query))
+    database_xy, query_xy = database_enu[:, :2], query_enu[:, :2]
+    return VPRDataset(root=world, database_images=tuple(database), query_images=tuple(queries),
                       positives=positives(query_xy, database_xy, positive_m),
                       ground_truth=f'positions within {positive_m:g} m',
                       database_xy_m=database_xy, query_xy_m=query_xy)
-
-
-def local_xy(latitude_deg, longitude_deg):
-    """Equirectangular metres around the first point (the town spans about a kilometre)."""
-    earth_m = 6_378_137.0
-    north = np.radians(latitude_deg - latitude_deg[0]) * earth_m
-    east = np.radians(longitude_deg - longitude_deg[0]) * earth_m * np.cos(
-        np.radians(latitude_deg[0]))
-    return np.stack([east, north], axis=1)
 
 
 def evaluation_sets(args):
