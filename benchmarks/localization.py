@@ -45,7 +45,8 @@ from vl_attention.localization.place_filter import Motion, PlaceFilter, PlaceFil
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared' / 'data'
 CANDIDATES = 20   # retrieved per frame (as the node's ``candidates``)
-NORDLAND_TRAINED_MODELS = ('effnet_lite0_netvlad_vpr',)   # heads trained on places 0-899
+# heads trained on places 0-899 (the default's adapter is the trained head's)
+NORDLAND_TRAINED_MODELS = ('effnet_lite0_netvlad_vpr', 'effnet_lite0_netvlad_vpr_map')
 # the other likelihoods at the scales chosen for them on Nordland places 0-899
 OTHER_LIKELIHOODS = {'map_calibrated': 0.35, 'query_normalised': 2.0}
 LOG = logging.getLogger('localization_benchmark')
@@ -84,6 +85,7 @@ def real_sequence(name, splits, embedders, temperature_scale):
     descriptors = {'patch_normalised_sad': (patch_normalised(database),
                                             patch_normalised(queries))}
     for embedder in embedders:
+        embedder = fitted_on(embedder, database)
         descriptors[embedder.card.model_name] = (embedder.embed_batches(database),
                                                  embedder.embed_batches(queries))
     for descriptor, (db, q) in descriptors.items():
@@ -95,6 +97,26 @@ def real_sequence(name, splits, embedders, temperature_scale):
                 db, q, dataset.positives, splits=splits,
                 filter_config=PlaceFilterConfig(temperature_scale=scale, likelihood=likelihood))
     return result
+
+
+def fitted_on(embedder, database):
+    """Return ``embedder`` with its vocabulary fitted on ``database`` if its preset fits one."""
+    from vl_attention.engine.vocabulary import (evenly_spaced, fit_map_vocabulary,
+                                                needs_map_vocabulary, VocabularyConfig)
+    if not needs_map_vocabulary(embedder.card):
+        return embedder
+    chosen = evenly_spaced(len(database), VocabularyConfig().images)
+    return fit_map_vocabulary(embedder, [database[i] for i in chosen], len(chosen))[0]
+
+
+def map_embedder(map_dir, embedder):
+    """Return the embedder of the model a map carries (e.g. fitted on it), else ``embedder``."""
+    from vl_attention.engine.embedder import create_embedder
+    from vl_attention.mapping.map_format import map_model_dir
+    model_dir = map_model_dir(map_dir)
+    if model_dir is None:
+        return embedder
+    return create_embedder(replace(embedder.config, export_dir=str(model_dir)))
 
 
 def synthetic_world(work_dir, frames):
@@ -195,6 +217,7 @@ def synthetic(args, embedder):
     if not (map_dir / 'manifest.json').is_file():
         build_map_from_folder(world / 'map_day' / 'images', world / 'map_day' / 'poses.csv',
                               map_dir, embedder=embedder)
+    embedder = map_embedder(map_dir, embedder)
     map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
     localizer = Localizer(map_, embedder=embedder, tracking=TrackingConfig())
     rows = {'map': map_.manifest.local_features | {'images': map_.manifest.count}}
@@ -273,7 +296,9 @@ def latency(args, embedder):
     from vl_attention.localization import Localizer, TrackingConfig
     from vl_attention.localization.refinement import RefinementConfig
     from vl_attention.mapping import load_map
-    map_ = load_map(Path(args.work_dir) / f'map_{args.frames}')
+    map_dir = Path(args.work_dir) / f'map_{args.frames}'
+    embedder = map_embedder(map_dir, embedder)
+    map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
     world = synthetic_world(args.work_dir, args.frames)
     paths, stamps, _, _ = read_traversal(world / 'query_rain', map_.manifest.geodetic_origin)
     frames = [cv2.resize(read_rgb(p), (640, 480), interpolation=cv2.INTER_LINEAR)

@@ -64,7 +64,7 @@ from vl_attention.io import atomic_write_text, json_safe
 from vl_attention.localization import Localizer, LocalizerConfig, TrackingConfig
 from vl_attention.mapping import Map, MapIndex, MapManifest
 from vl_attention.mapping.records import records_from_columns
-from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
+from vl_attention.models import build_model, load_model_config
 from vl_attention.training.config import TrainConfig
 from vl_attention.training.datasets import (load_place_views, PlaceSetConfig, PlaceViews,
                                             split_by_pass)
@@ -196,8 +196,8 @@ def pose_recipe(dataset, sampling, *, steps, lr, device, seed=0):
 
 
 def retrieval_model():
-    """Build the default retrieval model (ImageNet EfficientNet-Lite0 GeM) at our size."""
-    return build_model(replace(load_model_config(DEFAULT_MODEL), input_height=HEIGHT,
+    """Build the retrieval baseline (ImageNet EfficientNet-Lite0 GeM) at our size."""
+    return build_model(replace(load_model_config('effnet_lite0_gem'), input_height=HEIGHT,
                                input_width=WIDTH))
 
 

@@ -35,11 +35,17 @@ def export_cache(tmp_path_factory):
     return tmp_path_factory.mktemp('exports')
 
 
+# The ImageNet GeM baseline: its maps keep the embedder's fingerprint. The default model fits
+# its vocabulary on each map, so its maps have their own (test_map_vocabulary.py).
+BASELINE_MODEL = 'effnet_lite0_gem'
+
+
 @pytest.fixture(scope='session')
 def embedder(export_cache):
-    """Create the default model on ONNX Runtime."""
+    """Create the GeM baseline model on ONNX Runtime."""
     from vl_attention.engine.embedder import create_embedder, EmbedderConfig
-    return create_embedder(EmbedderConfig(backend='onnxruntime', cache_dir=str(export_cache)))
+    return create_embedder(EmbedderConfig(model=BASELINE_MODEL, backend='onnxruntime',
+                                          cache_dir=str(export_cache)))
 
 
 def write_poses_csv(path, names, latitudes_deg, longitude_deg=11.5, altitude_m=520.0):

@@ -6,6 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import BASELINE_MODEL
 import torch
 
 from vl_attention import cli
@@ -18,7 +20,7 @@ from vl_attention.engine.backends import BackendUnavailable, create_backend
 from vl_attention.engine.embedder import create_embedder, EmbedderConfig
 from vl_attention.engine.export import CARD_FILE, ONNX_FILE, read_export
 from vl_attention.engine.preprocess import preprocess_frames
-from vl_attention.models import build_model, DEFAULT_MODEL, load_model_config
+from vl_attention.models import build_model, load_model_config
 from vl_attention.models.registry import BACKBONES
 from vl_attention.models.weights import WeightsError
 
@@ -96,7 +98,7 @@ def test_this_machine_is_probed_honestly():
 @pytest.mark.filterwarnings('ignore:Specified provider')
 def test_auto_falls_through_failing_gpu_candidates(embedder, export_cache):
     # Claim a GPU, TensorRT and ORT-CUDA that do not exist: each start fails and auto moves on.
-    model = build_model(load_model_config())
+    model = build_model(load_model_config(BASELINE_MODEL))
     onnx_path = export_cache / embedder.fingerprint / ONNX_FILE
     backend = create_backend('auto', model=model, onnx_path=onnx_path, availability=EVERYTHING)
     assert backend.name == 'onnxruntime' and backend.device == 'cpu'
@@ -113,10 +115,10 @@ def cli_export(tmp_path_factory):
     """Export a seeded random-weight checkpoint through the CLI at 160x120 with dynamic H x W."""
     root = tmp_path_factory.mktemp('cli_export')
     torch.manual_seed(3)
-    random_model = build_model(dataclasses.replace(load_model_config(),
+    random_model = build_model(dataclasses.replace(load_model_config(BASELINE_MODEL),
                                                    backbone_options={'weights': 'none'}))
     torch.save(random_model.state_dict(), root / 'trained.pth')
-    code = cli.main(['export', '--model', DEFAULT_MODEL, '--weights', str(root / 'trained.pth'),
+    code = cli.main(['export', '--model', BASELINE_MODEL, '--weights', str(root / 'trained.pth'),
                      '--out', str(root / 'export'), '--height', '120', '--width', '160',
                      '--dynamic-size'])
     assert code == 0
@@ -255,7 +257,8 @@ def test_int8_calibration_batches_from_map_images(photo_folder, embedder, tmp_pa
 
 @pytest.mark.skipif(not AVAILABLE.tensorrt_version, reason=NO_TENSORRT)
 def test_tensorrt_engine_is_cached_and_reused(export_cache, photos):
-    config = EmbedderConfig(backend='tensorrt', precision='fp16', cache_dir=str(export_cache))
+    config = EmbedderConfig(model=BASELINE_MODEL, backend='tensorrt', precision='fp16',
+                            cache_dir=str(export_cache))
     first = create_embedder(config)
     engines = sorted((export_cache / 'tensorrt').glob('*.engine'))
     assert first.backend.agreement > 0.99 and len(engines) == 1
@@ -308,7 +311,7 @@ def _decided_queries(similarities, margin=1e-3):
 
 
 @pytest.mark.parametrize('preset', [
-    pytest.param(name, marks=() if name == DEFAULT_MODEL else pytest.mark.slow)
+    pytest.param(name, marks=() if name == BASELINE_MODEL else pytest.mark.slow)
     for name in PRESETS])
 def test_every_backend_matches_torch_fp32(preset, photos, gardens, export_cache):
     torch.manual_seed(0)   # presets with random weights: one model shared by every backend
@@ -332,7 +335,7 @@ def test_every_backend_matches_torch_fp32(preset, photos, gardens, export_cache)
         assert embedder.fingerprint == reference.fingerprint, label
         top1 = np.argmax(_similarities(embedder, gardens), axis=1)[decided]
         np.testing.assert_array_equal(top1, expected_top1, err_msg=label)
-    if preset == DEFAULT_MODEL:
+    if preset == BASELINE_MODEL:
         assert decided.all()   # pretrained: every top-1 decision is clear and must agree
 
 
@@ -346,7 +349,8 @@ def test_embedder_reports_backend_and_batches(embedder, photos):
 
 @pytest.mark.slow
 def test_torch_compile_matches_eager(photos, export_cache):
-    config = EmbedderConfig(backend='torch-cpu', compile=True, cache_dir=str(export_cache))
+    config = EmbedderConfig(model=BASELINE_MODEL, backend='torch-cpu', compile=True,
+                            cache_dir=str(export_cache))
     compiled, eager = create_embedder(config), create_embedder(
         dataclasses.replace(config, compile=False))
     frames = list(photos.values())[:2]
@@ -384,5 +388,5 @@ def test_descriptor_only_models_run_outputs_is_the_descriptors(embedder, photos)
     outputs = embedder.backend.run_outputs(batch)
     assert list(outputs) == ['descriptors']
     np.testing.assert_array_equal(outputs['descriptors'], embedder.backend.run(batch))
-    with pytest.raises(ConfigError, match=f'model {DEFAULT_MODEL} has no pose output'):
+    with pytest.raises(ConfigError, match=f'model {BASELINE_MODEL} has no pose output'):
         embedder.embed_with_pose(list(photos.values())[:1])

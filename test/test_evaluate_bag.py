@@ -6,6 +6,8 @@ import json
 import cv2
 import numpy as np
 import pytest
+
+from conftest import BASELINE_MODEL
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import get_typestore, Stores
 
@@ -49,7 +51,8 @@ def tiny_bag(tiny_world, tmp_path_factory):
 
 
 def _config(tiny_world, export_cache, **changes):
-    embedder = EmbedderConfig(backend='onnxruntime', cache_dir=str(export_cache))
+    embedder = EmbedderConfig(model=BASELINE_MODEL, backend='onnxruntime',
+                              cache_dir=str(export_cache))
     return BagEvalConfig(embedder=embedder, gt_origin=_world_origin(tiny_world), **changes)
 
 

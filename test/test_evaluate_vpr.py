@@ -14,6 +14,8 @@ import termios
 import numpy as np
 import pytest
 
+from conftest import BASELINE_MODEL
+
 from vl_attention.cli import main as cli_main
 from vl_attention.engine.embedder import EmbedderConfig
 from vl_attention.evaluation.evaluate_vpr import (main as evaluate_vpr, node_confidences,
@@ -22,6 +24,7 @@ from vl_attention.evaluation.vpr_dataset import DatasetError, load_vpr_dataset, 
 from vl_attention.geo import GeodeticOrigin, quaternion_from_yaw_pitch_roll
 from vl_attention.localization import Localizer, LocalizerConfig
 from vl_attention.mapping import Map, MapIndex, MapManifest, read_poses_csv
+from vl_attention.model_outputs import DEFAULT_MODEL
 from vl_attention.mapping.records import records_from_columns
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -68,7 +71,7 @@ def test_ground_truth_sources(synthetic_vpr, tmp_path):
 
 
 def test_report_is_complete_and_consistent(synthetic_vpr, export_cache, tmp_path):
-    cfg = VPREvalConfig(embedder=EmbedderConfig(backend='onnxruntime',
+    cfg = VPREvalConfig(embedder=EmbedderConfig(model=BASELINE_MODEL, backend='onnxruntime',
                                                 cache_dir=str(export_cache)),
                         positive_distance_m=25.0)
     out = evaluate_vpr(cfg, synthetic_vpr, tmp_path / 'report')
@@ -103,7 +106,7 @@ def test_corridor_real_dataset_far_above_chance(export_cache, tmp_path, capsys):
     assert sequence['single_frame_recall_at_1'] == pytest.approx(run['recall_at_n']['1'])
     assert sequence['filtered_recall_at_1'] > sequence['single_frame_recall_at_1'] + 0.05
     assert sequence['fix_precision'] >= 0.9 and sequence['tracking_fraction'] > 0.5
-    assert '| effnet_lite0_gem | ' in out and 'fix precision' in out
+    assert f'| {DEFAULT_MODEL} | ' in out and 'fix precision' in out
 
 
 def test_cli_reports_bad_dataset_in_one_line(tmp_path, capsys):

@@ -3,6 +3,8 @@
 import cv2
 import numpy as np
 import pytest
+
+from conftest import BASELINE_MODEL
 import torch
 
 from vl_attention.config import ConfigError
@@ -84,7 +86,7 @@ def test_descriptors_unit_norm_and_distinctive(embedder, photos):
 
 
 def test_onnxruntime_matches_torch_on_real_photos(embedder, photos, export_cache):
-    torch_embedder = create_embedder(EmbedderConfig(backend='torch',
+    torch_embedder = create_embedder(EmbedderConfig(model=BASELINE_MODEL, backend='torch',
                                                     cache_dir=str(export_cache)))
     frames = list(photos.values())
     ort, eager = embedder.embed(frames), torch_embedder.embed(frames)
@@ -97,7 +99,8 @@ def test_onnxruntime_matches_torch_on_real_photos(embedder, photos, export_cache
 def test_export_is_cached_and_verified(embedder, export_cache):
     export_dir = export_cache / embedder.fingerprint
     onnx_mtime = (export_dir / ONNX_FILE).stat().st_mtime_ns
-    again = create_embedder(EmbedderConfig(backend='auto', cache_dir=str(export_cache)))
+    again = create_embedder(EmbedderConfig(model=BASELINE_MODEL, backend='auto',
+                                           cache_dir=str(export_cache)))
     assert again.backend_name == 'onnxruntime'
     assert (export_dir / ONNX_FILE).stat().st_mtime_ns == onnx_mtime  # reused, not rebuilt
     card = read_export(export_dir)
@@ -107,7 +110,7 @@ def test_export_is_cached_and_verified(embedder, export_cache):
 
 
 def test_damaged_export_is_detected_and_rebuilt(embedder, tmp_path):
-    config = EmbedderConfig(backend='onnxruntime', cache_dir=str(tmp_path))
+    config = EmbedderConfig(model=BASELINE_MODEL, backend='onnxruntime', cache_dir=str(tmp_path))
     first = create_embedder(config)
     onnx_path = tmp_path / first.fingerprint / ONNX_FILE
     onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
@@ -121,8 +124,9 @@ def test_damaged_export_is_detected_and_rebuilt(embedder, tmp_path):
 
 
 def test_fingerprint_changes_with_weights_and_size(export_cache):
-    config = load_model_config()
-    base = create_embedder(EmbedderConfig(backend='torch', cache_dir=str(export_cache)))
+    config = load_model_config(BASELINE_MODEL)
+    base = create_embedder(EmbedderConfig(model=BASELINE_MODEL, backend='torch',
+                                          cache_dir=str(export_cache)))
     from dataclasses import replace
 
     from vl_attention.engine.card_builder import make_model_card
@@ -147,7 +151,7 @@ def test_preprocessing_rejects_bad_frames(embedder):
 
 
 def test_backend_errors_are_clear(tmp_path):
-    model = build_model(load_model_config())
+    model = build_model(load_model_config(BASELINE_MODEL))
     with pytest.raises(BackendUnavailable, match='no ONNX file'):
         create_backend('onnxruntime', model=model, onnx_path=tmp_path / 'none.onnx')
     with pytest.raises(ValueError, match='unknown backend'):

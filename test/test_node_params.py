@@ -23,14 +23,15 @@ from std_srvs.srv import Trigger
 
 from vl_attention.mapping import read_poses_csv
 from vl_attention.ros.params import (check_values, descriptor, NODE_PARAMS, PARAMS_BY_NAME,
-                                     ParameterError)
+                                     ParameterError, tracking_config)
 from vl_attention.ros.process import (isolated_ros_environment, localize_node_command,
                                       start_localize_node, stop_process)
 from vl_attention.ros.replay import ReplayClient
 
 DEFAULTS = {param.name: param.default for param in NODE_PARAMS}
 RANGE_HELP = {name: PARAMS_BY_NAME[name].description
-              for name in ('top_k', 'neighbour_radius_m', 'diagnostics_period_s')}
+              for name in ('top_k', 'neighbour_radius_m', 'diagnostics_period_s',
+                           'refine_time_budget_ms')}
 
 
 # ---------------------------------------------------------------- the validator (no ROS)
@@ -50,6 +51,8 @@ RANGE_HELP = {name: PARAMS_BY_NAME[name].description
      'publish_pose:=true)'),
     ('min_confidence', 1.0, 'parameter min_confidence is 1.0, outside 0 .. 0.999: below this '
      'confidence the frame gives no fix'),
+    ('refine_time_budget_ms', -5.0, 'parameter refine_time_budget_ms is -5.0, outside 0 .. '
+     f"10000: {RANGE_HELP['refine_time_budget_ms']}"),
 ])
 def test_bad_values_are_refused_with_one_line(name, value, message):
     with pytest.raises(ParameterError) as caught:
@@ -69,12 +72,19 @@ def test_an_integer_for_a_float_parameter_becomes_a_float():
     assert values['min_confidence'] == 0.0 and type(values['min_confidence']) is float
 
 
+def test_the_refinement_time_budget_reaches_the_localizer_config():
+    assert tracking_config(DEFAULTS).refinement.time_budget_ms == 0.0
+    values = check_values(DEFAULTS | {'refine_time_budget_ms': 60})
+    assert tracking_config(values).refinement.time_budget_ms == 60.0
+
+
 def test_every_default_passes_and_descriptors_carry_ranges_choices_and_read_only():
     assert check_values(DEFAULTS) == DEFAULTS
     read_only = {param.name for param in NODE_PARAMS if descriptor(param).read_only}
     assert read_only == {'map_dir', 'model', 'backend', 'device', 'precision', 'export_dir',
                          'threads', 'cache_dir', 'image_transport', 'odom_topic', 'use_filter',
-                         'refine', 'pose_source', 'publish_tf', 'rectify'}
+                         'refine', 'refine_time_budget_ms', 'pose_source', 'publish_tf',
+                         'rectify'}
     top_k = descriptor(PARAMS_BY_NAME['top_k']).integer_range[0]
     assert (top_k.from_value, top_k.to_value) == (1, 1000)
     radius = descriptor(PARAMS_BY_NAME['neighbour_radius_m'])

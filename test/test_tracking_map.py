@@ -137,3 +137,72 @@ def test_refinement_stops_at_the_first_pose_with_accept_inliers(tiny_map, tiny_w
     assert poses[0].inliers > poses[12].inliers >= 12
     for pose in poses.values():
         assert np.linalg.norm(pose.position_enu_m - map_.records.position_enu_m[4]) < 0.5
+
+
+@pytest.mark.parametrize('budget_ms, budgeted, tried', [(1e-3, True, 1), (0.0, True, 3),
+                                                        (1e-3, False, 3)])
+def test_refinement_tries_no_further_candidate_once_its_time_budget_is_spent(
+        tiny_map, tiny_world, budget_ms, budgeted, tried):
+    from vl_attention.localization.refinement import RefinementConfig, Refiner
+    map_ = load_map(tiny_map)
+    frame = next(f for f, _, k in _frames(tiny_world, 'map_day') if k == 4)
+    refiner = Refiner(map_.local_features, RefinementConfig(time_budget_ms=budget_ms))
+    # places 20 and 18 lie 28-32 m down the road: PnP fails there; the frame's own place last
+    pose = refiner.refine(frame, [20, 18, 4], budgeted=budgeted)
+    assert pose.candidates_tried == tried
+    if tried == 1:   # the extraction alone outlasts a microsecond: only the first is tried
+        assert not pose.ok
+        assert pose.reason.startswith('PnP failed for every candidate tried (place 20: ')
+        assert pose.reason.endswith('; time_budget_ms 0.001 spent after 1 of 3 candidates)')
+    else:            # no limit, or the caller waives it: every candidate, the right pose
+        assert pose.ok and pose.place_index == 4, pose.reason
+
+
+def test_the_localizer_spends_the_time_budget_only_while_its_filter_tracks(tiny_map,
+                                                                           tiny_world, embedder):
+    from vl_attention.localization.refinement import RefinementConfig
+    tracking = TrackingConfig(refinement=RefinementConfig(time_budget_ms=1e-3))
+    localizer = Localizer(load_map(tiny_map), embedder=embedder, tracking=tracking)
+    frames = list(_frames(tiny_world, 'map_day'))
+    blurred = cv2.GaussianBlur(frames[12][0], (0, 0), 4)   # PnP fails on it everywhere
+    first = localizer.localize(blurred, stamp_s=0.0)
+    assert first.filter_state == 'initialising'
+    assert first.refinement.count('place ') == 3 and 'time_budget_ms' not in first.refinement
+    localizer.reset()
+    for frame, stamp, _ in frames[:12]:
+        localizer.localize(frame, stamp_s=stamp)
+    tracked = localizer.localize(blurred, stamp_s=frames[12][1])
+    assert tracked.filter_state == 'tracking'
+    assert tracked.refinement.count('place ') == 1
+    assert tracked.refinement.endswith('time_budget_ms 0.001 spent after 1 of 3 candidates)')
+
+
+def test_a_jump_of_the_filter_voids_the_verification_of_the_track_it_left(tiny_map, tiny_world,
+                                                                          embedder):
+    map_ = load_map(tiny_map)
+    localizer = Localizer(map_, embedder=embedder, tracking=TrackingConfig())
+    frames = [frame for frame, _, _ in _frames(tiny_world, 'map_day')]
+    truth = map_.records.position_enu_m
+    stamps = iter(np.arange(40) * 0.2)   # the world's 5 Hz; a kidnapped robot's clock runs on
+    for k in range(12, 24):              # track A: the road's far half, verified by PnP
+        result = localizer.localize(frames[k], stamp_s=next(stamps))
+    assert result.ok and result.pose_source == 'pnp'
+
+    def blurred_at(k):   # retrieval sure of place k (its own map descriptor), PnP blind
+        return localizer.track(np.asarray(map_.index.descriptors[k]), stamp_s=next(stamps),
+                               frame=cv2.GaussianBlur(frames[k], (0, 0), 4))
+
+    # kidnapped to B, the road's start (>= 32 m from A): the filter jumps there within frames
+    at_b = [(k, blurred_at(k)) for k in range(8)]
+    jumped = [r for k, r in at_b if r.filter_state == 'tracking'
+              and np.linalg.norm(r.filtered.position_enu_m[:2] - truth[k][:2]) < 5.0]
+    assert len(jumped) >= 2, [(r.filter_state, r.place_index) for _, r in at_b]
+    for result in jumped:   # A's verification is no licence for B: no fix, and why
+        assert result.pose_source == 'filter' and not result.ok
+        assert result.reason.startswith('filter tracking, but PnP verification void: its '
+                                        'estimate jumped ')
+        assert 'no fix until PnP verifies the new place' in result.reason
+    verified = localizer.localize(frames[8], stamp_s=next(stamps))
+    assert verified.ok and verified.pose_source == 'pnp'
+    after = blurred_at(9)   # B verified: the filter's estimate is a fix again
+    assert after.ok and after.pose_source == 'filter', after.reason

@@ -58,8 +58,14 @@ def prepare_map(world, work_dir, embedder):
     """Build the map of the daytime traversal unless one for this model exists."""
     from vl_attention.mapping import load_map
     from vl_attention.mapping.builder import build_map_from_folder
+    from vl_attention.engine.vocabulary import needs_map_vocabulary
     map_dir = Path(work_dir) / f'map_{world.name}'
     try:
+        if needs_map_vocabulary(embedder.card):   # fitted on the map: its own fingerprint
+            manifest = load_map(map_dir).manifest
+            if manifest.model_name == embedder.card.model_name and 'vocabulary' in manifest.build:
+                return map_dir
+            raise MapFormatError(f'{map_dir} was built with {manifest.model_name}')
         load_map(map_dir, expected_fingerprint=embedder.fingerprint)
         return map_dir
     except MapFormatError:

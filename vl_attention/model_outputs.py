@@ -11,4 +11,4 @@ POSE_FRAME = ('camera body pose (x forward, y left, z up) in the map frame of th
               'camera position = position_m + pose_origin_m, orientation_xyzw rotates body '
               'to map (unit, w >= 0)')
 
-DEFAULT_MODEL = 'effnet_lite0_gem'
+DEFAULT_MODEL = 'effnet_lite0_netvlad_vpr_map'

@@ -22,7 +22,7 @@ from vl_attention.io import StrPath
 from vl_attention.model_outputs import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from vl_attention.models.descriptor import DescriptorModel
+    from vl_attention.models.descriptor import DescriptorModel, ModelConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -70,12 +70,18 @@ class Embedder:
     """Runs preprocessing and one backend; every backend gets identical input."""
 
     def __init__(self, backend: EmbeddingBackend, card: ModelCard, *, batch_size: int = 8,
-                 export_dir: Optional[StrPath] = None) -> None:
+                 export_dir: Optional[StrPath] = None,
+                 config: Optional[EmbedderConfig] = None) -> None:
         self.backend = backend
         self.card = card
         self.batch_size = batch_size
         self.export_dir = Path(export_dir) if export_dir else None  # model.onnx + card
+        # what started it (create_embedder), so a refitted model can run the same way
+        self.config = config or EmbedderConfig(model=card.model_name, backend=backend.name,
+                                               batch_size=batch_size)
         self.last_latency_ms = 0.0
+        # a vocabulary: map model before a map fitted it: warn at its first use
+        self._warn_unfitted = card.model_config.get('vocabulary') == 'map'
 
     @property
     def backend_name(self) -> str:
@@ -101,6 +107,13 @@ class Embedder:
         """Descriptors ``float32 (B, D)`` of a list of uint8 ``(H, W, 3)`` RGB frames."""
         if len(frames) == 0:
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
+        if self._warn_unfitted:
+            self._warn_unfitted = False
+            LOG.warning('model %s fits its NetVLAD vocabulary on a map, and this one is not '
+                        'fitted yet: its descriptors come from seeded random centroids. Build '
+                        'a map with it (or use vl_attention.engine.vocabulary.'
+                        'fit_map_vocabulary) and embed with the model the map carries',
+                        self.card.model_name)
         started = time.perf_counter()
         descriptors = self.backend.run(preprocess_frames(frames, self.card.preprocessing))
         descriptors = as_float32(descriptors)
@@ -171,13 +184,14 @@ def _rebuild_model(card: ModelCard) -> DescriptorModel:
     return rebuild_model(card)
 
 
-def _from_preset(config: EmbedderConfig, model: Optional[DescriptorModel], cache_dir: Path
+def _from_preset(config: EmbedderConfig, model: Optional[DescriptorModel], cache_dir: Path,
+                 model_config: Optional[ModelConfig] = None
                  ) -> tuple[ModelCard, DescriptorModel, Optional[Path]]:
     # building a preset needs torch; running an export (or a map's model) does not
     from vl_attention.engine.export import cached_export
     from vl_attention.engine.card_builder import make_model_card
     from vl_attention.models import build_model, load_model_config
-    model_config = load_model_config(config.model)
+    model_config = model_config or load_model_config(config.model)
     model = build_model(model_config) if model is None else model.eval()
     card = make_model_card(model_config, model)
     size = (model_config.input_height, model_config.input_width)
@@ -192,22 +206,25 @@ def _from_preset(config: EmbedderConfig, model: Optional[DescriptorModel], cache
 
 
 def create_embedder(config: EmbedderConfig = EmbedderConfig(), *,
-                    model: Optional[DescriptorModel] = None) -> Embedder:
+                    model: Optional[DescriptorModel] = None,
+                    model_config: Optional[ModelConfig] = None) -> Embedder:
     """Start an embedder: export once (cached by fingerprint), then start the backend.
 
     The network comes from ``config.export_dir`` when set, else from preset
     ``config.model`` (``model`` may pass an already built module of that
-    preset, e.g. fresh from training).
+    preset, e.g. fresh from training; ``model_config`` the preset as its card
+    should record it, e.g. with a fitted vocabulary).
     """
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     torch_model: TorchModelSource
     if config.export_dir:
         card, torch_model, onnx_path = _from_export_dir(config)
     else:
-        card, torch_model, onnx_path = _from_preset(config, model, cache_dir)
+        card, torch_model, onnx_path = _from_preset(config, model, cache_dir, model_config)
     backend = create_backend(config.backend, model=torch_model, onnx_path=onnx_path,
                              options=config.backend_options(cache_dir))
     LOG.info('embedder: model %s (fingerprint %s, %d-D) on %s', card.model_name,
              card.fingerprint, card.descriptor_dim, backend.description)
     return Embedder(backend, card, batch_size=config.batch_size,
-                    export_dir=onnx_path.parent if onnx_path is not None else None)
+                    export_dir=onnx_path.parent if onnx_path is not None else None,
+                    config=config)

@@ -91,12 +91,14 @@ class ModelCard:
 
 
 def card_config_values(config: ModelConfig) -> dict[str, Any]:
-    """Return the preset as the card records it, leaving out the default ``resize: stretch``.
+    """Return the preset as the card records it, leaving out the defaults of later fields.
 
-    Cards and fingerprints made before the preset had a resize policy stay
-    the same: the policy changes them only when it is not the default.
+    Cards and fingerprints made before the preset had a resize policy or a
+    vocabulary source stay the same: those change them only when they are not
+    the default (``resize: stretch``, ``vocabulary: preset``).
     """
     values = to_dict(config)
-    if values.get('resize') == DEFAULT_RESIZE:
-        del values['resize']
+    for name, default in (('resize', DEFAULT_RESIZE), ('vocabulary', 'preset')):
+        if values.get(name) == default:
+            del values[name]
     return values

@@ -47,7 +47,7 @@ from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import atomic_write_text, make_directory
 from vl_attention.localization import Localizer, LocalizerConfig, TrackingConfig
 from vl_attention.localization.localizer import POSE_SOURCES
-from vl_attention.mapping.map_format import load_map, Map, MANIFEST_FILE
+from vl_attention.mapping.map_format import carried_model_config, load_map, Map, MANIFEST_FILE
 
 LOG = logging.getLogger(__name__)
 TRACKING_MODES = {'full': TrackingConfig(), 'filter': TrackingConfig(refine=False),
@@ -229,9 +229,9 @@ def evaluate_model(cfg: BagEvalConfig, bag_paths: Sequence[str | Path], map_dir:
         run = localize_realtime(cfg, bag_paths, map_dir, map_.manifest, embedder_cfg,
                                 log_path=Path(out_dir) / f'localize_node_{Path(model).stem}.log')
         return replace(run, model=model), map_
-    embedder = create_embedder(embedder_cfg)
+    embedder = create_embedder(carried_model_config(embedder_cfg, map_dir))   # as the node
     map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
-    return localize_offline(cfg, bag_paths, map_, embedder, model), map_
+    return localize_offline(cfg, bag_paths, map_, embedder, embedder.card.model_name), map_
 
 
 def describe_map(map_dir: str | Path, map_: Map) -> Dict[str, Any]:
@@ -257,7 +257,7 @@ def main(cfg: BagEvalConfig, bag_paths: Sequence[str | Path], map_dir: str | Pat
                                    'ground_truth': run.truth.describe()}
         LOG.info('%s: %d frames, median error %s m', model, result['frames_scored'],
                  (result['accepted'] or {}).get('position_median_m'))
-        atomic_write_text(out_dir / f'frames_{Path(model).stem}.csv', records_csv(run.records))
+        atomic_write_text(out_dir / f'frames_{Path(run.model).stem}.csv', records_csv(run.records))
         runs.append((result, run, map_))
     description = {'bags': [str(Path(p).resolve()) for p in bag_paths],
                    'image_topic': cfg.image_topic, 'gt_topic': cfg.gt_topic,

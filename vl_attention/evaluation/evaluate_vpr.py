@@ -35,6 +35,8 @@ from tqdm import tqdm
 
 from vl_attention.config import ConfigError
 from vl_attention.engine.embedder import create_embedder, Embedder, EmbedderConfig
+from vl_attention.engine.vocabulary import (evenly_spaced, fit_map_vocabulary,
+                                            needs_map_vocabulary, VocabularyConfig)
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.place_dataset import PlaceDataset
 from vl_attention.evaluation.report import write_vpr_report
@@ -64,6 +66,8 @@ class VPREvalConfig:
     progress: bool = True                      # tqdm bars on a terminal (never in logs)
     filter: bool = False                       # queries in route order: run the place filter
     split: Optional[str] = None                # rows scored; None: test, else val, else train
+    # models with ``vocabulary: map`` fit it on the database images
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
 
     def __post_init__(self) -> None:
         if self.ratio_test_candidates < 2:
@@ -127,6 +131,11 @@ def evaluate_model(cfg: VPREvalConfig, dataset: VPRDataset,
                    embedder: Embedder) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """All metrics of one model on one dataset, plus what the report needs to plot."""
     name = embedder.card.model_name
+    if needs_map_vocabulary(embedder.card):   # the database is the map it fits on
+        chosen = evenly_spaced(len(dataset.database_images), cfg.vocabulary.images)
+        embedder, _ = fit_map_vocabulary(
+            embedder, (read_rgb(dataset.database_images[i]) for i in chosen), len(chosen),
+            cfg=cfg.vocabulary)
     database, database_ms = embed_images(embedder, dataset.database_images,
                                          progress=cfg.progress, desc=f'{name} database')
     queries, query_ms = embed_images(embedder, dataset.query_images,

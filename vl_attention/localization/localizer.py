@@ -131,6 +131,8 @@ class TrackingConfig:
     verification_ratio: float = 20.0
     # with refinement on, a filter estimate is a fix only if PnP verified a place within
     # the filter's cluster radius in the last ``verification_frames`` frames (0: never required)
+    # and the estimate has not jumped since (farther than the cluster radius plus what
+    # max_speed_mps or the odometry allows): a verification belongs to the track it verified
     verification_frames: int = 20   # chosen on the synthetic validation town (10 / 20 / 30)
     # the published pose (module docstring): pnp | retrieval | regression
     pose_source: str = 'pnp'
@@ -156,7 +158,9 @@ class Localizer:
     refinement, a PnP pose is also a measurement of the filter, and a filter
     estimate is a fix only while PnP has verified a place near it within
     ``verification_frames`` frames: a weak descriptor can lock the filter
-    onto a look-alike place, and geometry is what tells them apart.
+    onto a look-alike place, and geometry is what tells them apart. When the
+    estimate jumps (a kidnap, or a jump to a look-alike), the verification,
+    which was of the track it left, is void until PnP verifies the new place.
     """
 
     def __init__(self, map_: 'Map', *, embedder: Optional['Embedder'] = None,
@@ -181,6 +185,8 @@ class Localizer:
         self.refiner, self.refinement_note = _create_refiner(map_, tracking)
         self._last_stamp_s: Optional[float] = None
         self._frames_since_verified: Optional[int] = None
+        self._track = _TrackMotion()
+        self._void_note = ''   # why the verification is void ('' when it is not)
 
     @classmethod
     def from_map(cls, map_dir: 'StrPath', *, backend: str = 'auto', threads: int = 0,
@@ -209,6 +215,8 @@ class Localizer:
             self.place_filter.reset()
         self._last_stamp_s = None
         self._frames_since_verified = None
+        self._track = _TrackMotion()
+        self._void_note = ''
 
     def localize(self, frame: np.ndarray, *, stamp_s: Optional[float] = None,
                  motion: Optional['Motion'] = None) -> LocalizationResult:
@@ -242,6 +250,7 @@ class Localizer:
                                                  self.tracking.filter.default_dt_s)
             estimate = self.place_filter.step(indices, similarities, motion, stamp_s=stamp_s,
                                               reference=reference, query=descriptor)
+            self._void_on_jump(estimate, motion)
             result = filtered = replace(self._filtered(single, estimate),
                                         motion_source=motion.source)
         self._last_stamp_s = stamp_s if stamp_s is not None else self._last_stamp_s
@@ -258,7 +267,7 @@ class Localizer:
         assert self.refiner is not None   # track() verifies only with a refiner
         started = time.perf_counter()
         places = _refinement_places(result, indices, self.tracking.refinement.candidates)
-        refined = self.refiner.refine(frame, places)
+        refined = self.refiner.refine(frame, places, budgeted=self._budgeted(result))
         if self._frames_since_verified is not None:
             self._frames_since_verified += 1
         if refined.ok and self.place_filter is not None:
@@ -268,8 +277,36 @@ class Localizer:
             radius = self.tracking.filter.cluster_radius_m
             if result.place_index >= 0 and np.linalg.norm(
                     refined.position_enu_m[:2] - result.position_enu_m[:2]) <= radius:
-                self._frames_since_verified = 0
+                self._frames_since_verified, self._void_note = 0, ''
         return refined, (time.perf_counter() - started) * 1e3
+
+    def _budgeted(self, result: LocalizationResult) -> bool:
+        """Return whether refinement's time budget applies: not while the filter is not tracking.
+
+        Then the other candidates' poses are what relocalizes it.
+        """
+        return self.place_filter is None or result.filter_state == TRACKING
+
+    def _void_on_jump(self, estimate: FilterEstimate, motion: 'Motion') -> None:
+        """Void the PnP verification when the filter's estimate jumps to another track.
+
+        A jump is a move since the previous estimate farther than the filter's
+        ``cluster_radius_m`` plus the distance the motion model allows meanwhile
+        (``max_speed_mps`` x the elapsed time, or the odometry's translation).
+        """
+        cfg = self.tracking.filter
+        frame_reach_m = max(cfg.max_speed_mps * motion.dt_s, 0.0 if motion.translation_m is None
+                            else float(np.linalg.norm(motion.translation_m)))
+        jump = self._track.step(estimate, frame_reach_m, motion.dt_s)
+        if jump is None or self._frames_since_verified is None:
+            return
+        moved_m, reach_m, elapsed_s = jump
+        if moved_m > cfg.cluster_radius_m + reach_m:
+            self._frames_since_verified = None
+            self._void_note = (f'its estimate jumped {moved_m:.1f} m in {elapsed_s:.2f} s (> '
+                               f'cluster_radius_m {cfg.cluster_radius_m:g} + {reach_m:.1f} m of '
+                               'motion allowed), off the track PnP verified; no fix until PnP '
+                               'verifies the new place')
 
     def _unverified(self, result: LocalizationResult) -> LocalizationResult:
         """Return the filter's fix withdrawn when PnP has not verified its track recently."""
@@ -278,6 +315,9 @@ class Localizer:
         if not (result.ok and result.pose_source == 'filter' and frames) or \
                 (since is not None and since < frames):
             return result
+        if self._void_note:
+            return replace(result, ok=False,
+                           reason=f'filter tracking, but PnP verification void: {self._void_note}')
         return replace(result, ok=False, reason=f'filter tracking, but PnP verified no place '
                        f'near its estimate in the last {frames} frames')
 
@@ -413,6 +453,33 @@ class Localizer:
             altitude_m=float(altitude), orientation_xyzw=orientation.copy(),
             position_covariance_m2=position_cov * inflation,
             orientation_covariance_rad2=orientation_cov * inflation, neighbours=neighbours)
+
+
+class _TrackMotion:
+    """The filter's last position estimate and the motion allowed since (for jump checks)."""
+
+    def __init__(self) -> None:
+        self.position_m: Optional[np.ndarray] = None
+        self.reach_m = 0.0
+        self.elapsed_s = 0.0
+
+    def step(self, estimate: FilterEstimate, reach_m: float,
+             dt_s: float) -> Optional[tuple[float, float, float]]:
+        """Return (distance moved, distance allowed, seconds) since the last estimate, or None.
+
+        None while there is no previous estimate or this frame has none; a frame
+        without an estimate adds its motion to the next comparison.
+        """
+        self.reach_m += reach_m
+        self.elapsed_s += dt_s
+        if estimate.place_index < 0:
+            return None
+        previous, self.position_m = self.position_m, estimate.position_enu_m
+        jump = None if previous is None else (
+            float(np.linalg.norm(estimate.position_enu_m[:2] - previous[:2])), self.reach_m,
+            self.elapsed_s)
+        self.reach_m = self.elapsed_s = 0.0
+        return jump
 
 
 def _refinement_places(result: LocalizationResult, indices: np.ndarray,

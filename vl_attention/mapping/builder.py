@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 import logging
 from pathlib import Path
+import shutil
 import time
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
@@ -18,6 +19,8 @@ from tqdm import tqdm
 
 from vl_attention.config import to_dict
 from vl_attention.engine.embedder import create_embedder, Embedder, EmbedderConfig
+from vl_attention.engine.vocabulary import (evenly_spaced, fit_map_vocabulary,
+                                            needs_map_vocabulary, VocabularyConfig)
 from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import StrPath
 from vl_attention.mapping.calibration import calibrate_similarities
@@ -64,6 +67,7 @@ class MapBuildConfig:
     local_features: str = 'sift'   # 'none' or a LOCAL_FEATURES name (PnP refinement)
     max_keypoints: int = 2000
     camera_info: str = ''          # camera YAML ('' = camera_info.yaml beside the images)
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)  # vocabulary: map
 
     def __post_init__(self) -> None:
         if self.local_features != 'none':
@@ -83,7 +87,16 @@ def make_source(inputs: Union[BagInput, tuple[StrPath, StrPath]],
 
 def build_map(source: FrameSource, out_dir: StrPath, *, embedder: Embedder,
               cfg: MapBuildConfig = MapBuildConfig()) -> Path:
-    """Embed the keyframes of ``source`` (resuming a partial build) and save the map."""
+    """Embed the keyframes of ``source`` (resuming a partial build) and save the map.
+
+    A model with ``vocabulary: map`` first fits its vocabulary on the
+    keyframes (:mod:`vl_attention.engine.vocabulary`); the map carries the
+    fitted model.
+    """
+    if cfg.restart:   # once, before the vocabulary fit keeps its centroids there
+        shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+        cfg = replace(cfg, restart=False)
+    embedder, vocabulary = _with_map_vocabulary(source, embedder, cfg, partial_dir(out_dir))
     columns = embed_source(source, partial_dir(out_dir), embedder=embedder, cfg=cfg)
     origin = cfg.origin or source.origin
     assert origin is not None, 'a source sets its origin while it yields frames'
@@ -95,7 +108,8 @@ def build_map(source: FrameSource, out_dir: StrPath, *, embedder: Embedder,
                            model_fingerprint=embedder.fingerprint,
                            descriptor_dim=embedder.descriptor_dim, count=len(records),
                            geodetic_origin=origin, index_type=index.index_type,
-                           build=_build_info(source, cfg), calibration=calibration.as_dict())
+                           build=_build_info(source, cfg) | vocabulary,
+                           calibration=calibration.as_dict())
     local_features = _local_features(source, cfg, records)
     if embedder.export_dir is None:
         LOG.warning('the %s backend has no ONNX export, so the map will not carry its model; '
@@ -105,6 +119,32 @@ def build_map(source: FrameSource, out_dir: StrPath, *, embedder: Embedder,
                     model_dir=embedder.export_dir)
     CheckpointStore(partial_dir(out_dir), _signature(source, embedder, cfg)).remove()
     return path
+
+
+def _with_map_vocabulary(source: FrameSource, embedder: Embedder, cfg: MapBuildConfig,
+                         work_dir: Path) -> tuple[Embedder, dict[str, Any]]:
+    """Return ``embedder`` with its vocabulary fitted on evenly spaced keyframes, if it needs one.
+
+    The centroids are kept in the partial build, so a resumed build embeds
+    with the same model; the source's counts are those of the embedding pass.
+    """
+    if not needs_map_vocabulary(embedder.card):
+        return embedder, {}
+    centroids_file = Path(work_dir) / 'vocabulary.npy'
+    chosen: set[int] = set()
+    stats = dict(source.stats)
+    if not centroids_file.is_file():
+        count = sum(1 for _ in _keyframes(source, cfg.keyframes, skip=0))
+        chosen = set(evenly_spaced(count, cfg.vocabulary.images).tolist())
+    images = (frame.load() for number, frame in enumerate(_keyframes(source, cfg.keyframes,
+                                                                     skip=0))
+              if number in chosen)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    fitted, fit = fit_map_vocabulary(embedder, images, len(chosen), cfg=cfg.vocabulary,
+                                     centroids_file=centroids_file)
+    source.stats.clear()
+    source.stats.update(stats)
+    return fitted, {'vocabulary': fit}
 
 
 def _local_features(source: FrameSource, cfg: MapBuildConfig, records: PlaceRecords,
@@ -145,7 +185,16 @@ def _camera_model(source: FrameSource, cfg: MapBuildConfig) -> Optional[CameraMo
 
 def add_to_map(map_dir: StrPath, source: FrameSource, *, embedder: Embedder,
                cfg: MapBuildConfig = MapBuildConfig()) -> Path:
-    """Append the keyframes of ``source`` to the map at ``map_dir`` (saved atomically)."""
+    """Append the keyframes of ``source`` to the map at ``map_dir`` (saved atomically).
+
+    ``embedder`` runs the map's model; for a map whose vocabulary was fitted
+    when it was built, that is the model the map carries (``map_model_dir``).
+    """
+    if needs_map_vocabulary(embedder.card):
+        raise MapBuildError(f'model {embedder.card.model_name} fits its vocabulary on the map '
+                            'it builds; add to a map with the model the map carries '
+                            f'(EmbedderConfig(export_dir={str(map_model_dir(map_dir))!r}), '
+                            'which `vl-attention map add` uses)')
     loaded = load_map(map_dir, expected_fingerprint=embedder.fingerprint, mmap=False)
     work_dir = partial_dir(map_dir, f'add-{loaded.manifest.count}')
     columns = embed_source(source, work_dir, embedder=embedder, cfg=cfg)

@@ -36,7 +36,7 @@ versions are refused with an error naming both.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 import datetime
 import hashlib
 import io
@@ -50,6 +50,7 @@ import numpy as np
 
 from vl_attention import __version__
 from vl_attention.config import ConfigError, from_dict
+from vl_attention.engine.embedder import EmbedderConfig
 from vl_attention.geo import GeodeticOrigin
 from vl_attention.io import atomic_directory, StrPath
 from vl_attention.mapping.errors import MapFormatError
@@ -156,6 +157,19 @@ def map_model_dir(path: StrPath) -> Optional[Path]:
     """Return the export a map carries (``<map>/model``); None for maps built without one."""
     model_dir = Path(path) / MODEL_DIR
     return model_dir if all((Path(path) / name).is_file() for name in MODEL_FILES) else None
+
+
+def carried_model_config(config: EmbedderConfig, map_dir: StrPath) -> EmbedderConfig:
+    """Return ``config`` set to run the model the map carries, unless it names an export.
+
+    The node's rule, shared by the offline evaluators: with a map that carries
+    its model (e.g. one whose vocabulary was fitted on it), that model runs;
+    ``config.model`` then only checks that it is the one.
+    """
+    carried = map_model_dir(map_dir)
+    if config.export_dir or carried is None:
+        return config
+    return replace(config, export_dir=str(carried))
 
 
 @refuse_damaged

@@ -14,6 +14,7 @@ A head with ``needs_images = True`` is also given the normalised input images
 
 from dataclasses import dataclass, field
 import inspect
+import logging
 from pathlib import Path
 import typing
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
@@ -39,6 +40,8 @@ from vl_attention.models.zoo import import_components
 
 import_components()
 
+LOG = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -51,6 +54,10 @@ class ModelConfig:
     EigenPlaces / NetVLAD / MixVPR file, see :mod:`vl_attention.models.external`)
     loaded after building. ``resize`` is the preprocessing policy for frames of
     another shape (:data:`~vl_attention.engine.preprocess.RESIZE_POLICIES`).
+    ``vocabulary: map`` marks a NetVLAD-type head that ships no centroids:
+    k-means fits them on each map's own images when the map is built
+    (:mod:`vl_attention.engine.vocabulary`); the card of such a fitted model
+    says ``fitted``.
     """
 
     name: str
@@ -64,6 +71,17 @@ class ModelConfig:
     whitening_dim: int = 0
     checkpoint: str = ''
     resize: str = 'stretch'
+    vocabulary: str = 'preset'
+
+    def __post_init__(self) -> None:
+        if self.vocabulary not in VOCABULARIES:
+            raise ConfigError(f'model {self.name!r}: vocabulary {self.vocabulary!r} is not one '
+                              f'of {list(VOCABULARIES)}')
+
+
+# where a NetVLAD-type head's centroids come from: the preset (its weights or k-means at
+# build time), each map's images (fitted by build-map), or a map that has fitted them
+VOCABULARIES = ('preset', 'map', 'fitted')
 
 
 class DescriptorModel(nn.Module):
@@ -194,8 +212,14 @@ def build_model(config: ModelConfig, *, init_seed: Optional[int] = None) -> Desc
         raise ConfigError(f'model {config.name!r}: {error}') from error
     model.untrained_modules = untrained_modules(
         model, backbone_weights=backbone_weights(config), checkpoint=config.checkpoint)
+    if config.vocabulary != 'preset' and not hasattr(model.aggregator, 'initialise_centroids'):
+        raise ConfigError(f'model {config.name!r}: vocabulary {config.vocabulary!r} needs a '
+                          f'NetVLAD-type head with centroids, not {config.aggregator!r}')
     if config.checkpoint:
         load_model_checkpoint(model, config.checkpoint)
+    elif config.vocabulary == 'map':
+        LOG.info('model %r: its NetVLAD vocabulary is fitted on each map when the map is '
+                 'built', config.name)
     else:
         warn_untrained(config.name, model.untrained_modules, seed)
     return model.eval()

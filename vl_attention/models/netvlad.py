@@ -202,6 +202,21 @@ class AdaptedNetVLAD(nn.Module):
         """Return K * C', the descriptor length."""
         return self.vlad.descriptor_dim
 
+    @property
+    def clusters(self):
+        """Return K, NetVLAD's number of centroids."""
+        return self.vlad.clusters
+
+    @property
+    def centroids(self):
+        """Return NetVLAD's ``(K, C')`` centroids, in the adapted feature space."""
+        return self.vlad.centroids
+
+    def set_centroids(self, centroids):
+        """Set NetVLAD's ``(K, C')`` centroids (adapted feature space)."""
+        self.vlad.set_centroids(centroids)
+        return self
+
     def forward(self, features: torch.Tensor) -> ModelOutput:
         """Adapt ``(B, C, H, W)`` features and pool them with NetVLAD."""
         return self.vlad(self.adapter(features))

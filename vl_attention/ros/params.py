@@ -18,12 +18,13 @@ from vl_attention.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from vl_attention.engine.availability import BACKEND_NAMES
 from vl_attention.engine.embedder import EmbedderConfig
 from vl_attention.localization.frames import Extrinsic
-from vl_attention.mapping import map_model_dir
+from vl_attention.mapping.map_format import carried_model_config
 from vl_attention.errors import VLAttentionError
 from vl_attention.localization import LocalizerConfig, TrackingConfig
 from vl_attention.localization.localizer import POSE_SOURCES
 from vl_attention.localization.health import health_config
 from vl_attention.localization.place_filter import PlaceFilterConfig
+from vl_attention.localization.refinement import RefinementConfig
 from vl_attention.ros.topics import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC,  # noqa: F401
                                      DIAGNOSTICS_TOPIC, FIX_TOPIC, IMAGE_TOPIC, POSE_TOPIC,
                                      resolved_topic, TF_TOPIC)
@@ -136,6 +137,10 @@ NODE_PARAMS = (
           read_only=True),
     Param('refine', True, 'refine the pose with local features + PnP (maps with features)',
           read_only=True),
+    Param('refine_time_budget_ms', RefinementConfig.time_budget_ms,
+          'PnP tries no further candidate place once a frame has spent this long in '
+          'refinement (ms; the first is always tried; 0 = no limit; not applied while the '
+          'filter is not tracking)', low=0.0, high=10000.0, read_only=True),
     Param('pose_source', TrackingConfig.pose_source,
           'the published pose: pnp (PnP where it verifies, else the filter / retrieval '
           'estimate), retrieval (PnP only verifies), regression (the pose head of a '
@@ -265,6 +270,7 @@ def tracking_config(values):
     return TrackingConfig(
         use_filter=bool(values['use_filter']), refine=bool(values['refine']),
         pose_source=str(values['pose_source']),
+        refinement=RefinementConfig(time_budget_ms=float(values['refine_time_budget_ms'])),
         filter=PlaceFilterConfig(max_speed_mps=float(values['max_speed_mps']),
                                  temperature_scale=float(values['filter_temperature_scale'])))
 
@@ -276,11 +282,8 @@ def embedder_config(values, map_dir=''):
     node runs the model the map carries (``<map>/model``), so ``map_dir`` is
     all it needs; ``model`` then only checks that the map's model is that one.
     """
-    export_dir = values['export_dir']
-    if not export_dir and map_dir:
-        carried = map_model_dir(map_dir)
-        export_dir = str(carried) if carried is not None else ''
-    return EmbedderConfig(model=values['model'], backend=values['backend'],
-                          threads=int(values['threads']), cache_dir=values['cache_dir'],
-                          device=values['device'], precision=values['precision'],
-                          export_dir=export_dir)
+    config = EmbedderConfig(model=values['model'], backend=values['backend'],
+                            threads=int(values['threads']), cache_dir=values['cache_dir'],
+                            device=values['device'], precision=values['precision'],
+                            export_dir=values['export_dir'])
+    return carried_model_config(config, map_dir) if map_dir else config
