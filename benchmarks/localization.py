@@ -36,6 +36,7 @@ import time
 import cv2
 import numpy as np
 
+from vl_attention.engine.vocabulary import fitted_on_images
 from vl_attention.evaluation.consistency import consistency_summary
 from vl_attention.evaluation.sequence import filter_sequence
 from vl_attention.evaluation.vpr_dataset import load_vpr_dataset
@@ -85,7 +86,7 @@ def real_sequence(name, splits, embedders, temperature_scale):
     descriptors = {'patch_normalised_sad': (patch_normalised(database),
                                             patch_normalised(queries))}
     for embedder in embedders:
-        embedder = fitted_on(embedder, database)
+        embedder = fitted_on_images(embedder, database, lambda image: image)
         descriptors[embedder.card.model_name] = (embedder.embed_batches(database),
                                                  embedder.embed_batches(queries))
     for descriptor, (db, q) in descriptors.items():
@@ -99,24 +100,12 @@ def real_sequence(name, splits, embedders, temperature_scale):
     return result
 
 
-def fitted_on(embedder, database):
-    """Return ``embedder`` with its vocabulary fitted on ``database`` if its preset fits one."""
-    from vl_attention.engine.vocabulary import (evenly_spaced, fit_map_vocabulary,
-                                                needs_map_vocabulary, VocabularyConfig)
-    if not needs_map_vocabulary(embedder.card):
-        return embedder
-    chosen = evenly_spaced(len(database), VocabularyConfig().images)
-    return fit_map_vocabulary(embedder, [database[i] for i in chosen], len(chosen))[0]
-
-
 def map_embedder(map_dir, embedder):
     """Return the embedder of the model a map carries (e.g. fitted on it), else ``embedder``."""
     from vl_attention.engine.embedder import create_embedder
-    from vl_attention.mapping.map_format import map_model_dir
-    model_dir = map_model_dir(map_dir)
-    if model_dir is None:
-        return embedder
-    return create_embedder(replace(embedder.config, export_dir=str(model_dir)))
+    from vl_attention.mapping.map_format import carried_model_config
+    config = carried_model_config(embedder.config, map_dir)
+    return embedder if config == embedder.config else create_embedder(config)
 
 
 def synthetic_world(work_dir, frames):

@@ -86,11 +86,10 @@ def _run_map(args):
         return 0
     from vl_attention.engine.embedder import create_embedder
     from vl_attention.mapping.builder import add_to_map, make_source
-    from vl_attention.mapping.map_format import map_model_dir
+    from vl_attention.mapping.map_format import carried_model_config
     # the map's own model (e.g. its fitted vocabulary), else the --model preset
-    model_dir = map_model_dir(args.map_dir)
-    embedder_config = replace(_embedder_config(args), export_dir=str(model_dir or ''))
-    cfg = commands.build_config(args, embedder_config, with_index=False)
+    cfg = commands.build_config(args, carried_model_config(_embedder_config(args), args.map_dir),
+                                with_index=False)
     path = add_to_map(args.map_dir, make_source(commands.source_inputs(args), cfg.origin),
                       embedder=create_embedder(cfg.embedder), cfg=cfg)
     print(f'map {path} updated')

@@ -16,7 +16,7 @@ from vl_attention.engine.availability import parse_backend_name
 from vl_attention.engine.backend_base import EmbeddingBackend, TorchModelSource
 from vl_attention.engine.backends import as_float32, BackendOptions, create_backend
 from vl_attention.engine.export_format import ONNX_FILE, read_export
-from vl_attention.engine.model_card import ModelCard
+from vl_attention.engine.model_card import ModelCard, needs_map_vocabulary
 from vl_attention.engine.preprocess import preprocess_frames
 from vl_attention.io import StrPath
 from vl_attention.model_outputs import DEFAULT_MODEL
@@ -81,7 +81,7 @@ class Embedder:
                                                batch_size=batch_size)
         self.last_latency_ms = 0.0
         # a vocabulary: map model before a map fitted it: warn at its first use
-        self._warn_unfitted = card.model_config.get('vocabulary') == 'map'
+        self._warn_unfitted = needs_map_vocabulary(card)
 
     @property
     def backend_name(self) -> str:

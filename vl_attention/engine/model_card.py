@@ -90,6 +90,11 @@ class ModelCard:
         return cls.from_json(path.read_text(), source=str(path))
 
 
+def needs_map_vocabulary(card: ModelCard) -> bool:
+    """Return whether the card's model still has to fit its vocabulary on a map."""
+    return card.model_config.get('vocabulary') == 'map'
+
+
 def card_config_values(config: ModelConfig) -> dict[str, Any]:
     """Return the preset as the card records it, leaving out the defaults of later fields.
 

@@ -17,19 +17,21 @@ from dataclasses import dataclass, replace
 import json
 import logging
 from pathlib import Path
-from typing import Any, cast, Iterable, Iterator, Optional, Protocol, TYPE_CHECKING
+from typing import (Any, Callable, cast, Iterable, Iterator, Optional, Protocol, Sequence,
+                    TYPE_CHECKING, TypeVar)
 
 import numpy as np
 
 from vl_attention.config import ConfigError, from_dict
 from vl_attention.engine.embedder import create_embedder, default_cache_dir, Embedder
-from vl_attention.engine.model_card import ModelCard
+from vl_attention.engine.model_card import needs_map_vocabulary  # noqa: F401  (re-exported)
 from vl_attention.io import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from vl_attention.models.descriptor import DescriptorModel
 
 LOG = logging.getLogger(__name__)
+T = TypeVar('T')
 
 
 class VocabularyHead(Protocol):
@@ -60,16 +62,24 @@ class VocabularyConfig:
             raise ConfigError('the vocabulary fit needs images, features and iterations >= 1')
 
 
-def needs_map_vocabulary(card: ModelCard) -> bool:
-    """Return whether the card's model still has to fit its vocabulary on a map."""
-    return card.model_config.get('vocabulary') == 'map'
-
-
 def evenly_spaced(count: int, wanted: int) -> np.ndarray:
     """Return up to ``wanted`` distinct indices spread evenly over ``range(count)``."""
     if count <= wanted:
         return np.arange(count)
     return np.unique(np.linspace(0, count - 1, wanted).round().astype(int))
+
+
+def fitted_on_images(embedder: Embedder, items: Sequence[T], load: Callable[[T], np.ndarray], *,
+                     cfg: VocabularyConfig = VocabularyConfig()) -> Embedder:
+    """Return ``embedder`` fitted on an even spread of ``items`` (read by ``load``) if it needs it.
+
+    A model without ``vocabulary: map`` is returned as it is.
+    """
+    if not needs_map_vocabulary(embedder.card):
+        return embedder
+    chosen = evenly_spaced(len(items), cfg.images)
+    return fit_map_vocabulary(embedder, (load(items[i]) for i in chosen), len(chosen),
+                              cfg=cfg)[0]
 
 
 def fit_map_vocabulary(embedder: Embedder, images: Iterable[np.ndarray], image_count: int, *,

@@ -35,8 +35,7 @@ from tqdm import tqdm
 
 from vl_attention.config import ConfigError
 from vl_attention.engine.embedder import create_embedder, Embedder, EmbedderConfig
-from vl_attention.engine.vocabulary import (evenly_spaced, fit_map_vocabulary,
-                                            needs_map_vocabulary, VocabularyConfig)
+from vl_attention.engine.vocabulary import fitted_on_images, VocabularyConfig
 from vl_attention.evaluation import metrics
 from vl_attention.evaluation.place_dataset import PlaceDataset
 from vl_attention.evaluation.report import write_vpr_report
@@ -131,11 +130,8 @@ def evaluate_model(cfg: VPREvalConfig, dataset: VPRDataset,
                    embedder: Embedder) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """All metrics of one model on one dataset, plus what the report needs to plot."""
     name = embedder.card.model_name
-    if needs_map_vocabulary(embedder.card):   # the database is the map it fits on
-        chosen = evenly_spaced(len(dataset.database_images), cfg.vocabulary.images)
-        embedder, _ = fit_map_vocabulary(
-            embedder, (read_rgb(dataset.database_images[i]) for i in chosen), len(chosen),
-            cfg=cfg.vocabulary)
+    # a vocabulary: map model fits on the database, the map it searches
+    embedder = fitted_on_images(embedder, dataset.database_images, read_rgb, cfg=cfg.vocabulary)
     database, database_ms = embed_images(embedder, dataset.database_images,
                                          progress=cfg.progress, desc=f'{name} database')
     queries, query_ms = embed_images(embedder, dataset.query_images,
