@@ -31,7 +31,7 @@ setup-jazzy:
 	bash scripts/setup_jazzy_env.sh
 
 test-jazzy: setup-jazzy
-	$(JAZZY_ENV) python -m pytest test/test_node.py test/test_evaluate_bag.py \
+	$(JAZZY_ENV) python -m pytest test/test_node.py test/test_node_tf.py test/test_evaluate_bag.py \
 	  test/test_params_namespace.py -k 'realtime or node or namespace' -ra
 
 clean:

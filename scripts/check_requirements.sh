@@ -19,8 +19,8 @@ SDIST_ONLY=(flake8-quotes==3.4.0 empy)
 
 targets=(
   '3.10 35 requirements.txt requirements-dev.txt'
-  '3.11 35 requirements.txt requirements-dev.txt requirements-ros.txt'
-  '3.12 39 requirements.txt requirements-dev.txt requirements-ros-jazzy.txt'
+  '3.11 35 requirements.txt requirements-dev.txt requirements-ros.txt requirements-ros-build.txt'
+  '3.12 39 requirements.txt requirements-dev.txt requirements-ros-jazzy.txt requirements-ros-jazzy-build.txt'
 )  # Python, glibc 2.x minor of its Ubuntu (22.04: 2.35, 24.04: 2.39), requirement files
 
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheels" "${SDIST_ONLY[@]}" \

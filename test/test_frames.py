@@ -1,10 +1,17 @@
 """REP 105 frame algebra: the robot's pose from the camera's, map->odom, covariance transport."""
 
 import numpy as np
+import pytest
 from scipy.spatial.transform import Rotation
 
-from vl_attention.localization.frames import (base_in_map, compose, Extrinsic, inverse,
-                                              map_to_odom, rotate_covariance)
+from vl_attention.config import ConfigError
+from vl_attention.localization.frames import (base_in_map, camera_in_base, compose, Extrinsic,
+                                              inverse, is_optical_frame, map_to_odom,
+                                              rotate_covariance, StaticTransforms)
+
+
+def _pose(xyz, rpy_deg):
+    return np.asarray(xyz, float), Rotation.from_euler('xyz', rpy_deg, degrees=True).as_quat()
 
 
 def test_base_pose_from_a_camera_mounted_forward_up_and_yawed():
@@ -41,3 +48,45 @@ def test_camera_rotation_uncertainty_becomes_base_position_uncertainty():
     np.testing.assert_allclose(np.sqrt(moved[1, 1]), 2.0 * np.radians(1.0), rtol=1e-9)
     np.testing.assert_allclose(moved[0, 0], 0.0, atol=1e-15)
     np.testing.assert_allclose(moved[5, 5], covariance[5, 5])
+
+
+def test_static_transforms_compose_a_chain_and_relate_two_branches():
+    tree = StaticTransforms()
+    tree.set('base_link', 'mast', _pose((0.2, 0.0, 1.0), (0, 0, 90)))
+    tree.set('/mast', 'camera_link', _pose((0.5, 0.0, 0.0), (0, 0, 0)))  # tf2 drops the '/'
+    tree.set('base_link', 'imu', _pose((0.0, 0.0, 0.1), (0, 0, 0)))
+    # the mast is yawed 90 deg: 0.5 m along its x is 0.5 m to the robot's left
+    position, orientation = tree.lookup('base_link', 'camera_link')
+    np.testing.assert_allclose(position, [0.2, 0.5, 1.0], atol=1e-12)
+    np.testing.assert_allclose(Rotation.from_quat(orientation).as_euler('xyz', degrees=True),
+                               [0, 0, 90], atol=1e-9)
+    imu_T_camera = tree.lookup('imu', 'camera_link')   # across two branches of the tree
+    np.testing.assert_allclose(imu_T_camera[0], [0.2, 0.5, 0.9], atol=1e-12)
+    back = compose(tree.lookup('camera_link', 'imu'), imu_T_camera)
+    np.testing.assert_allclose(back[0], 0.0, atol=1e-12)
+    assert tree.lookup('base_link', 'gps') is None    # not (yet) connected
+    assert tree.frames() == ('base_link', 'camera_link', 'imu', 'mast')
+
+
+def test_static_transforms_refuse_a_loop_and_a_self_transform():
+    tree = StaticTransforms()
+    tree.set('a', 'b', _pose((1, 0, 0), (0, 0, 0)))
+    tree.set('b', 'a', _pose((1, 0, 0), (0, 0, 0)))
+    with pytest.raises(ConfigError, match='loop'):
+        tree.lookup('a', 'c')
+    with pytest.raises(ConfigError, match='two different frame ids'):
+        tree.set('a', 'a', _pose((0, 0, 0), (0, 0, 0)))
+
+
+def test_an_optical_camera_frame_becomes_the_body_frame_the_map_stores():
+    # REP 103 optical frame: z forward, x right, y down, mounted 1 m ahead of the base
+    base_T_optical = _pose((1.0, 0.0, 0.0), (-90, 0, -90))
+    assert is_optical_frame('front_camera_optical_frame')
+    assert not is_optical_frame('front_camera_link')
+    assert not is_optical_frame('front_camera_optical_frame', 'body')
+    base_T_body = camera_in_base(base_T_optical, 'front_camera_optical_frame')
+    np.testing.assert_allclose(base_T_body[0], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(abs(np.dot(base_T_body[1], [0, 0, 0, 1])), 1.0, atol=1e-12)
+    assert camera_in_base(base_T_optical, 'front_camera_link') is base_T_optical
+    with pytest.raises(ConfigError, match='convention'):
+        is_optical_frame('camera', 'sideways')

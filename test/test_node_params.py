@@ -84,7 +84,7 @@ def test_every_default_passes_and_descriptors_carry_ranges_choices_and_read_only
     assert read_only == {'map_dir', 'model', 'backend', 'device', 'precision', 'export_dir',
                          'threads', 'cache_dir', 'image_transport', 'odom_topic', 'use_filter',
                          'refine', 'refine_time_budget_ms', 'pose_source', 'publish_tf',
-                         'rectify'}
+                         'rectify', 'camera_extrinsic_source'}
     top_k = descriptor(PARAMS_BY_NAME['top_k']).integer_range[0]
     assert (top_k.from_value, top_k.to_value) == (1, 1000)
     radius = descriptor(PARAMS_BY_NAME['neighbour_radius_m'])

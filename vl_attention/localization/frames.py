@@ -7,7 +7,7 @@ on the robot is ``base_T_camera`` (from TF or the node's extrinsic parameters).
 """
 
 from dataclasses import dataclass, replace
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -35,6 +35,72 @@ class Extrinsic:
         """Return base_T_camera."""
         return (np.asarray(self.xyz_m, np.float64),
                 Rotation.from_euler('xyz', self.rpy_deg, degrees=True).as_quat())
+
+
+# The camera body frame (x forward, y left, z up) in the optical frame of the same camera (z
+# forward, x right, y down; REP 103's ``_optical`` suffix): optical_T_body.
+OPTICAL_T_BODY: Pose = (np.zeros(3), Rotation.from_euler('xyz', (-90.0, 0.0, -90.0),
+                                                         degrees=True).inv().as_quat())
+CAMERA_FRAME_CONVENTIONS = ('auto', 'body', 'optical')
+
+
+def is_optical_frame(frame_id: str, convention: str = 'auto') -> bool:
+    """Whether ``frame_id`` is an optical frame; ``auto`` reads REP 103's ``_optical`` suffix."""
+    if convention not in CAMERA_FRAME_CONVENTIONS:
+        raise ConfigError(f'camera frame convention must be one of {CAMERA_FRAME_CONVENTIONS},'
+                          f' got {convention!r}')
+    if convention == 'auto':
+        return frame_id.endswith(('_optical', '_optical_frame'))
+    return convention == 'optical'
+
+
+class StaticTransforms:
+    """A tree of static transforms (``/tf_static``), looked up without tf2.
+
+    Each child frame has one parent (tf's rule; a newer transform for a child
+    replaces the older one). :meth:`lookup` composes the chains from both frames
+    to their common root, so any two connected frames can be related.
+    """
+
+    def __init__(self) -> None:
+        self._parent: Dict[str, Tuple[str, Pose]] = {}   # child -> (parent, parent_T_child)
+
+    def set(self, parent: str, child: str, parent_T_child: Pose) -> None:
+        """Add or replace the transform of ``child`` in ``parent``."""
+        parent, child = parent.lstrip('/'), child.lstrip('/')
+        if not parent or not child or parent == child:
+            raise ConfigError(f'a transform needs two different frame ids, got '
+                              f'{parent!r} -> {child!r}')
+        self._parent[child] = (parent, parent_T_child)
+
+    def _to_root(self, frame: str) -> Tuple[str, Pose]:
+        """Return the root of ``frame``'s tree and root_T_frame (identity for a root)."""
+        pose: Pose = (np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
+        for _ in range(len(self._parent) + 1):
+            if frame not in self._parent:
+                return frame, pose
+            frame, parent_T_frame = self._parent[frame]
+            pose = compose(parent_T_frame, pose)
+        raise ConfigError(f'the static transforms form a loop through {frame!r}')
+
+    def lookup(self, target: str, source: str) -> Optional[Pose]:
+        """Return target_T_source, or None while the two frames are not connected."""
+        target_root, root_T_target = self._to_root(target.lstrip('/'))
+        source_root, root_T_source = self._to_root(source.lstrip('/'))
+        if target_root != source_root:
+            return None
+        return compose(inverse(root_T_target), root_T_source)
+
+    def frames(self) -> Tuple[str, ...]:
+        """Every frame id the transforms name, sorted."""
+        return tuple(sorted(set(self._parent) | {parent for parent, _ in self._parent.values()}))
+
+
+def camera_in_base(base_T_frame: Pose, frame_id: str, convention: str = 'auto') -> Pose:
+    """Return base_T_camera (the camera *body* frame) from the camera frame's pose in TF."""
+    if is_optical_frame(frame_id, convention):
+        return compose(base_T_frame, OPTICAL_T_BODY)
+    return base_T_frame
 
 
 def compose(a: Pose, b: Pose) -> Pose:

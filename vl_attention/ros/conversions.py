@@ -117,6 +117,13 @@ def pose_to_transform(pose, header, child_frame_id):
     return msg
 
 
+def transform_to_pose(transform):
+    """``(position, quaternion xyzw)`` of a ``geometry_msgs/Transform``."""
+    translation, rotation = transform.translation, transform.rotation
+    return (np.array([translation.x, translation.y, translation.z], np.float64),
+            np.array([rotation.x, rotation.y, rotation.z, rotation.w], np.float64))
+
+
 def stamp_to_ns(stamp):
     """builtin_interfaces/Time -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

@@ -11,6 +11,11 @@ frame, and those that cannot change live are read-only. Services:
 ``~/reload_map`` re-reads ``map_dir`` and keeps the loaded map if the new one
 is refused.
 
+Frames (REP 105): the published pose is ``base_frame``'s in ``map_frame``. The
+camera's mounting comes from the ``camera_*`` parameters or, with
+``camera_extrinsic_source: tf``, from ``/tf_static`` (base_frame -> camera_frame,
+composed here: no tf2_ros needed); ``publish_tf`` adds map->odom on ``/tf``.
+
 The subscriptions take QoS overrides (``qos_overrides.<topic>.subscription.reliability``,
 ``.depth``, ``.history``; the ROS 2 convention, read-only parameters), and with ``rectify``
 frames are undistorted with the newest ``camera_info`` (:mod:`vl_attention.ros.rectify`).
@@ -33,11 +38,12 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import (DurabilityPolicy, QoSProfile, qos_profile_sensor_data,
+                       ReliabilityPolicy)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, NavSatFix
 from std_srvs.srv import Trigger
-try:   # no tf2_msgs wheel exists for the PyPI ROS 2 builds; a ROS install has it
+try:   # a ROS install has it; with the PyPI wheels, setup generates it (build_tf2_msgs.sh)
     from tf2_msgs.msg import TFMessage
 except ImportError:
     TFMessage = None
@@ -47,7 +53,8 @@ from vl_attention.engine.embedder import create_embedder
 from vl_attention.engine.preprocess import FrameError
 from vl_attention.errors import one_line, VLAttentionError
 from vl_attention.localization import health, Localizer
-from vl_attention.localization.frames import map_to_odom, robot_result
+from vl_attention.localization.frames import (camera_in_base, map_to_odom, robot_result,
+                                              StaticTransforms)
 from vl_attention.localization.odometry import OdometryBuffer, OdometryConfig, yaw_from_quaternion
 from vl_attention.localization.pipeline import LatestFrameSlot, LocalizationStats
 from vl_attention.mapping import load_map, read_manifest
@@ -56,7 +63,8 @@ from vl_attention.ros.params import (CAMERA_INFO_TOPIC, camera_extrinsic, check_
                                      COMPRESSED_IMAGE_TOPIC, declare_parameters,
                                      DIAGNOSTICS_TOPIC, embedder_config, FIX_TOPIC, IMAGE_TOPIC,
                                      localizer_config, PARAMS_BY_NAME, ParameterError,
-                                     POSE_TOPIC, TF_TOPIC, TRACKING_PARAMS, tracking_config)
+                                     POSE_TOPIC, TF_STATIC_TOPIC, TF_TOPIC, TRACKING_PARAMS,
+                                     tracking_config)
 from vl_attention.ros.rectify import Rectifier
 
 # What start-up may raise on purpose (bad parameters, maps, backends): one line, exit code 1.
@@ -64,6 +72,9 @@ from vl_attention.ros.rectify import Rectifier
 # input too; anything else is a bug and keeps its traceback.
 STARTUP_ERRORS = (VLAttentionError, ParameterException)
 ODOMETRY_DEPTH = 50
+# tf2's /tf_static profile: latched, so a late subscriber still gets every static transform
+TF_STATIC_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                           reliability=ReliabilityPolicy.RELIABLE)
 
 
 def _overridable_subscription(node, message_type, topic, callback, qos):
@@ -103,6 +114,9 @@ class _LocalizeCore:
         self._calibration = None        # the newest camera_info (rectify), set by its callback
         self.rectifier = None
         self._rectify_problem = ''
+        self._tf_lock = threading.Lock()
+        self.static_transforms = StaticTransforms()   # /tf_static, set by its callback
+        self._extrinsic_problem = ''
         self._create_publishers()
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_service(Trigger, '~/reload_map', self._on_reload_map)
@@ -110,7 +124,8 @@ class _LocalizeCore:
     def _activate(self):
         self.slot = LatestFrameSlot()
         self._subscriptions_active = [self._subscribe_images(), self._subscribe_odometry(),
-                                      self._subscribe_camera_info()]
+                                      self._subscribe_camera_info(),
+                                      self._subscribe_tf_static()]
         self._diagnostics_timer = self.create_timer(float(self.params['diagnostics_period_s']),
                                                     self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name='localize_worker', daemon=True)
@@ -281,6 +296,52 @@ class _LocalizeCore:
         self._rectify_problem = problem
         return frame
 
+    def _subscribe_tf_static(self):
+        if self.params['camera_extrinsic_source'] != 'tf':
+            return None
+        if TFMessage is None:
+            raise ParameterError('camera_extrinsic_source tf needs tf2_msgs, which is not '
+                                 'installed (install ros-<distro>-tf2-msgs, or set the camera_* '
+                                 'parameters with camera_extrinsic_source:=parameters)')
+        self.get_logger().info(f"camera extrinsic: {self.params['base_frame']} -> "
+                               f"{self.params['camera_frame'] or '<image frame_id>'} from "
+                               f'{TF_STATIC_TOPIC}')
+        return self.create_subscription(TFMessage, TF_STATIC_TOPIC, self._on_tf_static,
+                                        TF_STATIC_QOS)
+
+    def _on_tf_static(self, msg):
+        with self._tf_lock:
+            for transform in msg.transforms:
+                try:
+                    self.static_transforms.set(transform.header.frame_id,
+                                               transform.child_frame_id,
+                                               conversions.transform_to_pose(transform.transform))
+                except VLAttentionError as error:
+                    self.get_logger().warning(f'{TF_STATIC_TOPIC}: {error}',
+                                              throttle_duration_sec=5.0)
+
+    def _base_T_camera(self, image_frame_id):
+        """Return the camera body frame in base_frame (None while /tf_static lacks it)."""
+        if self.params['camera_extrinsic_source'] != 'tf':
+            return camera_extrinsic(self.params).pose()
+        base, camera = self.params['base_frame'], self.params['camera_frame'] or image_frame_id
+        with self._tf_lock:
+            try:
+                base_T_frame = self.static_transforms.lookup(base, camera)
+            except VLAttentionError as error:   # a loop in the published transforms
+                base_T_frame, problem = None, str(error)
+            else:
+                known = ', '.join(self.static_transforms.frames()) or 'none yet'
+                problem = '' if base_T_frame is not None else (
+                    f'no transform {base} -> {camera!r} on {TF_STATIC_TOPIC} (frames: {known}); '
+                    'no pose is published until it arrives')
+        if problem and problem != self._extrinsic_problem:   # once per new reason
+            self.get_logger().warning(f'camera extrinsic: {problem}')
+        self._extrinsic_problem = problem
+        if base_T_frame is None:
+            return None
+        return camera_in_base(base_T_frame, camera, self.params['camera_frame_convention'])
+
     def _on_odometry(self, msg):
         pose = msg.pose.pose
         stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
@@ -339,8 +400,10 @@ class _LocalizeCore:
         self.get_logger().warning(f'rejected frame: {message}', throttle_duration_sec=5.0)
 
     def _publish(self, result, image_header):
-        result = robot_result(result, camera_extrinsic(self.params).pose(),
-                              self.localizer.map.manifest.geodetic_origin)
+        base_T_camera = self._base_T_camera(image_header.frame_id)
+        if base_T_camera is None:
+            return
+        result = robot_result(result, base_T_camera, self.localizer.map.manifest.geodetic_origin)
         fix_header = type(image_header)(stamp=image_header.stamp,
                                         frame_id=self.params['navsat_frame_id']
                                         or image_header.frame_id)
@@ -382,6 +445,9 @@ class _LocalizeCore:
             else self.rectifier.state.note
         if self.rectifier is not None and self.rectifier.state.problem:
             problems.append(f'rectify: {self.rectifier.state.problem}')
+        static_values['camera_extrinsic'] = self.params['camera_extrinsic_source']
+        if self._extrinsic_problem:
+            problems.append(f'camera extrinsic: {self._extrinsic_problem}')
         self.diagnostics_publisher.publish(conversions.stats_to_diagnostics(
             snapshot, name=f'{self.get_fully_qualified_name()}: visual localization',
             hardware_id=self.params['map_dir'], stamp=self.get_clock().now().to_msg(),

@@ -17,7 +17,7 @@ from rclpy.exceptions import ParameterException
 from vl_attention.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from vl_attention.engine.availability import BACKEND_NAMES
 from vl_attention.engine.embedder import EmbedderConfig
-from vl_attention.localization.frames import Extrinsic
+from vl_attention.localization.frames import CAMERA_FRAME_CONVENTIONS, Extrinsic
 from vl_attention.mapping.map_format import carried_model_config
 from vl_attention.errors import VLAttentionError
 from vl_attention.localization import LocalizerConfig, TrackingConfig
@@ -27,7 +27,7 @@ from vl_attention.localization.place_filter import PlaceFilterConfig
 from vl_attention.localization.refinement import RefinementConfig
 from vl_attention.ros.topics import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC,  # noqa: F401
                                      DIAGNOSTICS_TOPIC, FIX_TOPIC, IMAGE_TOPIC, POSE_TOPIC,
-                                     resolved_topic, TF_TOPIC)
+                                     resolved_topic, TF_STATIC_TOPIC, TF_TOPIC)
 
 
 class ParameterError(VLAttentionError, ValueError):
@@ -97,6 +97,14 @@ NODE_PARAMS = (
     Param('odom_frame', 'odom', 'odometry frame; map->odom is published with publish_tf'),
     Param('publish_tf', False, 'publish map->odom on /tf like AMCL (needs odom_topic and '
           'tf2_msgs)', read_only=True),
+    Param('camera_extrinsic_source', 'parameters', "where the camera's mounting on base_frame "
+          "comes from: 'parameters' (camera_x_m .. camera_yaw_deg) or 'tf' (/tf_static, "
+          'base_frame -> camera_frame; needs tf2_msgs)', choices=('parameters', 'tf'),
+          read_only=True),
+    Param('camera_frame', '', 'camera frame looked up in /tf_static ("" = the image frame_id)'),
+    Param('camera_frame_convention', 'auto', "'optical' (z forward, x right) or 'body' (x "
+          "forward) camera_frame; 'auto': optical when its name ends in _optical or "
+          '_optical_frame (REP 103)', choices=CAMERA_FRAME_CONVENTIONS),
     Param('camera_x_m', 0.0, 'camera position in base_frame: x (m, forward)', low=-100.0,
           high=100.0),
     Param('camera_y_m', 0.0, 'camera position in base_frame: y (m, left)', low=-100.0,

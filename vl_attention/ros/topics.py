@@ -11,6 +11,7 @@ FIX_TOPIC = 'fix'                              # sensor_msgs/NavSatFix
 POSE_TOPIC = 'pose'                            # geometry_msgs/PoseWithCovarianceStamped
 DIAGNOSTICS_TOPIC = '/diagnostics'             # diagnostic_msgs/DiagnosticArray
 TF_TOPIC = '/tf'                               # tf2_msgs/TFMessage (publish_tf: true)
+TF_STATIC_TOPIC = '/tf_static'                 # tf2_msgs/TFMessage (camera_extrinsic_source: tf)
 
 
 def resolved_topic(topic, namespace=''):
