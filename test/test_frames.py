@@ -1,13 +1,17 @@
 """REP 105 frame algebra: the robot's pose from the camera's, map->odom, covariance transport."""
 
+from dataclasses import dataclass
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from vl_attention.config import ConfigError
-from vl_attention.localization.frames import (base_in_map, camera_in_base, compose, Extrinsic,
-                                              inverse, is_optical_frame, map_to_odom,
-                                              rotate_covariance, StaticTransforms)
+from vl_attention.localization.frames import (base_in_map, camera_in_base, check_mounting,
+                                              compose, Extrinsic, in_map_frame, inverse,
+                                              is_optical_frame, map_to_odom, rotate_covariance,
+                                              StaticTransforms)
 
 
 def _pose(xyz, rpy_deg):
@@ -90,3 +94,36 @@ def test_an_optical_camera_frame_becomes_the_body_frame_the_map_stores():
     assert camera_in_base(base_T_optical, 'front_camera_link') is base_T_optical
     with pytest.raises(ConfigError, match='convention'):
         is_optical_frame('camera', 'sideways')
+
+
+def test_a_mounting_on_a_map_of_base_poses_is_refused_as_counted_twice():
+    check_mounting('camera', 'camera_x_m=1.5')   # camera poses: the mounting is needed
+    check_mounting('base', '')                   # base poses, no mounting: consistent
+    with pytest.raises(ConfigError, match=r'camera_x_m=1.5 would apply it twice'):
+        check_mounting('base', 'camera_x_m=1.5')
+
+
+def test_a_result_moves_into_the_users_map_frame_with_its_covariance_axes():
+    @dataclass(frozen=True)
+    class Result:   # the LocalizationResult fields in_map_frame reads
+        ok: bool
+        position_enu_m: np.ndarray
+        orientation_xyzw: np.ndarray
+        position_covariance_m2: np.ndarray
+        orientation_covariance_rad2: np.ndarray
+        latitude_deg: float = 48.0
+
+    result = Result(True, np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]),
+                    np.diag([4.0, 1.0, 0.25]), np.diag([0.01, 0.02, 0.03]))
+    moved = in_map_frame(result, _pose((10.0, 5.0, 0.0), (0, 0, 90)))
+    np.testing.assert_allclose(moved.position_enu_m, [10.0, 6.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(Rotation.from_quat(moved.orientation_xyzw).as_euler('xyz')[2],
+                               np.pi / 2, atol=1e-12)
+    # the long 2 m sigma along the visual map's east is along the map's north after a 90 deg turn
+    np.testing.assert_allclose(moved.position_covariance_m2, np.diag([1.0, 4.0, 0.25]),
+                               atol=1e-12)
+    np.testing.assert_allclose(moved.orientation_covariance_rad2, np.diag([0.02, 0.01, 0.03]),
+                               atol=1e-12)
+    assert moved.latitude_deg == 48.0   # geodetic: absolute, unchanged
+    failed = SimpleNamespace(ok=False)
+    assert in_map_frame(failed, _pose((10.0, 5.0, 0.0), (0, 0, 90))) is failed

@@ -11,6 +11,7 @@ from vl_attention.mapping import load_map, MapFormatError, MapIndex, MapManifest
 from vl_attention.data.association import Associator, AssociationError, sorted_track
 from vl_attention.mapping.builder import (add_to_map, build_map, FolderSource, MapBuildConfig)
 from vl_attention.mapping.checkpoints import partial_dir, ResumeError
+from vl_attention.mapping.errors import MapBuildError
 from vl_attention.mapping.index import choose_index_type, INDEX_TYPES, IndexParams
 from vl_attention.mapping.records import read_poses, read_poses_csv, records_from_columns
 from vl_attention.mapping.subsampling import keyframe_mask, KeyframeConfig
@@ -267,6 +268,11 @@ def test_subsampled_build_then_incremental_add(tiny_world, tiny_map, embedder, t
     assert thin.manifest.build['frames']['skipped_not_keyframe'] == 24 - expected.sum()
     kept = int(expected.sum())
     night = tiny_world / 'query_night'
+    assert thin.manifest.build['poses_frame'] == 'camera'
+    with pytest.raises(MapBuildError, match=r'holds camera poses and these are base poses'):
+        add_to_map(out, FolderSource(night / 'images', night / 'poses.csv'), embedder=embedder,
+                   cfg=MapBuildConfig(poses_frame='base'))
+    assert load_map(out).manifest.count == kept
     add_to_map(out, FolderSource(night / 'images', night / 'poses.csv'), embedder=embedder)
     grown = load_map(out, expected_fingerprint=embedder.fingerprint)
     assert grown.manifest.count == len(grown.index) == kept + 24

@@ -6,6 +6,8 @@ import cv2
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 import pytest
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
 
 from vl_attention.mapping import read_poses_csv
 from vl_attention.ros.process import localize_node_command, stop_process
@@ -37,6 +39,13 @@ def test_lifecycle_transitions_gate_localization(ros_env, tiny_map, tiny_world, 
     client = ReplayClient(image_topic='/camera/image_raw')
     try:
         assert _state(client) == 'unconfigured', log.read_text()
+        # a parameter set before configure is checked, kept and used by configure
+        request = SetParameters.Request(parameters=[
+            Parameter('top_k', value=3).to_parameter_msg(),
+            Parameter('camera_x_m', value=0.5).to_parameter_msg()])
+        results = client.call_service(SetParameters, '/localize_node/set_parameters',
+                                      request).results
+        assert all(result.successful for result in results), (results, log.read_text())
         assert _transition(client, Transition.TRANSITION_CONFIGURE), log.read_text()
         assert _state(client) == 'inactive'
         columns = read_poses_csv(tiny_world / 'map_day' / 'poses.csv')

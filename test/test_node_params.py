@@ -128,6 +128,22 @@ def test_bad_parameter_at_start_gives_one_line_and_exit_code_1(argument, line, t
 
 
 @pytest.mark.ros
+def test_a_camera_mounting_on_a_map_of_base_poses_is_refused_before_the_model_loads(
+        tiny_map, tmp_path):
+    base_map = tmp_path / 'base_map'
+    shutil.copytree(tiny_map, base_map)
+    manifest = json.loads((base_map / 'manifest.json').read_text())
+    manifest['build']['poses_frame'] = 'base'   # as `build-map --poses-frame base` writes it
+    (base_map / 'manifest.json').write_text(json.dumps(manifest))
+    result = _run_node(['-p', f'map_dir:={base_map}', '-p', 'camera_x_m:=1.5',
+                        '-p', f'cache_dir:={tmp_path}'], tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("localize_node: the map's poses describe the robot base")
+    assert 'camera_x_m=1.5 would apply it twice' in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.ros
 def test_missing_or_unreadable_map_is_refused_before_the_model_loads(tmp_path):
     cache = tmp_path / 'cache'
     cache.mkdir()

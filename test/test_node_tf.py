@@ -65,6 +65,8 @@ def test_pose_is_base_frames_with_the_extrinsic_from_tf_static_and_map_to_odom_c
         ros_env, tiny_map, tiny_world, export_cache, tmp_path):
     """Camera 1.5 m ahead, 0.4 m up, looking 90 deg left, given only as a /tf_static chain.
 
+    The visual map's frame is placed in ``map`` by map_origin_* (as for a nav2 map).
+
     The chain is base_footprint -> front_camera_link -> front_camera_optical_frame (the
     image's frame_id, an optical frame: z forward). Until it arrives the node publishes no
     pose and its diagnostics WARN with the missing transform.
@@ -73,7 +75,8 @@ def test_pose_is_base_frames_with_the_extrinsic_from_tf_static_and_map_to_odom_c
     process = start_localize_node(
         {'map_dir': str(tiny_map), 'cache_dir': str(export_cache), 'backend': 'onnxruntime',
          'use_filter': False, 'camera_extrinsic_source': 'tf', 'base_frame': 'base_footprint',
-         'odom_topic': '/odom', 'publish_tf': True, 'diagnostics_period_s': 0.3},
+         'odom_topic': '/odom', 'publish_tf': True, 'diagnostics_period_s': 0.3,
+         'map_origin_x_m': 100.0, 'map_origin_y_m': -50.0, 'map_origin_yaw_deg': 30.0},
         env=ros_env, log_path=log, remappings=[('image', '/camera/image_raw')])
     client = ReplayClient(image_topic='/camera/image_raw')
     tf_static = client.create_publisher(TFMessage, '/tf_static', LATCHED)
@@ -114,11 +117,14 @@ def test_pose_is_base_frames_with_the_extrinsic_from_tf_static_and_map_to_odom_c
         assert answer is not None, f'no pose with the extrinsic on /tf_static:\n{log.read_text()}'
         assert answer.header.frame_id == 'map'
         got = _pose_of(answer.pose.pose)
-        expected = base_in_map((records.position_enu_m[index], records.orientation_xyzw[index]),
-                               Extrinsic(xyz_m=(1.5, 0.0, 0.4), rpy_deg=(0, 0, 90)).pose())
+        # the visual map's ENU frame sits at (100, -50) in map, turned 30 deg (map_origin_*)
+        map_T_visual = Extrinsic(xyz_m=(100.0, -50.0, 0.0), rpy_deg=(0, 0, 30)).pose()
+        camera = compose(map_T_visual, (records.position_enu_m[index],
+                                        records.orientation_xyzw[index]))
+        expected = base_in_map(camera, Extrinsic(xyz_m=(1.5, 0.0, 0.4), rpy_deg=(0, 0, 90)).pose())
         assert np.linalg.norm(got[0] - expected[0]) < 0.1, (got, expected)
         assert _angle_deg(got[1], expected[1]) < 1.0
-        assert np.linalg.norm(got[0] - records.position_enu_m[index]) > 1.4  # not the camera's
+        assert np.linalg.norm(got[0] - camera[0]) > 1.4  # the base's pose, not the camera's
 
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:

@@ -37,6 +37,20 @@ class Extrinsic:
                 Rotation.from_euler('xyz', self.rpy_deg, degrees=True).as_quat())
 
 
+def check_mounting(poses_frame: str, mounting: str) -> None:
+    """Refuse a camera mounting on a map whose poses are the robot base's.
+
+    ``mounting`` describes the mounting the caller would apply ('' for none):
+    on a ``base`` map it is already inside the poses and would count twice.
+    """
+    if poses_frame == 'base' and mounting:
+        raise ConfigError(
+            f"the map's poses describe the robot base (built with --poses-frame base), so the "
+            f'camera mounting is already in them and {mounting} would apply it twice; use '
+            'camera_extrinsic_source:=parameters with every camera_* parameter at 0, or '
+            'rebuild the map from camera poses (--poses-frame camera)')
+
+
 # The camera body frame (x forward, y left, z up) in the optical frame of the same camera (z
 # forward, x right, y down; REP 103's ``_optical`` suffix): optical_T_body.
 OPTICAL_T_BODY: Pose = (np.zeros(3), Rotation.from_euler('xyz', (-90.0, 0.0, -90.0),
@@ -163,3 +177,21 @@ def robot_result(result, base_T_camera: Pose, origin):
                    orientation_covariance_rad2=covariance[3:, 3:],
                    latitude_deg=float(latitude), longitude_deg=float(longitude),
                    altitude_m=float(altitude))
+
+
+def in_map_frame(result, map_T_visual: Pose):
+    """Return a (base) result expressed in ``map_frame`` instead of the visual map's ENU frame.
+
+    ``map_T_visual`` places the visual map's frame in the user's map frame (e.g. a nav2 map
+    from SLAM); the covariance axes turn with it. Latitude and longitude are absolute and
+    stay. Results without a fix are returned unchanged.
+    """
+    if not result.ok:
+        return result
+    position, orientation = compose(map_T_visual, (result.position_enu_m,
+                                                   result.orientation_xyzw))
+    rotation = Rotation.from_quat(map_T_visual[1]).as_matrix()
+    return replace(result, position_enu_m=position, orientation_xyzw=orientation,
+                   position_covariance_m2=rotation @ result.position_covariance_m2 @ rotation.T,
+                   orientation_covariance_rad2=(rotation @ result.orientation_covariance_rad2
+                                                @ rotation.T))

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from vl_attention.config import to_dict
+from vl_attention.config import ConfigError, to_dict
 from vl_attention.engine.embedder import create_embedder, Embedder, EmbedderConfig
 from vl_attention.engine.vocabulary import (evenly_spaced, fit_map_vocabulary,
                                             needs_map_vocabulary, VocabularyConfig)
@@ -32,7 +32,8 @@ from vl_attention.mapping.local_feature_map import (build_local_feature_map,
                                                     concatenate_local_feature_maps, extract_all,
                                                     LocalFeatureBuildConfig, LocalFeatureMap)
 from vl_attention.mapping.index import IndexParams, MapIndex
-from vl_attention.mapping.map_format import load_map, map_model_dir, MapManifest, save_map
+from vl_attention.mapping.map_format import (load_map, map_model_dir, MapManifest,
+                                             POSES_FRAMES, poses_frame_of, save_map)
 from vl_attention.mapping.records import (concatenate_records, PlaceRecords,
                                           records_from_columns)
 from vl_attention.mapping.sources import (BagSource, FolderSource, FrameSource,  # noqa: F401
@@ -68,10 +69,14 @@ class MapBuildConfig:
     max_keypoints: int = 2000
     camera_info: str = ''          # camera YAML ('' = camera_info.yaml beside the images)
     vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)  # vocabulary: map
+    poses_frame: str = 'camera'    # what the source's poses describe: POSES_FRAMES
 
     def __post_init__(self) -> None:
         if self.local_features != 'none':
             LOCAL_FEATURES.get(self.local_features)
+        if self.poses_frame not in POSES_FRAMES:
+            raise ConfigError(f'poses_frame must be one of {POSES_FRAMES}, got '
+                              f'{self.poses_frame!r}')
 
 
 def make_source(inputs: Union[BagInput, tuple[StrPath, StrPath]],
@@ -196,6 +201,11 @@ def add_to_map(map_dir: StrPath, source: FrameSource, *, embedder: Embedder,
                             f'(EmbedderConfig(export_dir={str(map_model_dir(map_dir))!r}), '
                             'which `vl-attention map add` uses)')
     loaded = load_map(map_dir, expected_fingerprint=embedder.fingerprint, mmap=False)
+    held = poses_frame_of(loaded.manifest.build)
+    if cfg.poses_frame != held:
+        raise MapBuildError(f'{map_dir} holds {held} poses and these are {cfg.poses_frame} '
+                            f'poses; a map keeps one meaning: add {held} poses '
+                            f'(--poses-frame {held}), or build another map')
     work_dir = partial_dir(map_dir, f'add-{loaded.manifest.count}')
     columns = embed_source(source, work_dir, embedder=embedder, cfg=cfg)
     index = loaded.index
@@ -315,7 +325,7 @@ def _signature(source: FrameSource, embedder: Embedder, cfg: MapBuildConfig) -> 
 
 def _build_info(source: FrameSource, cfg: MapBuildConfig) -> dict[str, Any]:
     return {'source': source.describe(), 'frames': dict(source.stats),
-            'keyframes': to_dict(cfg.keyframes)}
+            'keyframes': to_dict(cfg.keyframes), 'poses_frame': cfg.poses_frame}
 
 
 def _log_rate(count: int, seconds: float, source: FrameSource) -> None:

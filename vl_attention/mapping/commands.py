@@ -21,7 +21,7 @@ from vl_attention.io import StrPath
 from vl_attention.geometry.local_features import LOCAL_FEATURES
 from vl_attention.mapping.builder import BagInput, MapBuildConfig
 from vl_attention.mapping.index import INDEX_TYPES, IndexParams
-from vl_attention.mapping.map_format import load_map
+from vl_attention.mapping.map_format import load_map, POSES_FRAMES
 from vl_attention.mapping.subsampling import KeyframeConfig
 
 EPILOG = ('inputs: either --images DIR --poses FILE (CSV or JSON), or one or more --bag PATH '
@@ -44,6 +44,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                             'topic (default: %(default)s)')
     group.add_argument('--max-gap-s', type=float, default=BagInput.max_gap_s,
                        help='longest position gap to interpolate over (default: %(default)s)')
+    group.add_argument('--poses-frame', default=MapBuildConfig.poses_frame, choices=POSES_FRAMES,
+                       help="what the poses describe: 'camera' (the camera body frame, x "
+                            "forward) or 'base' (the robot's, e.g. its odometry; the node then "
+                            'applies no camera mounting) (default: %(default)s)')
     group.add_argument('--origin', nargs=3, type=float, metavar=('LAT', 'LON', 'ALT'),
                        help='geodetic origin of the map (and of the local frame of pose '
                             'topics); default: the first pose or fix')
@@ -100,7 +104,8 @@ def build_config(args: argparse.Namespace, embedder_config: EmbedderConfig, *,
         checkpoint_frames=args.checkpoint_frames, restart=args.restart,
         progress=not args.no_progress,
         local_features=getattr(args, 'local_features', MapBuildConfig.local_features),
-        camera_info=str(getattr(args, 'camera_info', None) or ''))
+        camera_info=str(getattr(args, 'camera_info', None) or ''),
+        poses_frame=getattr(args, 'poses_frame', MapBuildConfig.poses_frame))
     if with_index:
         values['index_type'] = args.index_type
         values['index_params'] = IndexParams(**{name: getattr(args, name) for name in (

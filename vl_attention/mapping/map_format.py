@@ -65,6 +65,10 @@ from vl_attention.mapping.validation import refuse_damaged, validate_map
 
 MAP_FORMAT_VERSION = 3
 READABLE_FORMAT_VERSIONS = (2, 3)
+# What a map's poses describe (manifest.build['poses_frame']): the camera body frame, or the
+# robot's base (a map built from the robot's own poses, e.g. odometry in a bag: the camera's
+# mounting is then inside them).
+POSES_FRAMES = ('camera', 'base')
 FULL_HASH_MAX_BYTES = 256 << 20
 MMAP_MIN_BYTES = 256 << 20
 EDGE_BYTES = 1 << 20
@@ -157,6 +161,18 @@ def map_model_dir(path: StrPath) -> Optional[Path]:
     """Return the export a map carries (``<map>/model``); None for maps built without one."""
     model_dir = Path(path) / MODEL_DIR
     return model_dir if all((Path(path) / name).is_file() for name in MODEL_FILES) else None
+
+
+def poses_frame_of(build: Mapping[str, Any]) -> str:
+    """Return what a map's poses describe, from its manifest's ``build`` record.
+
+    Maps built before the record existed hold camera poses (``poses.csv``'s meaning).
+    """
+    frame = build.get('poses_frame', 'camera')
+    if frame not in POSES_FRAMES:
+        raise MapFormatError(f'the map says its poses describe {frame!r}, not one of '
+                             f'{POSES_FRAMES}; rebuild the map')
+    return str(frame)
 
 
 def carried_model_config(config: EmbedderConfig, map_dir: StrPath) -> EmbedderConfig:

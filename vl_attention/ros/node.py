@@ -53,17 +53,19 @@ from vl_attention.engine.embedder import create_embedder
 from vl_attention.engine.preprocess import FrameError
 from vl_attention.errors import one_line, VLAttentionError
 from vl_attention.localization import health, Localizer
-from vl_attention.localization.frames import (camera_in_base, map_to_odom, robot_result,
-                                              StaticTransforms)
+from vl_attention.localization.frames import (camera_in_base, check_mounting, in_map_frame,
+                                              map_to_odom, robot_result, StaticTransforms)
 from vl_attention.localization.odometry import OdometryBuffer, OdometryConfig, yaw_from_quaternion
 from vl_attention.localization.pipeline import LatestFrameSlot, LocalizationStats
 from vl_attention.mapping import load_map, read_manifest
+from vl_attention.mapping.map_format import poses_frame_of
 from vl_attention.ros import conversions
-from vl_attention.ros.params import (CAMERA_INFO_TOPIC, camera_extrinsic, check_values,
-                                     COMPRESSED_IMAGE_TOPIC, declare_parameters,
-                                     DIAGNOSTICS_TOPIC, embedder_config, FIX_TOPIC, IMAGE_TOPIC,
-                                     localizer_config, PARAMS_BY_NAME, ParameterError,
-                                     POSE_TOPIC, TF_STATIC_TOPIC, TF_TOPIC, TRACKING_PARAMS,
+from vl_attention.ros.params import (CAMERA_INFO_TOPIC, CAMERA_MOUNTING_PARAMS,
+                                     camera_extrinsic, check_values, COMPRESSED_IMAGE_TOPIC,
+                                     declare_parameters, DIAGNOSTICS_TOPIC, embedder_config,
+                                     FIX_TOPIC, IMAGE_TOPIC, localizer_config, map_origin,
+                                     PARAMS_BY_NAME, ParameterError, POSE_TOPIC,
+                                     TF_STATIC_TOPIC, TF_TOPIC, TRACKING_PARAMS,
                                      tracking_config)
 from vl_attention.ros.rectify import Rectifier
 
@@ -152,7 +154,9 @@ class _LocalizeCore:
         if not map_dir:
             raise ParameterError('parameter map_dir is empty; set it to a map built with '
                                  '`vl-attention build-map` (e.g. -p map_dir:=/path/to/map)')
-        read_manifest(map_dir)  # a missing or foreign map fails before the model loads (~8 s)
+        # a missing or foreign map, or one the mounting contradicts, fails before the model
+        # loads (~8 s)
+        check_mounting(poses_frame_of(read_manifest(map_dir).build), _mounting(self.params))
         embedder = create_embedder(embedder_config(self.params, map_dir))
         map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
         self.get_logger().info(
@@ -176,6 +180,9 @@ class _LocalizeCore:
             return SetParametersResult(successful=True)
         try:
             values = check_values(self.params | changes)
+            if getattr(self, 'localizer', None) is not None:   # a lifecycle node: configured
+                check_mounting(poses_frame_of(self.localizer.map.manifest.build),
+                               _mounting(values))
             self._apply(values, set(changes))
         except VLAttentionError as error:   # ParameterError, or a config the values make
             self.get_logger().warning(f'parameters refused: {error}')
@@ -187,6 +194,9 @@ class _LocalizeCore:
     def _apply(self, values, changed):
         """Make accepted values take effect (the next frame sees them)."""
         config = localizer_config(values)
+        if getattr(self, 'localizer', None) is None:   # an unconfigured lifecycle node
+            self.params = values                       # configure reads them
+            return
         if changed & set(TRACKING_PARAMS):
             localizer = self._localizer_for(self.localizer.map, self.localizer.embedder, values)
             with self._odometry_lock:
@@ -218,6 +228,7 @@ class _LocalizeCore:
         map_dir, old = self.params['map_dir'], self.localizer
         try:
             map_ = load_map(map_dir, expected_fingerprint=old.embedder.fingerprint)
+            check_mounting(poses_frame_of(map_.manifest.build), _mounting(self.params))
             localizer = self._localizer_for(map_, old.embedder, self.params)
         except Exception as error:  # whatever is wrong with the new map, keep the running one
             response.success = False
@@ -403,7 +414,9 @@ class _LocalizeCore:
         base_T_camera = self._base_T_camera(image_header.frame_id)
         if base_T_camera is None:
             return
-        result = robot_result(result, base_T_camera, self.localizer.map.manifest.geodetic_origin)
+        result = in_map_frame(robot_result(result, base_T_camera,
+                                           self.localizer.map.manifest.geodetic_origin),
+                              map_origin(self.params))
         fix_header = type(image_header)(stamp=image_header.stamp,
                                         frame_id=self.params['navsat_frame_id']
                                         or image_header.frame_id)
@@ -515,6 +528,14 @@ class LifecycleLocalizeNode(_LocalizeCore, LifecycleNode):
         """Stop everything."""
         self._deactivate()
         return TransitionCallbackReturn.SUCCESS
+
+
+def _mounting(values):
+    """Describe the camera mounting ``values`` apply ('' when none: camera = base)."""
+    if values['camera_extrinsic_source'] == 'tf':
+        return 'camera_extrinsic_source:=tf'
+    return ', '.join(f'{name}={values[name]}' for name in CAMERA_MOUNTING_PARAMS
+                     if values[name] != 0.0)
 
 
 def _tracking_values(result, localizer):

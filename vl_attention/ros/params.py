@@ -92,7 +92,16 @@ NODE_PARAMS = (
     Param('rectify', False, 'undistort each frame with camera_info (plumb_bob, '
           'rational_polynomial) before embedding; off: the image is already rectified '
           '(image_rect)', read_only=True),
-    Param('map_frame', 'map', "frame of the published pose: the map's local ENU frame (REP 105)"),
+    Param('map_frame', 'map', "frame of the published pose (REP 105): the visual map's ENU "
+          'frame, placed by map_origin_*'),
+    Param('map_origin_x_m', 0.0, "the visual map's ENU frame in map_frame: x (m; all zero: "
+          'map_frame is that frame)', low=-1e7, high=1e7),
+    Param('map_origin_y_m', 0.0, "the visual map's ENU frame in map_frame: y (m)", low=-1e7,
+          high=1e7),
+    Param('map_origin_z_m', 0.0, "the visual map's ENU frame in map_frame: z (m)", low=-1e5,
+          high=1e5),
+    Param('map_origin_yaw_deg', 0.0, "the visual map's ENU frame in map_frame: yaw (deg, "
+          'counter-clockwise)', low=-180.0, high=180.0),
     Param('base_frame', 'base_link', 'robot frame whose pose is published (REP 105)'),
     Param('odom_frame', 'odom', 'odometry frame; map->odom is published with publish_tf'),
     Param('publish_tf', False, 'publish map->odom on /tf like AMCL (needs odom_topic and '
@@ -260,11 +269,20 @@ def declare_parameters(node):
                          for param in NODE_PARAMS})
 
 
+def map_origin(values):
+    """Return map_T_visual, the visual map's ENU frame in ``map_frame``, from map_origin_*."""
+    return Extrinsic(xyz_m=tuple(values[f'map_origin_{axis}_m'] for axis in 'xyz'),
+                     rpy_deg=(0.0, 0.0, values['map_origin_yaw_deg'])).pose()
+
+
+CAMERA_MOUNTING_PARAMS = ('camera_x_m', 'camera_y_m', 'camera_z_m', 'camera_roll_deg',
+                          'camera_pitch_deg', 'camera_yaw_deg')
+
+
 def camera_extrinsic(values):
     """Return the camera's mounting on the robot (base_T_camera) from the camera_* values."""
-    return Extrinsic(xyz_m=tuple(values[f'camera_{axis}_m'] for axis in 'xyz'),
-                     rpy_deg=tuple(values[f'camera_{angle}_deg']
-                                   for angle in ('roll', 'pitch', 'yaw')))
+    return Extrinsic(xyz_m=tuple(values[name] for name in CAMERA_MOUNTING_PARAMS[:3]),
+                     rpy_deg=tuple(values[name] for name in CAMERA_MOUNTING_PARAMS[3:]))
 
 
 def localizer_config(values):
