@@ -25,7 +25,7 @@ def test_tiny_map_holds_calibration_features_and_its_model(tiny_map):
     manifest = map_.manifest
     assert manifest.format_version == 3
     assert manifest.calibration['impostor_similarity_std'] > 0
-    assert manifest.local_features['kind'] == 'sift'
+    assert manifest.local_features['kind'] == 'sift_clahe'   # MapBuildConfig's default
     assert manifest.local_features['points'] > 100
     assert map_.local_features is not None and len(map_.local_features) == manifest.count
     assert map_model_dir(tiny_map) is not None

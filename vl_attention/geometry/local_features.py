@@ -99,6 +99,30 @@ class SiftExtractor(_Extractor):
         return np.sqrt(descriptors / l1) * 512.0
 
 
+@LOCAL_FEATURES.register('sift_clahe')
+class SiftClaheExtractor(SiftExtractor):
+    """RootSIFT on a contrast-limited equalised image (CLAHE: clip limit 3, 8x8 tiles).
+
+    The map's images and the frames are equalised alike, which evens out the contrast of
+    dusk, night and fog before detection. Chosen on the synthetic validation town (seed 101,
+    route 11, 75 frames per condition, the 3 nearest map images as candidates): PnP within
+    0.5 m of the truth for night 5 -> 13, dusk 41 -> 52, fog 73 -> 75, rain 64 -> 73 frames
+    against plain RootSIFT; clip limits 2 and 4 gave 207 and 208 of 300 against 3's 213;
+    equalising only the frames gave 6, 51, 75 and 71.
+    """
+
+    clip_limit = 3.0
+    tile_grid = (8, 8)
+
+    def __init__(self, *, max_keypoints: int) -> None:
+        super().__init__(max_keypoints=max_keypoints)
+        self.clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=self.tile_grid)
+
+    def __call__(self, image_gray: np.ndarray) -> Features:
+        """Return the features of ``image_gray`` after equalising it."""
+        return super().__call__(self.clahe.apply(image_gray))
+
+
 def empty_features(descriptor_bytes: int) -> Features:
     """Return features without keypoints."""
     return Features(np.zeros((0, 2), np.float32), np.zeros((0, descriptor_bytes), np.uint8))

@@ -65,7 +65,7 @@ class MapBuildConfig:
     checkpoint_frames: int = 512   # frames per resumable batch
     restart: bool = False          # discard a partial build instead of resuming it
     progress: bool = False
-    local_features: str = 'sift'   # 'none' or a LOCAL_FEATURES name (PnP refinement)
+    local_features: str = 'sift_clahe'  # 'none' or a LOCAL_FEATURES name (PnP refinement)
     max_keypoints: int = 2000
     camera_info: str = ''          # camera YAML ('' = camera_info.yaml beside the images)
     vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)  # vocabulary: map
