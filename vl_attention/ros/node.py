@@ -119,6 +119,10 @@ class _LocalizeCore:
         self._tf_lock = threading.Lock()
         self.static_transforms = StaticTransforms()   # /tf_static, set by its callback
         self._extrinsic_problem = ''
+        if self.params['camera_extrinsic_source'] == 'tf' and TFMessage is None:
+            raise ParameterError('camera_extrinsic_source tf needs tf2_msgs, which is not '
+                                 'installed (install ros-<distro>-tf2-msgs, or set the camera_* '
+                                 'parameters with camera_extrinsic_source:=parameters)')
         self._create_publishers()
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_service(Trigger, '~/reload_map', self._on_reload_map)
@@ -310,10 +314,6 @@ class _LocalizeCore:
     def _subscribe_tf_static(self):
         if self.params['camera_extrinsic_source'] != 'tf':
             return None
-        if TFMessage is None:
-            raise ParameterError('camera_extrinsic_source tf needs tf2_msgs, which is not '
-                                 'installed (install ros-<distro>-tf2-msgs, or set the camera_* '
-                                 'parameters with camera_extrinsic_source:=parameters)')
         self.get_logger().info(f"camera extrinsic: {self.params['base_frame']} -> "
                                f"{self.params['camera_frame'] or '<image frame_id>'} from "
                                f'{TF_STATIC_TOPIC}')
