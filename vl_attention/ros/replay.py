@@ -63,8 +63,16 @@ class ReplayClient(Node):
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self)
-        self._spinner = threading.Thread(target=self._executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()
+
+    def _spin(self):
+        # spin_once in a loop that close() stops and joins: shutting the executor down while
+        # another thread waits in it can leave that thread spinning on the GIL (seen once in
+        # CI, a hung test teardown)
+        while not self._stop.is_set() and self.context.ok():
+            self._executor.spin_once(timeout_sec=0.05)
 
     def wait_for_localizer(self, timeout_s=120.0):
         """Block until images reach the localizer and its fixes and poses reach us."""
@@ -181,7 +189,9 @@ class ReplayClient(Node):
             self.destroy_client(client)
 
     def close(self):
-        """Stop spinning and destroy the node."""
+        """Stop spinning (the spinner thread ends first) and destroy the node."""
+        self._stop.set()
+        self._spinner.join(timeout=5.0)
         self._executor.shutdown()
         self.destroy_node()
 
