@@ -4,17 +4,18 @@ import threading
 import time
 
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Odometry
 import numpy as np
 import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from scipy.spatial.transform import Rotation
+from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage  # a ROS install has it; `make setup` builds it for the wheels
 
 from vl_attention.localization.frames import base_in_map, compose, Extrinsic
 from vl_attention.mapping import load_map, read_poses_csv
 from vl_attention.mapping.sources import read_rgb
+from vl_attention.ros.conversions import pose_to_transform, transform_to_pose
 from vl_attention.ros.process import start_localize_node, stop_process
 from vl_attention.ros.replay import ReplayClient
 
@@ -30,13 +31,8 @@ def _stamp(stamp_ns):
 
 
 def _transform(parent, child, xyz, rpy_deg):
-    msg = TransformStamped()
-    msg.header.frame_id, msg.child_frame_id = parent, child
-    t, r = msg.transform.translation, msg.transform.rotation
-    t.x, t.y, t.z = (float(v) for v in xyz)
-    r.x, r.y, r.z, r.w = (float(v) for v in Rotation.from_euler(
-        'xyz', rpy_deg, degrees=True).as_quat())
-    return msg
+    return pose_to_transform(Extrinsic(xyz_m=xyz, rpy_deg=rpy_deg).pose(),
+                             Header(frame_id=parent), child)
 
 
 def _odometry(stamp_ns, x_m, y_m, yaw_rad):
@@ -50,11 +46,10 @@ def _odometry(stamp_ns, x_m, y_m, yaw_rad):
 
 
 def _pose_of(msg):
-    """``(position, quaternion)`` of a Pose or Transform message."""
-    position, orientation = (msg.position, msg.orientation) if hasattr(msg, 'position') \
-        else (msg.translation, msg.rotation)
-    return (np.array([position.x, position.y, position.z]),
-            np.array([orientation.x, orientation.y, orientation.z, orientation.w]))
+    """``(position, quaternion)`` of a geometry_msgs/Pose."""
+    return (np.array([msg.position.x, msg.position.y, msg.position.z]),
+            np.array([msg.orientation.x, msg.orientation.y, msg.orientation.z,
+                      msg.orientation.w]))
 
 
 def _angle_deg(q1, q2):
@@ -139,7 +134,8 @@ def test_pose_is_base_frames_with_the_extrinsic_from_tf_static_and_map_to_odom_c
         assert (transform.header.frame_id, transform.child_frame_id) == ('map', 'odom')
         odom_T_base = (np.array([3.0, -2.0, 0.0]),
                        Rotation.from_euler('z', odom_yaw).as_quat())
-        closed = compose(_pose_of(transform.transform), odom_T_base)  # map_T_odom * odom_T_base
+        # map_T_odom * odom_T_base
+        closed = compose(transform_to_pose(transform.transform), odom_T_base)
         np.testing.assert_allclose(closed[0], got[0], atol=1e-3)
         assert _angle_deg(closed[1], got[1]) < 0.01
     finally:

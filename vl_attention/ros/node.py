@@ -339,13 +339,13 @@ class _LocalizeCore:
         with self._tf_lock:
             try:
                 base_T_frame = self.static_transforms.lookup(base, camera)
+                problem = ''
             except VLAttentionError as error:   # a loop in the published transforms
                 base_T_frame, problem = None, str(error)
-            else:
+            if base_T_frame is None and not problem:   # the frame list only when it is missing
                 known = ', '.join(self.static_transforms.frames()) or 'none yet'
-                problem = '' if base_T_frame is not None else (
-                    f'no transform {base} -> {camera!r} on {TF_STATIC_TOPIC} (frames: {known}); '
-                    'no pose is published until it arrives')
+                problem = (f'no transform {base} -> {camera!r} on {TF_STATIC_TOPIC} (frames: '
+                           f'{known}); no pose is published until it arrives')
         if problem and problem != self._extrinsic_problem:   # once per new reason
             self.get_logger().warning(f'camera extrinsic: {problem}')
         self._extrinsic_problem = problem
