@@ -78,12 +78,21 @@ def test_the_refinement_time_budget_reaches_the_localizer_config():
     assert tracking_config(values).refinement.time_budget_ms == 60.0
 
 
+def test_verification_frames_reach_the_tracking_config_and_refuse_a_negative():
+    assert tracking_config(DEFAULTS).verification_frames == 40
+    assert tracking_config(check_values(DEFAULTS | {'verification_frames': 10})) \
+        .verification_frames == 10
+    with pytest.raises(ParameterError, match='verification_frames'):
+        check_values(DEFAULTS | {'verification_frames': -1})
+
+
 def test_every_default_passes_and_descriptors_carry_ranges_choices_and_read_only():
     assert check_values(DEFAULTS) == DEFAULTS
     read_only = {param.name for param in NODE_PARAMS if descriptor(param).read_only}
     assert read_only == {'map_dir', 'model', 'backend', 'device', 'precision', 'export_dir',
                          'threads', 'cache_dir', 'image_transport', 'odom_topic', 'use_filter',
-                         'refine', 'refine_time_budget_ms', 'pose_source', 'publish_tf',
+                         'refine', 'refine_time_budget_ms', 'verification_frames',
+                         'pose_source', 'publish_tf',
                          'rectify', 'camera_extrinsic_source'}
     top_k = descriptor(PARAMS_BY_NAME['top_k']).integer_range[0]
     assert (top_k.from_value, top_k.to_value) == (1, 1000)

@@ -106,8 +106,11 @@ def test_a_textureless_frame_gets_a_clear_refinement_reason(tiny_map, embedder):
 @pytest.mark.parametrize('verification_frames', [4, 0])
 def test_a_filter_fix_needs_a_recent_pnp_verification(tiny_map, tiny_world, embedder,
                                                       verification_frames):
-    localizer = Localizer(load_map(tiny_map), embedder=embedder,
-                          tracking=TrackingConfig(verification_frames=verification_frames))
+    # the blurred frames below carry almost no evidence (log Bayes factors ~0.2): the frame
+    # evidence gate, tested on its own below, is off here
+    tracking = TrackingConfig(verification_frames=verification_frames,
+                              min_frame_evidence=float('-inf'))
+    localizer = Localizer(load_map(tiny_map), embedder=embedder, tracking=tracking)
     frames = list(_frames(tiny_world, 'map_day'))
     for frame, stamp, _ in frames:
         result = localizer.localize(frame, stamp_s=stamp)
@@ -180,7 +183,9 @@ def test_the_localizer_spends_the_time_budget_only_while_its_filter_tracks(tiny_
 def test_a_jump_of_the_filter_voids_the_verification_of_the_track_it_left(tiny_map, tiny_world,
                                                                           embedder):
     map_ = load_map(tiny_map)
-    localizer = Localizer(map_, embedder=embedder, tracking=TrackingConfig())
+    # the blurred frames at B contradict track A: the frame evidence gate is off here
+    localizer = Localizer(map_, embedder=embedder,
+                          tracking=TrackingConfig(min_frame_evidence=float('-inf')))
     frames = [frame for frame, _, _ in _frames(tiny_world, 'map_day')]
     truth = map_.records.position_enu_m
     stamps = iter(np.arange(40) * 0.2)   # the world's 5 Hz; a kidnapped robot's clock runs on
@@ -206,3 +211,91 @@ def test_a_jump_of_the_filter_voids_the_verification_of_the_track_it_left(tiny_m
     assert verified.ok and verified.pose_source == 'pnp'
     after = blurred_at(9)   # B verified: the filter's estimate is a fix again
     assert after.ok and after.pose_source == 'filter', after.reason
+
+
+@pytest.mark.parametrize('min_frame_evidence', [float('-inf'), 0.2])
+def test_a_pnp_pose_off_the_track_voids_its_verification_until_the_filter_reaches_it(
+        tiny_map, tiny_world, embedder, min_frame_evidence):
+    map_ = load_map(tiny_map)
+    localizer = Localizer(map_, embedder=embedder,
+                          tracking=TrackingConfig(min_frame_evidence=min_frame_evidence))
+    frames = [frame for frame, _, _ in _frames(tiny_world, 'map_day')]
+    truth = map_.records.position_enu_m
+    stamps = iter(np.arange(40) * 0.2)
+    for k in range(12, 24):              # track A, verified by PnP
+        result = localizer.localize(frames[k], stamp_s=next(stamps))
+    assert result.ok and result.pose_source == 'pnp'
+    # kidnapped to B (>= 32 m from A): PnP places the first frame there while the filter is
+    # still on A
+    first = localizer.localize(frames[2], stamp_s=next(stamps))
+    assert first.filter_state == 'tracking'
+    assert np.linalg.norm(first.filtered.position_enu_m[:2] - truth[2][:2]) > 15.0
+    if min_frame_evidence == float('-inf'):   # the filter claims A: neither is published
+        assert not first.ok and first.pose_source == 'filter'
+        assert first.refinement.startswith('PnP pose ') and 'until they agree' in \
+            first.refinement
+        assert 'PnP placed a frame ' in first.reason and 'verification void' in first.reason
+    else:   # the frame contradicts the filter (the gate): PnP's pose of B is the fix
+        assert first.ok and first.pose_source == 'pnp', first.reason
+        assert np.linalg.norm(first.position_enu_m[:2] - truth[2][:2]) < 1.0
+    # then PnP is blind; once the filter reaches B, the remembered PnP pose verifies it
+    after = [localizer.track(np.asarray(map_.index.descriptors[k]), stamp_s=next(stamps),
+                             frame=cv2.GaussianBlur(frames[k], (0, 0), 4)) for k in (3, 4, 5)]
+    assert all(r.pose_source == 'filter' for r in after)
+    at_b = [r for k, r in zip((3, 4, 5), after)
+            if np.linalg.norm(r.filtered.position_enu_m[:2] - truth[k][:2]) < 5.0]
+    assert at_b and at_b[-1].ok, [(r.ok, r.reason) for r in after]
+    wrong = [r for k, r in zip((3, 4, 5), after)
+             if r.ok and np.linalg.norm(r.position_enu_m[:2] - truth[k][:2]) > 5.0]
+    assert not wrong, [r.reason for r in wrong]
+
+
+def test_the_refined_covariance_grows_as_the_inliers_get_few(tiny_map, tiny_world):
+    from vl_attention.config import ConfigError
+    from vl_attention.geometry.pnp import solve_pnp
+    from vl_attention.geometry.local_features import match_features, to_gray
+    from vl_attention.localization.refinement import RefinementConfig, Refiner
+    map_ = load_map(tiny_map)
+    refiner = Refiner(map_.local_features, RefinementConfig(covariance_scale=2.0,
+                                                            covariance_inliers=30.0))
+    assert refiner.variance_factor(30) == pytest.approx(4.0)    # 2 x (1 + 30 / 30)
+    assert refiner.variance_factor(10) == pytest.approx(8.0)    # 2 x (1 + 30 / 10)
+    frame = next(f for f, _, k in _frames(tiny_world, 'map_day') if k == 4)
+    pose = refiner.refine(frame, [4])
+    assert pose.ok, pose.reason
+    query = refiner.extractor(to_gray(frame))   # the map's own resolution: no resize
+    descriptors, points = map_.local_features.image_points(4)
+    matches = match_features(query.descriptors, descriptors, norm=refiner.extractor.norm,
+                             ratio_test=refiner.config.ratio_test)
+    first_order = solve_pnp(points[matches[:, 1]], query.keypoints_px[matches[:, 0]],
+                            map_.local_features.camera, refiner.config.pnp)
+    assert first_order.inliers == pose.inliers
+    np.testing.assert_allclose(pose.covariance,
+                               first_order.covariance * 2.0 * (1 + 30.0 / pose.inliers),
+                               rtol=1e-6)
+    with pytest.raises(ConfigError, match='covariance_inliers'):
+        RefinementConfig(covariance_inliers=-1.0)
+
+
+@pytest.mark.parametrize('min_frame_evidence', [0.2, float('-inf')])
+def test_a_frame_that_contradicts_the_filter_withholds_its_estimate(tiny_map, tiny_world,
+                                                                    embedder, min_frame_evidence):
+    map_ = load_map(tiny_map)
+    localizer = Localizer(map_, embedder=embedder,
+                          tracking=TrackingConfig(min_frame_evidence=min_frame_evidence))
+    frames = [frame for frame, _, _ in _frames(tiny_world, 'map_day')]
+    truth = map_.records.position_enu_m
+    for k in range(12, 24):              # track A, verified by PnP
+        result = localizer.localize(frames[k], stamp_s=0.2 * k)
+    assert result.ok and result.pose_source == 'pnp'
+    # kidnapped 0.2 s later to place 2 (>= 40 m back): retrieval is sure of it, PnP blind
+    kidnapped = localizer.track(np.asarray(map_.index.descriptors[2]), stamp_s=0.2 * 24,
+                                frame=cv2.GaussianBlur(frames[2], (0, 0), 4))
+    assert kidnapped.filtered.filter_state == 'tracking'
+    filter_error_m = np.linalg.norm(kidnapped.filtered.position_enu_m[:2] - truth[2][:2])
+    if min_frame_evidence > 0:   # the frame is less likely under the belief than uniform
+        assert not kidnapped.ok
+        assert kidnapped.reason.startswith('filter tracking, but this frame contradicts its '
+                                           'estimate (log Bayes factor -'), kidnapped.reason
+    else:                        # without the gate the old track is published, far off
+        assert kidnapped.ok and filter_error_m > 15.0

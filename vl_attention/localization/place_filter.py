@@ -41,7 +41,8 @@ uniform "anywhere else" mass that makes global relocalization possible.
   likelihood of the frame under the filter against the uninformed model (a
   uniform belief, for which every ratio averages 1): ``log`` of it is the
   frame's Bayes factor for "the filter knows where it is". Its running mean
-  over ``evidence_frames`` frames is the ``evidence`` (nats per frame). With a
+  over ``evidence_frames`` frames is the ``evidence`` (nats per frame); the
+  latest frame's alone is ``frame_evidence``. With a
   descriptor that says nothing it stays near 0 however concentrated the
   posterior is. A consistent look-alike (aliasing) still counts as evidence:
   that is what :class:`~vl_attention.localization.Localizer` asks PnP to rule out.
@@ -137,6 +138,7 @@ class FilterEstimate:
     mass: float
     hypotheses: int
     evidence: float = 0.0          # nats per frame, see the module docstring
+    frame_evidence: float = float('nan')   # the latest frame's log Bayes factor (nats)
 
 
 class PlaceFilter:
@@ -184,6 +186,7 @@ class PlaceFilter:
         self.state = INITIALISING
         self.updates = 0
         self.evidence = 0.0
+        self.frame_evidence = float('nan')
         self.last_stamp_s: Optional[float] = None
 
     def step(self, candidates: np.ndarray, similarities: np.ndarray, motion: Motion,
@@ -340,6 +343,7 @@ class PlaceFilter:
 
     def _record_evidence(self, log_bayes_factor: float) -> None:
         """Update the running mean of the per-frame log Bayes factor."""
+        self.frame_evidence = log_bayes_factor
         window = min(self.updates + 1, self.config.evidence_frames)
         self.evidence += (log_bayes_factor - self.evidence) / window
 
@@ -374,7 +378,7 @@ class PlaceFilter:
                                                   + self.config.position_floor_m ** 2)
         self.state = self._next_state(mass)
         return FilterEstimate(self.state, int(places[best]), mean, covariance, mass,
-                              len(self.indices), self.evidence)
+                              len(self.indices), self.evidence, self.frame_evidence)
 
     def _no_estimate(self) -> FilterEstimate:
         self.state = LOST if self.state != INITIALISING else INITIALISING

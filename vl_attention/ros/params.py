@@ -158,6 +158,10 @@ NODE_PARAMS = (
           'PnP tries no further candidate place once a frame has spent this long in '
           'refinement (ms; the first is always tried; 0 = no limit; not applied while the '
           'filter is not tracking)', low=0.0, high=10000.0, read_only=True),
+    Param('verification_frames', TrackingConfig.verification_frames,
+          'with refine, a filter estimate is a fix only if PnP verified a place near it in '
+          'this many frames (0 = never required; lower it for a weak descriptor)',
+          low=0, high=100000, read_only=True),
     Param('pose_source', TrackingConfig.pose_source,
           'the published pose: pnp (PnP where it verifies, else the filter / retrieval '
           'estimate), retrieval (PnP only verifies), regression (the pose head of a '
@@ -296,6 +300,7 @@ def tracking_config(values):
     return TrackingConfig(
         use_filter=bool(values['use_filter']), refine=bool(values['refine']),
         pose_source=str(values['pose_source']),
+        verification_frames=int(values['verification_frames']),
         refinement=RefinementConfig(time_budget_ms=float(values['refine_time_budget_ms'])),
         filter=PlaceFilterConfig(max_speed_mps=float(values['max_speed_mps']),
                                  temperature_scale=float(values['filter_temperature_scale'])))
