@@ -15,13 +15,16 @@ import subprocess
 import time
 
 import cv2
+import numpy as np
 import pytest
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rcl_interfaces.srv import GetParameters, SetParameters
 from sensor_msgs.msg import NavSatStatus
 from std_srvs.srv import Trigger
 
-from vl_attention.mapping import read_poses_csv
+from vl_attention.localization import Localizer, TrackingConfig
+from vl_attention.mapping import load_map, read_poses_csv
+from vl_attention.ros.node import _tracking_values
 from vl_attention.ros.params import (check_values, descriptor, NODE_PARAMS, PARAMS_BY_NAME,
                                      ParameterError, tracking_config)
 from vl_attention.ros.process import (isolated_ros_environment, localize_node_command,
@@ -84,6 +87,15 @@ def test_verification_frames_reach_the_tracking_config_and_refuse_a_negative():
         .verification_frames == 10
     with pytest.raises(ParameterError, match='verification_frames'):
         check_values(DEFAULTS | {'verification_frames': -1})
+
+
+def test_diagnostics_say_why_the_latest_frame_gave_no_fix(tiny_map, embedder):
+    localizer = Localizer(load_map(tiny_map), embedder=embedder, tracking=TrackingConfig())
+    result = localizer.localize(np.full((120, 160, 3), 90, np.uint8), stamp_s=0.0)
+    assert not result.ok and result.reason.startswith('filter initialising: ')
+    values = _tracking_values(result, localizer)
+    assert values['no_fix_reason'] == result.reason
+    assert values['filter_state'] == 'initialising'
 
 
 def test_every_default_passes_and_descriptors_carry_ranges_choices_and_read_only():

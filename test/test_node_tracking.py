@@ -64,6 +64,7 @@ def test_node_publishes_filtered_and_refined_poses_with_odometry_in(
         assert values['filter'] == 'on' and values['filter_state'] == 'tracking', values
         assert values['pose_source'] == 'pnp' and int(values['inliers']) >= 12, values
         assert values['motion'] == 'odometry', values
+        assert values['no_fix_reason'] == 'none', values   # the last frame had a fix
     finally:
         client.close()
         assert stop_process(process) == 0, log.read_text()[-2000:]

@@ -539,7 +539,7 @@ def _mounting(values):
 
 
 def _tracking_values(result, localizer):
-    """Filter state, pose source, inliers and refinement note for diagnostics."""
+    """Filter state, pose source, inliers, refinement note and why no fix, for diagnostics."""
     values = {'filter': 'on' if localizer.place_filter is not None else 'off',
               'refinement': 'on' if localizer.refiner is not None else
               (localizer.refinement_note or 'off')}
@@ -547,7 +547,8 @@ def _tracking_values(result, localizer):
         values |= {'filter_state': result.filter_state or 'none',
                    'pose_source': result.pose_source, 'inliers': result.inliers,
                    'motion': result.motion_source or 'none',
-                   'last_refinement_failure': result.refinement or 'none'}
+                   'last_refinement_failure': result.refinement or 'none',
+                   'no_fix_reason': 'none' if result.ok else (result.reason or 'none')}
     return values
 
 
