@@ -160,7 +160,7 @@ class _LocalizeCore:
                                  '`vl-attention build-map` (e.g. -p map_dir:=/path/to/map)')
         # a missing or foreign map, or one the mounting contradicts, fails before the model
         # loads (~8 s)
-        check_mounting(poses_frame_of(read_manifest(map_dir).build), _mounting(self.params))
+        _check_mounting(read_manifest(map_dir), self.params)
         embedder = create_embedder(embedder_config(self.params, map_dir))
         map_ = load_map(map_dir, expected_fingerprint=embedder.fingerprint)
         self.get_logger().info(
@@ -185,8 +185,7 @@ class _LocalizeCore:
         try:
             values = check_values(self.params | changes)
             if getattr(self, 'localizer', None) is not None:   # a lifecycle node: configured
-                check_mounting(poses_frame_of(self.localizer.map.manifest.build),
-                               _mounting(values))
+                _check_mounting(self.localizer.map.manifest, values)
             self._apply(values, set(changes))
         except VLAttentionError as error:   # ParameterError, or a config the values make
             self.get_logger().warning(f'parameters refused: {error}')
@@ -232,7 +231,7 @@ class _LocalizeCore:
         map_dir, old = self.params['map_dir'], self.localizer
         try:
             map_ = load_map(map_dir, expected_fingerprint=old.embedder.fingerprint)
-            check_mounting(poses_frame_of(map_.manifest.build), _mounting(self.params))
+            _check_mounting(map_.manifest, self.params)
             localizer = self._localizer_for(map_, old.embedder, self.params)
         except Exception as error:  # whatever is wrong with the new map, keep the running one
             response.success = False
@@ -528,6 +527,11 @@ class LifecycleLocalizeNode(_LocalizeCore, LifecycleNode):
         """Stop everything."""
         self._deactivate()
         return TransitionCallbackReturn.SUCCESS
+
+
+def _check_mounting(manifest, values):
+    """Refuse a camera mounting in ``values`` on a map whose poses already hold it (base)."""
+    check_mounting(poses_frame_of(manifest.build), _mounting(values))
 
 
 def _mounting(values):
